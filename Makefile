@@ -1,0 +1,32 @@
+# neural-router: `make demo` and `make test` are all a newcomer needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+DATA   ?= ../shared/data
+RUN    ?= runs/demo
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU build of torch from the local wheel cache, pinned; must come before the package so nothing pulls a CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[cpu,dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/neural-router demo --data $(DATA)/routerbench --output $(RUN)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/bench_predictor.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
