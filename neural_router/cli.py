@@ -1,0 +1,220 @@
+"""The `neural-router` command line: train, eval, export, predict, route, serve, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _add_prefs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("preferences and constraints")
+    g.add_argument("--quality-weight", type=float, default=1.0)
+    g.add_argument("--cost-weight", type=float, default=0.0,
+                   help="0.5 = give up 0.5 quality to go from the most expensive candidate to a free one")
+    g.add_argument("--latency-weight", type=float, default=0.0)
+    g.add_argument("--min-quality", type=float)
+    g.add_argument("--max-cost-usd", type=float)
+    g.add_argument("--max-latency-ms", type=float)
+    g.add_argument("--allow", action="append", help="allowed model (repeatable)")
+    g.add_argument("--deny", action="append", help="denied model (repeatable)")
+    g.add_argument("--max-tokens", type=int, help="requested max output tokens")
+    g.add_argument("--image", action="store_true", help="the request carries an image")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="neural-router", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a router on labeled data")
+    p.add_argument("--data", action="append", required=True, help="file, folder or hub id (repeatable)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--config", help="training YAML (default: configs/train.yaml)")
+    p.add_argument("--pool", help="model pool YAML (default: configs/models.yaml)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--encoder", help="HF encoder path or hub id (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation written into the model card")
+
+    p = sub.add_parser("eval", help="evaluate a router and the baselines on the validation split")
+    p.add_argument("--router", required=True)
+    p.add_argument("--data", action="append", help="default: the data the router was trained on")
+    p.add_argument("--output", help="report folder (default: the router folder)")
+    p.add_argument("--pool")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--pair", action="append", default=[], help="STRONG,WEAK two-model check (repeatable)")
+
+    p = sub.add_parser("export", help="export a trained router to ONNX")
+    p.add_argument("--router", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--int8", action="store_true", help="also write a dynamic int8 model for CPU")
+
+    p = sub.add_parser("predict", help="per-model predictions for a JSONL file of prompts")
+    p.add_argument("--router", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--int8", action="store_true")
+
+    p = sub.add_parser("route", help="route one prompt and print the decision")
+    p.add_argument("--router", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_prefs(p)
+
+    p = sub.add_parser("serve", help="run the router microservice")
+    p.add_argument("--router", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--config", help="serving YAML (default: configs/serve.yaml)")
+
+    p = sub.add_parser("demo", help="train, evaluate, export and route sample prompts")
+    p.add_argument("--data", action="append", required=True)
+    p.add_argument("--output", required=True)
+    return ap
+
+
+def _prefs(args):
+    from .policy import Constraints, Preferences
+    from .predictions import RequestFeatures
+
+    prefs = Preferences(args.quality_weight, args.cost_weight, args.latency_weight)
+    cons = Constraints(min_quality=args.min_quality, max_cost_usd=args.max_cost_usd,
+                       max_latency_ms=args.max_latency_ms,
+                       allowed_models=tuple(args.allow) if args.allow else None,
+                       denied_models=tuple(args.deny or ()))
+    return prefs, cons, RequestFeatures(has_image=args.image, max_output_tokens=args.max_tokens)
+
+
+def cmd_train(args) -> int:
+    from training.evaluate import run_eval
+    from training.train import run_train
+
+    out = run_train(args.data, args.output, args.config, args.pool,
+                    {"epochs": args.epochs, "encoder": args.encoder, "seed": args.seed})
+    if not args.no_eval:
+        run_eval(out, None, None, args.pool, baselines=False)
+    print(f"router saved to {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from training.evaluate import print_summary, run_eval
+
+    pairs = [tuple(p.split(",", 1)) for p in args.pair]
+    report = run_eval(args.router, args.data, args.output, args.pool, baselines=not args.no_baselines,
+                      pairs=pairs)
+    print_summary(report)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    report = export_onnx(args.router, args.output, int8=args.int8)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def read_jsonl(path: str) -> tuple[list, list[str]]:
+    ids, prompts = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+                raise ValueError(f"{path}, line {n}: expected an object with a non-empty string 'prompt'")
+            ids.append(rec.get("id", n))
+            prompts.append(rec["prompt"])
+    return ids, prompts
+
+
+def cmd_predict(args) -> int:
+    from .predictors import load_predictor
+
+    ids, prompts = read_jsonl(args.input)
+    pred = load_predictor(args.router, device=args.device, int8=args.int8)
+    preds = pred.predict(prompts)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+        for i, row in zip(ids, preds.as_dicts()):
+            f.write(json.dumps({"id": i, "models": row}) + "\n")
+    print(f"wrote {len(ids)} predictions to {args.output} ({pred.provider})")
+    return 0
+
+
+def print_decision(result, prompt: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    d = result.decision
+    t = Table(title=f"{prompt[:70]!r}")
+    for col in ("model", "quality", "cost (USD)", "latency (ms)", "utility"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    row = result.predictions.as_dicts()[0]
+    for m in sorted(row, key=lambda m: -d.utility.get(m, float("-inf"))):
+        v = row[m]
+        u = d.utility.get(m)
+        t.add_row(("→ " if m == d.model else "  ") + m, f"{v['quality']:.3f}", f"{v['cost_usd']:.2e}",
+                  f"{v['latency_ms']:.0f}", "excluded" if u is None else f"{u:.3f}")
+    c = Console()
+    c.print(t)
+    c.print(f"[bold]{d.model}[/bold]: {d.reason}" + (" (prompt truncated)" if result.truncated else ""))
+
+
+def cmd_route(args) -> int:
+    from .router import Router
+
+    prefs, cons, feats = _prefs(args)
+    result = Router.from_pretrained(args.router, device=args.device).route(args.prompt, prefs, cons, feats)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_decision(result, args.prompt)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from serving.app import serve
+
+    serve(args.router, host=args.host, port=args.port, device=args.device, config_file=args.config)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from training.demo import run_demo
+
+    run_demo(args.data, args.output)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "predict": cmd_predict,
+            "route": cmd_route, "serve": cmd_serve, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from transformers import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"neural-router {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

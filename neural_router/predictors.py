@@ -1,0 +1,199 @@
+"""Predictors: a router folder -> Predictions, in PyTorch or ONNX Runtime.
+
+Both share tokenisation (``text.encode``: head+tail truncation), request features and the
+post-processing that turns network outputs into USD and milliseconds with the pool's profile:
+
+    cost_usd   = (input_tokens * input_price + output_tokens * output_price) / 1e6 * cost_scale
+    latency_ms = learned head where latency was measured, else ttft + output_tokens / tokens_per_s
+
+``cost_scale`` is the per-model median ratio of observed to profile cost on the training data, so
+observed costs take precedence over the profile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .model import RouterConfig
+from .pool import ModelPool
+from .predictions import Predictions, RequestFeatures
+from .text import encode, request_features
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "router.onnx"
+ONNX_INT8_FILE = "router.int8.onnx"
+
+
+class RouterLoadError(ValueError):
+    """A router folder is missing, incomplete, corrupt or of an unsupported version."""
+
+
+def finish(rc: RouterConfig, pool: ModelPool, quality: np.ndarray, out_tokens: np.ndarray,
+           latency: np.ndarray, input_tokens: np.ndarray, truncated: np.ndarray) -> Predictions:
+    sub = pool.subset(rc.models)
+    cost = sub.cost_usd(input_tokens, out_tokens) * np.asarray(rc.cost_scale)
+    lat = np.where(np.asarray(rc.latency_learned, dtype=bool), latency, sub.latency_ms(out_tokens))
+    return Predictions(list(rc.models), quality.astype(np.float64), cost, lat.astype(np.float64),
+                       out_tokens.astype(np.float64), input_tokens, truncated)
+
+
+def _read_common(d: Path, pool: ModelPool | None) -> tuple[RouterConfig, ModelPool, object]:
+    from transformers import AutoTokenizer
+    from transformers import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if not d.is_dir():
+        raise RouterLoadError(f"router folder {d} does not exist; train one with `neural-router train` "
+                              "or export one with `neural-router export`")
+    for name in ("router_config.json", "models.yaml"):
+        if not (d / name).is_file():
+            raise RouterLoadError(f"{d} is not a router folder: {name} is missing")
+    try:
+        rc = RouterConfig.from_json(d / "router_config.json")
+    except (ValueError, TypeError) as e:
+        raise RouterLoadError(f"{d}/router_config.json: {e}") from None
+    try:
+        folder_pool = ModelPool.from_yaml(d / "models.yaml")
+        pool = pool or folder_pool
+        pool.subset(rc.models)
+    except (ValueError, KeyError) as e:
+        raise RouterLoadError(f"{d}: pool does not cover the router's models: {e}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(d))
+    except Exception as e:  # noqa: BLE001 - tokenizer loading raises many types
+        raise RouterLoadError(f"{d}: tokenizer files are missing or corrupt: {e}") from None
+    return rc, pool, tokenizer
+
+
+class _Base:
+    rc: RouterConfig
+    pool: ModelPool
+    tokenizer: object
+    batch_size: int = 64
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.rc.models)
+
+    @property
+    def version(self) -> str:
+        return self.rc.version
+
+    @property
+    def max_length(self) -> int:
+        return self.rc.max_length
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray, feats: np.ndarray):
+        raise NotImplementedError
+
+    def predict(self, prompts: list[str], features: list[RequestFeatures] | None = None) -> Predictions:
+        if isinstance(prompts, str):
+            raise TypeError("predict() takes a list of prompts, not a single string")
+        n, m = len(prompts), len(self.rc.models)
+        quality, out_tok, lat = (np.zeros((n, m), dtype=np.float32) for _ in range(3))
+        in_tok, trunc = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        feats_in = features or [RequestFeatures()] * n
+        order = np.argsort([len(p) for p in prompts], kind="stable")
+        for s in range(0, n, self.batch_size):
+            idx = order[s:s + self.batch_size]
+            batch = [prompts[i] for i in idx]
+            enc = encode(self.tokenizer, batch, self.rc.max_length, self.rc.head_tokens)
+            feats = request_features(batch, enc.input_tokens, [feats_in[i] for i in idx])
+            q, o, la = self._run(enc.input_ids, enc.attention_mask, feats)
+            quality[idx], out_tok[idx], lat[idx] = q, o, la
+            in_tok[idx], trunc[idx] = enc.input_tokens, enc.truncated
+        return finish(self.rc, self.pool, quality, out_tok, lat, in_tok, trunc)
+
+
+class TorchPredictor(_Base):
+    """Runs the trained PyTorch model (a folder written by ``neural-router train``)."""
+
+    def __init__(self, model, tokenizer, pool: ModelPool, device: str = "cpu"):
+        import torch
+
+        self.model = model.eval().to(device)
+        self.rc, self.tokenizer, self.pool, self.device = model.config, tokenizer, pool, device
+        self.provider = f"torch-{device}"
+        self._torch = torch
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "auto",
+                        pool: ModelPool | None = None) -> "TorchPredictor":
+        import torch
+
+        from .model import RouterModel
+
+        d = Path(directory)
+        rc, pool, tok = _read_common(d, pool)
+        if not (d / "model.safetensors").is_file():
+            raise RouterLoadError(f"{d}: model.safetensors is missing (and no {ONNX_FILE} either)")
+        try:
+            model = RouterModel.from_pretrained(d)
+        except Exception as e:  # noqa: BLE001
+            raise RouterLoadError(f"{d}: could not load the model weights: {e}") from None
+        dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        if device == "cuda" and dev == "cpu":
+            log.warning("CUDA requested but not available: running the PyTorch router on CPU")
+        return cls(model, tok, pool, dev)
+
+    def _run(self, input_ids, attention_mask, feats):
+        from .model import to_outputs
+
+        t = self._torch
+        with t.inference_mode():
+            raw = self.model(t.from_numpy(input_ids).to(self.device),
+                             t.from_numpy(attention_mask).to(self.device),
+                             t.from_numpy(feats).to(self.device))
+        o = to_outputs(raw)
+        return o["quality"], o["out_tokens"], o["latency"]
+
+
+class OnnxPredictor(_Base):
+    """Runs an exported router (``router.onnx``) in ONNX Runtime: CUDA when available, else CPU."""
+
+    def __init__(self, directory: str | Path, device: str = "auto", pool: ModelPool | None = None,
+                 int8: bool = False, threads: int | None = None):
+        import onnxruntime as ort
+
+        d = Path(directory)
+        self.rc, self.pool, self.tokenizer = _read_common(d, pool)
+        path = d / (ONNX_INT8_FILE if int8 else ONNX_FILE)
+        if not path.is_file():
+            raise RouterLoadError(f"{d}: {path.name} is missing; run `neural-router export"
+                                  f"{' --int8' if int8 else ''}`")
+        available = ort.get_available_providers()
+        want_cuda = device in ("auto", "cuda")
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                     if want_cuda and "CUDAExecutionProvider" in available else ["CPUExecutionProvider"])
+        self.cuda_fallback = want_cuda and providers[0] != "CUDAExecutionProvider"
+        if device == "cuda" and self.cuda_fallback:
+            log.warning("CUDA requested but onnxruntime has no CUDAExecutionProvider here: using CPU")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or int(os.environ.get("NEURAL_ROUTER_THREADS", "0")) or 0
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as e:  # noqa: BLE001
+            raise RouterLoadError(f"{path}: not a loadable ONNX model ({e}); re-export the router") from None
+        self.provider = self.session.get_providers()[0]
+
+    def _run(self, input_ids, attention_mask, feats):
+        q, o, la = self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask,
+                                           "features": feats})
+        return q, o, la
+
+
+def load_predictor(path: str | Path, device: str = "auto", pool: ModelPool | None = None,
+                   int8: bool = False, threads: int | None = None):
+    """An exported folder (``router.onnx``) -> OnnxPredictor; a trained folder -> TorchPredictor."""
+    d = Path(path)
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
+    if (d / ONNX_FILE).is_file() or (int8 and (d / ONNX_INT8_FILE).is_file()):
+        return OnnxPredictor(d, device, pool, int8=int8, threads=threads)
+    return TorchPredictor.from_pretrained(d, device, pool)

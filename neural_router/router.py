@@ -1,0 +1,65 @@
+"""Python API: ``Router.from_pretrained(dir)``, ``.predict(prompts)``, ``.route(prompt, preferences)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .policy import Capabilities, Constraints, Decision, Preferences, route
+from .pool import ModelPool
+from .predictions import Predictions, RequestFeatures
+from .predictors import load_predictor
+
+
+@dataclass
+class RouteResult:
+    decision: Decision
+    predictions: Predictions  # one row: every candidate's estimates
+    truncated: bool
+
+    @property
+    def model(self) -> str:
+        return self.decision.model
+
+    def to_dict(self) -> dict:
+        d = self.decision
+        return {"model": d.model, "reason": d.reason, "fallbacks": list(d.fallbacks),
+                "feasible": d.feasible, "violated": list(d.violated), "truncated": self.truncated,
+                "predictions": self.predictions.as_dicts()[0]}
+
+
+class Router:
+    """A trained (PyTorch) or exported (ONNX) router plus the routing policy."""
+
+    def __init__(self, predictor, pool: ModelPool | None = None):
+        self.predictor = predictor
+        self.pool = (pool or predictor.pool).subset(predictor.models)
+        self.capabilities = Capabilities.from_pool(self.pool)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "auto", int8: bool = False,
+                        pool: ModelPool | None = None) -> "Router":
+        return cls(load_predictor(directory, device=device, pool=pool, int8=int8))
+
+    @property
+    def models(self) -> list[str]:
+        return self.predictor.models
+
+    @property
+    def version(self) -> str:
+        return self.predictor.version
+
+    def predict(self, prompts: list[str], features: list[RequestFeatures] | None = None) -> Predictions:
+        return self.predictor.predict(prompts, features)
+
+    def decide(self, predictions: Predictions, i: int, preferences: Preferences | None = None,
+               constraints: Constraints | None = None, features: RequestFeatures | None = None) -> Decision:
+        return route(self.models, predictions.quality[i], predictions.cost_usd[i], predictions.latency_ms[i],
+                     preferences or Preferences(), constraints or Constraints(), self.capabilities,
+                     features or RequestFeatures(), int(predictions.input_tokens[i]))
+
+    def route(self, prompt: str, preferences: Preferences | None = None, constraints: Constraints | None = None,
+              features: RequestFeatures | None = None) -> RouteResult:
+        preds = self.predict([prompt], [features or RequestFeatures()])
+        decision = self.decide(preds, 0, preferences, constraints, features)
+        return RouteResult(decision, preds, bool(preds.truncated[0]))

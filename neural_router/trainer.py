@@ -1,0 +1,281 @@
+"""Fine-tune a RouterModel on a RoutingDataset with accelerate (CPU here, one or many GPUs elsewhere).
+
+Cheap on CPU without giving up quality:
+* prompts are truncated head + tail to ``max_length`` tokens (see ``text.py``),
+* the embeddings and the lower ``freeze_layers`` encoder layers are frozen and, with
+  ``cache_activations``, their output is computed once and stored (fp16), so every epoch runs only
+  the top layers,
+* batches are bucketed by length so padding stays small.
+
+Losses are masked: a prompt/model pair that was never observed contributes nothing. Quality uses
+binary cross-entropy with the (possibly graded) score as a soft target; output tokens and latency
+use squared error in log space, where observed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from .data import DataConfig, RoutingDataset
+from .model import DEFAULT_ENCODER, RouterConfig, RouterModel, resolve_encoder
+from .pool import ModelPool
+from .text import encode, request_features
+
+log = logging.getLogger(__name__)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: str = DEFAULT_ENCODER
+    max_length: int = Field(default=256, ge=8)
+    head_tokens: int = Field(default=32, ge=0)
+    freeze_layers: int = Field(default=4, description="embeddings + this many lower layers frozen; -1 = all")
+    cache_activations: bool = True
+    hidden: int = 256
+    dropout: float = 0.1
+    epochs: int = Field(default=8, ge=1)
+    patience: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr_encoder: float = 5e-5
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    loss_out_tokens: float = 0.1
+    loss_latency: float = 0.1
+    seed: int = 0
+    max_minutes: float | None = Field(default=None, description="stop after this many minutes of training")
+    data: DataConfig = Field(default_factory=DataConfig)
+
+
+@dataclass
+class Tensors:
+    """Everything the loop needs for one split, as tensors."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    lengths: np.ndarray
+    features: torch.Tensor
+    scores: torch.Tensor        # NaN = unobserved
+    log_out: torch.Tensor
+    log_lat: torch.Tensor
+    hidden: list[torch.Tensor] | None = None
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cost_calibration(ds: RoutingDataset, pool: ModelPool, input_tokens: np.ndarray) -> list[float]:
+    """Per model: median of observed cost / profile cost, where costs were observed (else 1)."""
+    sub = pool.subset(ds.models)
+    out_tokens = np.where(np.isnan(ds.output_tokens), np.nanmedian(ds.output_tokens) if
+                          np.isfinite(ds.output_tokens).any() else 256.0, ds.output_tokens)
+    profile = sub.cost_usd(input_tokens, out_tokens)
+    scale = []
+    for j in range(len(ds.models)):
+        ok = np.isfinite(ds.cost_usd[:, j]) & (profile[:, j] > 0)
+        r = ds.cost_usd[ok, j] / profile[ok, j]
+        scale.append(float(np.clip(np.median(r), 0.05, 20.0)) if ok.sum() >= 5 else 1.0)
+    return scale
+
+
+def build_router_config(ds: RoutingDataset, pool: ModelPool, cfg: TrainConfig,
+                        input_tokens: np.ndarray) -> RouterConfig:
+    med_out = [float(np.nanmedian(ds.output_tokens[:, j])) if np.isfinite(ds.output_tokens[:, j]).any()
+               else 256.0 for j in range(len(ds.models))]
+    return RouterConfig(
+        models=list(ds.models), binary=[bool(b) for b in ds.binary_models()], encoder=cfg.encoder,
+        max_length=cfg.max_length, head_tokens=cfg.head_tokens, hidden=cfg.hidden, dropout=cfg.dropout,
+        latency_learned=[bool(np.isfinite(ds.latency_ms[:, j]).any()) for j in range(len(ds.models))],
+        cost_scale=cost_calibration(ds, pool, input_tokens), default_output_tokens=med_out,
+        version=time.strftime("%Y%m%d-%H%M%S"))
+
+
+def to_tensors(ds: RoutingDataset, tokenizer, rc: RouterConfig) -> Tensors:
+    enc = encode(tokenizer, ds.prompts, rc.max_length, rc.head_tokens)
+    feats = request_features(ds.prompts, enc.input_tokens)
+    return Tensors(enc.input_ids, enc.attention_mask, enc.attention_mask.sum(1),
+                   torch.tensor(feats), torch.tensor(ds.scores, dtype=torch.float32),
+                   torch.tensor(np.log1p(ds.output_tokens), dtype=torch.float32),
+                   torch.tensor(np.log(np.maximum(ds.latency_ms, 1e-3)), dtype=torch.float32))
+
+
+def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Batches of similar length; shuffled order (and jittered lengths) when rng is given."""
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+    else:
+        order = np.argsort(lengths + rng.uniform(0, 8, len(lengths)), kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def make_batch(t: Tensors, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
+    T = int(t.lengths[idx].max())
+    b = {"attention_mask": torch.tensor(t.attention_mask[idx, :T], device=device),
+         "features": t.features[idx].to(device), "scores": t.scores[idx].to(device),
+         "log_out": t.log_out[idx].to(device), "log_lat": t.log_lat[idx].to(device)}
+    if t.hidden is not None:
+        H = t.hidden[idx[0]].shape[-1]
+        h = torch.zeros(len(idx), T, H, dtype=torch.float32)
+        for k, i in enumerate(idx):
+            h[k, : t.hidden[i].shape[0]] = t.hidden[i].float()
+        b["hidden"] = h.to(device)
+    else:
+        b["input_ids"] = torch.tensor(t.input_ids[idx, :T], device=device)
+    return b
+
+
+def masked_losses(out: dict[str, torch.Tensor], b: dict[str, torch.Tensor], cfg: TrainConfig):
+    def masked(target, fn):
+        m = torch.isfinite(target)
+        if not m.any():
+            return out["quality_logits"].sum() * 0.0, 0
+        return fn(m), int(m.sum())
+
+    q, nq = masked(b["scores"], lambda m: F.binary_cross_entropy_with_logits(
+        out["quality_logits"][m], b["scores"][m]))
+    o, _ = masked(b["log_out"], lambda m: F.mse_loss(out["log_out_tokens"][m], b["log_out"][m]))
+    lat, _ = masked(b["log_lat"], lambda m: F.mse_loss(out["log_latency"][m], b["log_lat"][m]))
+    total = q + cfg.loss_out_tokens * o + cfg.loss_latency * lat
+    return total, {"quality": float(q), "out_tokens": float(o), "latency": float(lat), "n": nq}
+
+
+def run_model(model: RouterModel, b: dict[str, torch.Tensor], start_layer: int):
+    if "hidden" in b:
+        return model.forward_from(b["hidden"], b["attention_mask"], b["features"], start_layer)
+    return model(b["input_ids"], b["attention_mask"], b["features"])
+
+
+@torch.no_grad()
+def cache_hidden(model: RouterModel, t: Tensors, n_layers: int, batch_size: int, desc: str) -> None:
+    from tqdm.auto import tqdm
+
+    model.eval()
+    t.hidden = [None] * len(t.lengths)  # type: ignore[list-item]
+    for idx in tqdm(bucket_batches(t.lengths, batch_size * 2, None), desc=desc, leave=False):
+        T = int(t.lengths[idx].max())
+        h = model.hidden_after(torch.tensor(t.input_ids[idx, :T]), torch.tensor(t.attention_mask[idx, :T]),
+                               n_layers)
+        for k, i in enumerate(idx):
+            t.hidden[i] = h[k, : t.lengths[i]].to(torch.float16).clone()
+
+
+@torch.no_grad()
+def evaluate_loss(model, t: Tensors, cfg: TrainConfig, start_layer: int, device) -> tuple[float, np.ndarray]:
+    model.eval()
+    tot, n, preds = 0.0, 0, np.zeros(tuple(t.scores.shape), dtype=np.float32)
+    for idx in bucket_batches(t.lengths, cfg.batch_size * 2, None):
+        b = make_batch(t, idx, device)
+        out = run_model(model, b, start_layer)
+        _, parts = masked_losses(out, b, cfg)
+        tot += parts["quality"] * parts["n"]
+        n += parts["n"]
+        preds[idx] = torch.sigmoid(out["quality_logits"]).float().cpu().numpy()
+    return tot / max(n, 1), preds
+
+
+def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelPool, cfg: TrainConfig,
+                 encoder_config=None, progress: bool = True):
+    """Fine-tune and return (model, tokenizer, history). ``encoder_config`` -> random tiny encoder."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+    from transformers import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    set_seed(cfg.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder))
+
+    enc_train = encode(tokenizer, train.prompts, cfg.max_length, cfg.head_tokens)
+    rc = build_router_config(train, pool, cfg, enc_train.input_tokens)
+    if encoder_config is not None:
+        model = RouterModel.from_encoder_config(rc, encoder_config)
+    else:
+        model = RouterModel.from_encoder(rc, cfg.encoder)
+    model.freeze_lower(cfg.freeze_layers)
+    tr = to_tensors(train, tokenizer, rc)
+    va = to_tensors(val, tokenizer, rc) if val is not None and len(val) else None
+
+    start_layer = 0
+    if cfg.cache_activations and cfg.freeze_layers != 0 and model.supports_layer_cache():
+        start_layer = model.num_layers() if cfg.freeze_layers < 0 else min(cfg.freeze_layers, model.num_layers())
+        cache_hidden(model, tr, start_layer, cfg.batch_size, "caching frozen layers (train)")
+        if va is not None:
+            cache_hidden(model, va, start_layer, cfg.batch_size, "caching frozen layers (val)")
+
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+    enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+    groups = [{"params": head_params, "lr": cfg.lr_head}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": cfg.lr_encoder})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, int(total * cfg.warmup_fraction))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - max(0, s - warm) / max(1, total - warm)))
+    model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
+
+    rng = np.random.default_rng(cfg.seed)
+    history, best, best_state, bad = [], math.inf, None, 0
+    t0 = time.time()
+    for epoch in range(cfg.epochs):
+        model.train()
+        # frozen layers stay in eval mode (no dropout), as they were when cached
+        raw = accelerator.unwrap_model(model)
+        if start_layer or cfg.freeze_layers:
+            raw.encoder.eval() if cfg.freeze_layers < 0 else None
+        running, seen = 0.0, 0
+        bar = tqdm(bucket_batches(tr.lengths, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False)
+        for idx in bar:
+            b = make_batch(tr, idx, device)
+            out = run_model(raw, b, start_layer)
+            loss, parts = masked_losses(out, b, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            sched.step()
+            running += float(loss) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        rec = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "minutes": (time.time() - t0) / 60}
+        if va is not None:
+            rec["val_quality_loss"], _ = evaluate_loss(raw, va, cfg, start_layer, device)
+            if rec["val_quality_loss"] < best - 1e-5:
+                best, bad = rec["val_quality_loss"], 0
+                best_state = {k: v.detach().clone() for k, v in raw.state_dict().items()}
+            else:
+                bad += 1
+        history.append(rec)
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()})
+        if va is not None and bad >= cfg.patience:
+            log.info("early stop: validation loss did not improve for %d epochs", cfg.patience)
+            break
+        if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes:
+            log.info("stopping: time budget of %.1f minutes reached", cfg.max_minutes)
+            break
+    raw = accelerator.unwrap_model(model)
+    if best_state is not None:
+        raw.load_state_dict(best_state)
+    raw.eval().cpu()
+    return raw, tokenizer, history

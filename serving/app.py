@@ -1,0 +1,207 @@
+"""App factory and entry point of the router service.
+
+``create_app(settings, predictor)`` builds a self-contained FastAPI app (its own metrics registry,
+batcher and HTTP client; no module-level state). ``serve(...)`` loads settings and an exported
+router folder and runs it with uvicorn; ``neural-router serve`` and ``python -m serving`` call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from neural_router.policy import NoEligibleModelError
+from neural_router.predictions import Predictor
+
+from serving import proxy, routes
+from serving.batching import BatcherClosedError, QueueFullError
+from serving.config import ConfigError, ServeSettings, load_settings
+from serving.guards import GuardMiddleware
+from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.schemas import HealthResponse
+from serving.service import InputError, RouterService
+
+log = logging.getLogger("serving")
+__version__ = "0.1.0"
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that survives any string a client sent us (lone surrogates are escaped, not encoded)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _device_info(predictor: Predictor, requested: str) -> tuple[str, bool]:
+    device = "cuda" if "cuda" in str(predictor.provider).lower() else "cpu"
+    fallback = requested != "cpu" and device == "cpu"
+    return device, fallback or bool(getattr(predictor, "cuda_fallback", False))
+
+
+def load_router(router_dir: str | Path, device: str, max_prompt_tokens: int | None) -> Predictor:
+    """``load_predictor`` plus the ``max_prompt_tokens`` cap (never above what the router was
+    trained with). Raises ValueError (RouterLoadError) / OSError for a bad folder."""
+    from neural_router.predictors import load_predictor  # imported late: pulls in transformers
+
+    takes_max_length = "max_length" in inspect.signature(load_predictor).parameters
+    kwargs: dict[str, Any] = {"device": device}
+    if takes_max_length and max_prompt_tokens is not None:
+        kwargs["max_length"] = max_prompt_tokens
+    predictor: Predictor = load_predictor(router_dir, **kwargs)
+    rc = getattr(predictor, "rc", None)
+    if not takes_max_length and max_prompt_tokens is not None and hasattr(rc, "max_length"):
+        if max_prompt_tokens > rc.max_length:
+            log.warning("max_prompt_tokens %d is above the router's max_length %d; keeping %d",
+                        max_prompt_tokens, rc.max_length, rc.max_length)
+        else:
+            rc.max_length = max_prompt_tokens
+    return predictor
+
+
+def _error(request: Request, status: int, message: Any, code: str,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    """``{"detail": ...}``; on the OpenAI-compatible path also ``{"error": {...}}``."""
+    body: dict[str, Any] = {"detail": message}
+    if request.url.path == proxy.PROXY_PATH:
+        text = message if isinstance(message, str) else "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in message)
+        kind = "invalid_request_error" if status < 500 else "api_error"
+        body["error"] = {"message": text, "type": kind, "code": code}
+    return SafeJSONResponse(body, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        issues = [{"loc": [p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())],
+                   "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+        metrics.rejected.labels("validation").inc()
+        return _error(request, 422, issues, "invalid_request")
+
+    @app.exception_handler(InputError)
+    async def _input(request: Request, exc: InputError) -> JSONResponse:
+        metrics.rejected.labels("input").inc()
+        return _error(request, 422, str(exc), "invalid_request")
+
+    @app.exception_handler(NoEligibleModelError)
+    async def _no_model(request: Request, exc: NoEligibleModelError) -> JSONResponse:
+        return _error(request, 422, str(exc), "no_eligible_model")
+
+    @app.exception_handler(QueueFullError)
+    async def _full(request: Request, exc: QueueFullError) -> JSONResponse:
+        metrics.rejected.labels("queue_full").inc()
+        return _error(request, 429, str(exc), "queue_full", {"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(asyncio.TimeoutError)
+    async def _timeout(request: Request, exc: asyncio.TimeoutError) -> JSONResponse:
+        metrics.rejected.labels("timeout").inc()
+        return _error(request, 504, "no prediction within request_timeout_s "
+                                    f"({app.state.settings.request_timeout_s} s)", "timeout")
+
+    @app.exception_handler(BatcherClosedError)
+    async def _closed(request: Request, exc: BatcherClosedError) -> JSONResponse:
+        return _error(request, 503, str(exc), "unavailable", {"Retry-After": "1"})
+
+    @app.exception_handler(proxy.ProxyError)
+    async def _proxy(request: Request, exc: proxy.ProxyError) -> JSONResponse:
+        return _error(request, exc.status, exc.message, exc.code, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, str(exc.detail), "http_error",
+                      dict(exc.headers) if exc.headers else None)
+
+
+def create_app(settings: ServeSettings, predictor: Predictor) -> FastAPI:
+    """A FastAPI app serving ``predictor`` configured by ``settings``; owns all of its state."""
+    metrics = ServingMetrics()
+    service = RouterService(predictor, settings, metrics)
+    device, fallback = _device_info(predictor, settings.device)
+    health = HealthResponse(status="ok", router_version=predictor.version, provider=str(predictor.provider),
+                            device=device, requested_device=settings.device, device_fallback=fallback,
+                            models=len(service.models), max_length=getattr(predictor, "max_length", None))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if fallback:
+            (log.warning if settings.device == "cuda" else log.info)(
+                "CUDA is not available; the router runs on CPU (provider %s)", predictor.provider)
+        log.info("router %s: %d models, provider %s, max_batch_size %d, max_wait_ms %g",
+                 predictor.version, len(service.models), predictor.provider,
+                 settings.max_batch_size, settings.max_wait_ms)
+        await service.batcher.start()
+        app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(
+            settings.backend_timeout_s, connect=settings.backend_connect_timeout_s))
+        try:
+            await service.batcher.run_in_worker(service.warm_up)
+            service.warm = True
+        except Exception:  # noqa: BLE001 - reported by /readyz, the service stays up
+            log.exception("warm-up prediction failed; /readyz reports not ready")
+        try:
+            yield
+        finally:
+            await app.state.http.aclose()
+            await service.batcher.stop()
+
+    app = FastAPI(title="neural-router", version=__version__, lifespan=lifespan,
+                  default_response_class=SafeJSONResponse,
+                  description="Routes each LLM request to the model that best fits it.")
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    app.state.health = health
+    secured = [Security(HTTPBearer(auto_error=False))] if settings.api_key else []
+    app.include_router(routes.router, dependencies=secured)
+    app.include_router(proxy.router, dependencies=secured)
+    _install_error_handlers(app, metrics)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(GuardMiddleware, api_key=key, max_body_bytes=settings.max_body_bytes)
+    paths = [getattr(r, "path", "") for r in app.routes]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)
+    return app
+
+
+def _fail(message: str) -> SystemExit:
+    print(f"neural-router serve: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def serve(router_dir: str | Path, host: str | None = None, port: int | None = None,
+          device: str | None = None, config_file: str | Path | None = None) -> None:
+    """Load the router folder and serve it with uvicorn until interrupted.
+
+    Arguments left as None come from ``config_file`` / ``NEURAL_ROUTER_*`` / defaults. A missing or
+    corrupt router folder or invalid settings exit with status 2 and a one-paragraph message.
+    """
+    try:
+        settings = load_settings(config_file, host=host, port=port, device=device)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        predictor = load_router(router_dir, settings.device, settings.max_prompt_tokens)
+    except (ValueError, OSError) as e:  # RouterLoadError is a ValueError
+        raise _fail(f"cannot load the router folder {router_dir}: {e}") from None
+    try:
+        app = create_app(settings, predictor)
+    except (ValueError, TypeError) as e:
+        raise _fail(str(e)) from None
+    import uvicorn
+
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=5)

@@ -1,0 +1,176 @@
+"""Service settings: ``configs/serve.yaml`` overridden by ``NEURAL_ROUTER_*`` environment variables.
+
+Precedence (highest first): keyword arguments, environment variables (prefix ``NEURAL_ROUTER_``,
+nested fields joined with ``__``, e.g. ``NEURAL_ROUTER_PRESETS__CHEAP__COST_WEIGHT=2``), the YAML
+file given to :func:`load_settings`, then the defaults below. Unknown keys are rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+Device = Literal["auto", "cuda", "cpu"]
+
+
+class PresetPreferences(BaseModel):
+    """Named weights for ``model: "router:<preset>"`` and ``"preset"`` in /v1/route requests."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quality_weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    cost_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    latency_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> "PresetPreferences":
+        if self.quality_weight == self.cost_weight == self.latency_weight == 0:
+            raise ValueError("at least one of quality_weight, cost_weight, latency_weight must be > 0")
+        return self
+
+
+class EndpointOverride(BaseModel):
+    """Replaces the endpoint fields of one pool model (keyed by model name or alias)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL (.../v1).")
+    api_model: str | None = Field(default=None, description="Model name sent to the endpoint.")
+    api_key_env: str | None = Field(default=None, description="Env var holding the bearer key.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must start with http:// or https://, got {v!r}")
+        return v
+
+
+DEFAULT_PRESETS: dict[str, PresetPreferences] = {
+    "balanced": PresetPreferences(quality_weight=1.0, cost_weight=0.3, latency_weight=0.1),
+    "quality": PresetPreferences(quality_weight=1.0),
+    "cheap": PresetPreferences(quality_weight=1.0, cost_weight=1.0),
+    "fast": PresetPreferences(quality_weight=1.0, latency_weight=1.0),
+}
+
+
+class ServeSettings(BaseSettings):
+    """Everything the router service can be configured with (see ``configs/serve.yaml``)."""
+
+    model_config = SettingsConfigDict(env_prefix="NEURAL_ROUTER_", env_nested_delimiter="__",
+                                      extra="forbid", validate_default=True)
+
+    _yaml_data: ClassVar[dict[str, Any]] = {}  # set on a subclass by load_settings
+
+    host: str = Field(default="127.0.0.1", description="Bind address for `serve`.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    device: Device = Field(default="auto", description="auto = CUDA if available, else CPU.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # dynamic batching
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="1 disables batching.")
+    max_wait_ms: float = Field(default=2.0, ge=0, le=10_000, allow_inf_nan=False)
+    max_queue: int = Field(default=1024, ge=1, description="Queued prompts before 429.")
+    request_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False, description="Then 504.")
+
+    # input limits
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
+    max_prompt_chars: int = Field(default=200_000, ge=1, description="Longer prompt text gets 422.")
+    max_batch_requests: int = Field(default=256, ge=1, description="Items per batch/predict call.")
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=8,
+        description="Router tokens kept per prompt (head+tail truncation, as in training); "
+                    "None = the router's own max_length.")
+
+    # routing
+    default_preset: str = Field(default="balanced", description="Preset used when none is given.")
+    presets: dict[str, PresetPreferences] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
+
+    # security
+    api_key: SecretStr | None = Field(
+        default=None, description="If set, every endpoint except /healthz and /readyz requires "
+                                  "`Authorization: Bearer <api_key>`.")
+
+    # OpenAI-compatible proxy
+    backend_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    backend_connect_timeout_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    endpoints: dict[str, EndpointOverride] = Field(
+        default_factory=dict, description="Per-model endpoint overrides (name or alias -> fields).")
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is not None and not v.get_secret_value() else v
+
+    @model_validator(mode="after")
+    def _check_presets(self) -> "ServeSettings":
+        if not self.presets:
+            raise ValueError("presets must define at least one preset")
+        if self.default_preset not in self.presets:
+            raise ValueError(f"default_preset {self.default_preset!r} is not one of the presets "
+                             f"({', '.join(sorted(self.presets))})")
+        bad = [n for n in self.presets if not n or ":" in n or n != n.strip()]
+        if bad:
+            raise ValueError(f"preset names must be non-empty and contain no ':' or spaces: {bad}")
+        if not math.isfinite(self.max_wait_ms):
+            raise ValueError("max_wait_ms must be finite")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_source = _YamlSource(settings_cls, getattr(settings_cls, "_yaml_data", {}))
+        return init_settings, env_settings, yaml_source
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Values read from the YAML config file (already parsed by :func:`load_settings`)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class ConfigError(ValueError):
+    """The config file or the environment holds invalid settings."""
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> ServeSettings:
+    """Settings from ``config_file`` (YAML, optional), then the environment, then ``overrides``.
+
+    ``overrides`` whose value is None are ignored (so CLI flags left unset do not clobber the file).
+    Raises :class:`ConfigError` with a readable message for a missing or invalid file.
+    """
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist (see configs/serve.yaml)") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings, "
+                              f"got {type(raw).__name__}")
+        data = raw or {}
+    cls = type("ServeSettingsFromFile", (ServeSettings,), {"_yaml_data": data})
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        where = f"config file {config_file} / " if config_file else ""
+        raise ConfigError(f"invalid settings ({where}NEURAL_ROUTER_* environment):\n{e}") from None

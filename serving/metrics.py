@@ -1,0 +1,82 @@
+"""Prometheus metrics of one app instance, in its own registry (never the process-global one)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServingMetrics:
+    """Counters, histograms and gauges of the router service."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("router_http_requests_total", "HTTP requests by endpoint and status.",
+                                ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("router_http_request_duration_seconds",
+                                 "Time to the response headers, by endpoint.", ["endpoint"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("router_batch_size", "Prompts per inference batch.",
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("router_batch_duration_seconds",
+                                       "Tokenisation + inference time per batch.",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("router_queue_depth", "Prompts waiting for a batch.", registry=r)
+        self.decisions = Counter("router_decisions_total", "Routing decisions by chosen model.",
+                                 ["model"], registry=r)
+        self.rejected = Counter("router_rejected_total", "Requests refused before inference.",
+                                ["reason"], registry=r)
+        self.proxy_attempts = Counter("router_proxy_attempts_total",
+                                      "Backend calls of /v1/chat/completions by model and outcome.",
+                                      ["model", "outcome"], registry=r)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request (auth and size rejections included) and times it.
+
+    Paths that are not routes of the app are labelled ``other`` to keep label cardinality bounded.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: ServingMetrics, paths: Iterable[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = path if path in self.paths else "other"
+        method = scope.get("method", "GET")
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(endpoint, method, str(status)).inc()

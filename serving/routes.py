@@ -1,0 +1,142 @@
+"""The router API: /v1/route, /v1/route/batch, /v1/predict, /v1/models, /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from neural_router.predictions import Predictions
+
+from serving.metrics import CONTENT_TYPE
+from serving.schemas import (BatchRouteRequest, BatchRouteResponse, ErrorResponse, HealthResponse,
+                             ModelInfo, ModelPrediction, ModelsResponse, PredictRequest,
+                             PredictResponse, PresetInfo, ReadyResponse, RouteRequest, RouteResponse)
+from serving.service import InputError, PreparedPrompt, RouterService
+
+_ERR = {"model": ErrorResponse}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {**_ERR, "description": "Body is not parseable (e.g. invalid UTF-8)."},
+    401: {**_ERR, "description": "Missing or wrong bearer key (when an api_key is configured)."},
+    413: {**_ERR, "description": "Body larger than max_body_bytes."},
+    422: {**_ERR, "description": "Invalid request, or no model can serve it."},
+    429: {**_ERR, "description": "Queue full; retry after the Retry-After header's seconds."},
+    503: {**_ERR, "description": "The router is starting or shutting down."},
+    504: {**_ERR, "description": "No prediction within request_timeout_s."},
+}
+router = APIRouter()
+
+
+def get_service(request: Request) -> RouterService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def _prediction_map(row: Predictions) -> dict[str, ModelPrediction]:
+    return {m: ModelPrediction(**v) for m, v in row.as_dicts()[0].items()}
+
+
+def _prepare(svc: RouterService, req: RouteRequest) -> PreparedPrompt:
+    if req.prompt is not None:
+        return svc.prompt(req.prompt, has_tools=bool(req.tools), max_tokens=req.max_tokens)
+    assert req.messages is not None
+    return svc.messages_prompt([m.model_dump() for m in req.messages], tools=req.tools,
+                               max_tokens=req.max_tokens)
+
+
+async def _route_many(svc: RouterService, reqs: list[RouteRequest], batch: bool) -> list[RouteResponse]:
+    if len(reqs) > svc.settings.max_batch_requests:
+        raise InputError(f"{len(reqs)} requests in one call; the limit is "
+                         f"{svc.settings.max_batch_requests} (max_batch_requests)")
+    prepared, policies = [], []
+    for i, r in enumerate(reqs):
+        try:
+            prepared.append(_prepare(svc, r))
+            policies.append((svc.preferences(r.preset, r.preferences), svc.constraints(r.constraints)))
+        except InputError as e:
+            raise InputError(f"requests[{i}]: {e}" if batch else str(e)) from None
+    rows = await svc.predict(prepared)
+    out = []
+    for i, (p, row, (prefs, cons)) in enumerate(zip(prepared, rows, policies)):
+        try:
+            d = svc.decide(row, p, prefs, cons)
+        except ValueError as e:  # NoEligibleModelError
+            raise InputError(f"requests[{i}]: {e}" if batch else str(e)) from None
+        out.append(RouteResponse(
+            request_id=uuid.uuid4().hex, model=d.model, predictions=_prediction_map(row),
+            fallbacks=list(d.fallbacks), reason=d.reason, router_version=svc.predictor.version,
+            truncated=bool(row.truncated[0]) if len(row.truncated) else False,
+            feasible=d.feasible, violated=list(d.violated)))
+    return out
+
+
+@router.post("/v1/route", response_model=RouteResponse, responses=ERROR_RESPONSES, tags=["routing"],
+             summary="Choose a model for one request")
+async def route_one(body: RouteRequest, svc: RouterService = Depends(get_service)) -> RouteResponse:
+    """Predict quality, cost and latency of every pool model and pick one under the preferences
+    and constraints. Soft constraints nobody meets give the best compromise (``feasible: false``,
+    ``violated`` and ``reason`` name them); if no model is eligible at all the answer is 422."""
+    return (await _route_many(svc, [body], batch=False))[0]
+
+
+@router.post("/v1/route/batch", response_model=BatchRouteResponse, responses=ERROR_RESPONSES,
+             tags=["routing"], summary="Route several requests in one call")
+async def route_batch(body: BatchRouteRequest,
+                      svc: RouterService = Depends(get_service)) -> BatchRouteResponse:
+    """Results follow the order of ``requests``. Any invalid item fails the call with 422 naming it."""
+    return BatchRouteResponse(results=await _route_many(svc, body.requests, batch=True))
+
+
+@router.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,
+             tags=["routing"], summary="Raw per-model predictions")
+async def predict(body: PredictRequest, svc: RouterService = Depends(get_service)) -> PredictResponse:
+    if len(body.prompts) > svc.settings.max_batch_requests:
+        raise InputError(f"{len(body.prompts)} prompts in one call; the limit is "
+                         f"{svc.settings.max_batch_requests} (max_batch_requests)")
+    prepared = [svc.prompt(p, has_image=body.has_image, has_audio=body.has_audio,
+                           has_tools=body.has_tools, max_tokens=body.max_tokens, where=f"prompts[{i}]")
+                for i, p in enumerate(body.prompts)]
+    rows = await svc.predict(prepared)
+    return PredictResponse(
+        router_version=svc.predictor.version, models=list(svc.models),
+        predictions=[_prediction_map(r) for r in rows],
+        input_tokens=[int(r.input_tokens[0]) for r in rows],
+        truncated=[bool(r.truncated[0]) if len(r.truncated) else False for r in rows])
+
+
+@router.get("/v1/models", response_model=ModelsResponse, responses={401: ERROR_RESPONSES[401]},
+            tags=["routing"], summary="The candidate pool and presets")
+async def models(svc: RouterService = Depends(get_service)) -> ModelsResponse:
+    infos = [ModelInfo(name=m.name, aliases=list(m.aliases), modalities=list(m.modalities),
+                       context_window=m.context_window, input_price_per_1m=m.input_price_per_1m,
+                       output_price_per_1m=m.output_price_per_1m, ttft_ms=m.ttft_ms,
+                       output_tokens_per_s=m.output_tokens_per_s, proxyable=m.endpoint is not None)
+             for m in svc.pool.models]
+    return ModelsResponse(router_version=svc.predictor.version, models=infos,
+                          presets={k: PresetInfo(**v.model_dump()) for k, v in svc.settings.presets.items()},
+                          default_preset=svc.settings.default_preset)
+
+
+@router.get("/healthz", response_model=HealthResponse, tags=["ops"], summary="Liveness and device")
+async def healthz(request: Request) -> HealthResponse:
+    return request.app.state.health  # type: ignore[no-any-return]
+
+
+@router.get("/readyz", response_model=ReadyResponse, tags=["ops"],
+            responses={503: {"model": ReadyResponse, "description": "Not ready yet."}},
+            summary="Readiness: warm-up done and batcher running")
+async def readyz(svc: RouterService = Depends(get_service)) -> Any:
+    if svc.batcher.running and svc.warm:
+        return ReadyResponse(ready=True, detail="ready")
+    detail = "warming up" if svc.batcher.running else "batcher not running"
+    return JSONResponse(ReadyResponse(ready=False, detail=detail).model_dump(), status_code=503)
+
+
+@router.get("/metrics", tags=["ops"], summary="Prometheus metrics",
+            responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+                             "description": "Prometheus text format."},
+                       401: ERROR_RESPONSES[401]},
+            response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)

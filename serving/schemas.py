@@ -1,0 +1,239 @@
+"""Request and response bodies of the router API (they are the OpenAPI schema).
+
+Every request model forbids unknown fields, except the OpenAI-compatible chat-completions body,
+which passes unknown fields through to the chosen backend (OpenAI keeps adding parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- request pieces --------------------------------------------------------------------------
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Strict):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(_Strict):
+    data: str = Field(description="Base64-encoded audio.")
+    format: str = Field(min_length=1, max_length=16, description='e.g. "wav", "mp3"')
+
+
+class AudioPart(_Strict):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
+
+
+class Message(_Strict):
+    """An OpenAI-style chat message. Image parts set ``has_image``, audio parts ``has_audio``."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class PreferencesIn(_Strict):
+    """Weights of the routing utility (cost and latency in units of quality; see the policy)."""
+
+    quality_weight: Weight = 1.0
+    cost_weight: Weight = 0.0
+    latency_weight: Weight = 0.0
+
+
+class ConstraintsIn(_Strict):
+    """Soft limits (a best compromise is returned if no model meets them) and hard model lists."""
+
+    min_quality: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    allowed_models: list[ModelName] | None = Field(
+        default=None, min_length=1, max_length=1000, description="Only these models (names or aliases).")
+    denied_models: list[ModelName] = Field(default_factory=list, max_length=1000,
+                                           description="Never these models (names or aliases).")
+
+
+_ONE_OF_PROMPT_MESSAGES = {"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+
+
+class RouteRequest(_Strict):
+    """Route one request: give exactly one of ``prompt`` or ``messages``.
+
+    ``messages`` are flattened to one text for the router: each message's text parts are joined by
+    newlines (image parts become ``[image]``, audio parts ``[audio]``); a conversation with a single
+    text-bearing message is routed on that text alone (as the router was trained), otherwise on
+    ``"role: text"`` lines joined by newlines.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_OF_PROMPT_MESSAGES)
+
+    prompt: str | None = Field(default=None, description="The prompt text.")
+    messages: list[Message] | None = Field(default=None, min_length=1, max_length=1000)
+    tools: list[dict[str, Any]] | None = Field(default=None, description="Non-empty sets has_tools.")
+    max_tokens: int | None = Field(default=None, ge=1, le=10_000_000,
+                                   description="Output budget; models whose context cannot hold "
+                                               "prompt + max_tokens are excluded.")
+    preset: str | None = Field(default=None, description="Named preference preset (see /v1/models).")
+    preferences: PreferencesIn | None = Field(default=None, description="Overrides the preset.")
+    constraints: ConstraintsIn | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> "RouteRequest":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+class BatchRouteRequest(_Strict):
+    requests: list[RouteRequest] = Field(min_length=1, description="Routed independently, in order.")
+
+
+class PredictRequest(_Strict):
+    prompts: list[str] = Field(min_length=1, description="Prompt texts.")
+    max_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+    has_image: bool = False
+    has_audio: bool = False
+    has_tools: bool = False
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+class ModelPrediction(BaseModel):
+    quality: float = Field(description="Expected score in [0, 1].")
+    cost_usd: float = Field(description="Expected cost of the call in USD.")
+    latency_ms: float = Field(description="Expected end-to-end latency in ms.")
+
+
+class RouteResponse(BaseModel):
+    request_id: str
+    model: str = Field(description="The chosen model (canonical pool name).")
+    predictions: dict[str, ModelPrediction] = Field(description="Estimates for every pool model.")
+    fallbacks: list[str] = Field(description="Other eligible models, best first.")
+    reason: str = Field(description="Why this model; names violated soft constraints, if any.")
+    router_version: str
+    truncated: bool = Field(description="The prompt was longer than the router's max tokens and "
+                                        "was cut (head + tail) before prediction.")
+    feasible: bool = Field(description="False when no eligible model met every soft constraint.")
+    violated: list[str] = Field(description="Soft constraints the chosen model breaks.")
+
+
+class BatchRouteResponse(BaseModel):
+    results: list[RouteResponse]
+
+
+class PredictResponse(BaseModel):
+    router_version: str
+    models: list[str]
+    predictions: list[dict[str, ModelPrediction]] = Field(description="One mapping per prompt.")
+    input_tokens: list[int] = Field(description="Router tokens per prompt before truncation.")
+    truncated: list[bool]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    aliases: list[str]
+    modalities: list[str] = Field(description="Input kinds accepted: text, image, audio, tools.")
+    context_window: int
+    input_price_per_1m: float
+    output_price_per_1m: float
+    ttft_ms: float
+    output_tokens_per_s: float
+    proxyable: bool = Field(description="Has an endpoint, so /v1/chat/completions can forward to it.")
+
+
+class PresetInfo(PreferencesIn):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ModelsResponse(BaseModel):
+    router_version: str
+    models: list[ModelInfo]
+    presets: dict[str, PresetInfo]
+    default_preset: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    router_version: str
+    provider: str = Field(description="Inference provider, e.g. CPUExecutionProvider.")
+    device: Literal["cuda", "cpu"]
+    requested_device: Literal["auto", "cuda", "cpu"]
+    device_fallback: bool = Field(description="CUDA was wanted (auto/cuda) but CPU is used.")
+    models: int
+    max_length: int | None = Field(description="Router tokens kept per prompt.")
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[ValidationIssue]
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    error: OpenAIError
+    detail: str | list[ValidationIssue] | None = None
+
+
+# ---- OpenAI-compatible proxy -----------------------------------------------------------------
+
+class ChatMessage(BaseModel):
+    """A chat message as OpenAI accepts it; extra fields are forwarded unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str = Field(min_length=1)
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI chat-completions body. ``model`` is ``"router"``, ``"router:<preset>"`` or a pool
+    model name (no routing). Fields not listed are forwarded to the backend unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, examples=["router", "router:cheap"])
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None

@@ -1,0 +1,73 @@
+"""`neural-router train`: data -> fine-tuned router folder (weights, tokenizer, pool, metrics, card)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+from neural_router.card import write_model_card
+from neural_router.data import load_routing_data
+from neural_router.pool import ModelPool
+from neural_router.trainer import TrainConfig, train_router
+
+log = logging.getLogger(__name__)
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def default_config_path(name: str) -> Path:
+    for base in (Path.cwd() / "configs", REPO_CONFIGS):
+        if (base / name).is_file():
+            return base / name
+    raise FileNotFoundError(f"configs/{name} was not found (looked in ./configs and {REPO_CONFIGS}); "
+                            f"pass the file explicitly")
+
+
+def load_train_config(path: str | Path | None, overrides: dict | None = None) -> TrainConfig:
+    p = Path(path) if path else default_config_path("train.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"training config {p} does not exist") from None
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig.model_validate(raw)
+    except Exception as e:
+        raise ValueError(f"{p}: invalid training config:\n{e}") from None
+
+
+def run_train(data: list[str], output: str | Path, config: str | Path | None = None,
+              pool_file: str | Path | None = None, overrides: dict | None = None,
+              encoder_config=None, progress: bool = True) -> Path:
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        cfg = load_train_config(config, overrides)
+        pool = ModelPool.from_yaml(pool_file or default_config_path("models.yaml"))
+        t0 = time.time()
+        ds = load_routing_data(data, pool, cfg.data)
+        train, val = ds.split(cfg.data.val_fraction, cfg.data.split_salt)
+        log.info("data: %s; train %d, validation %d prompts", ds.summary(), len(train), len(val))
+        model, tokenizer, history = train_router(train, val if len(val) else None, pool, cfg,
+                                                 encoder_config=encoder_config, progress=progress)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(str(out))
+        pool.subset(model.config.models).to_yaml(out / "models.yaml")
+        metrics = {"data": [str(d) for d in data], "summary": ds.summary(), "train_prompts": len(train),
+                   "val_prompts": len(val), "val_fraction": cfg.data.val_fraction,
+                   "split_salt": cfg.data.split_salt, "history": history,
+                   "train_minutes": (time.time() - t0) / 60, "config": cfg.model_dump(mode="json")}
+        (out / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(out)
+        log.info("saved router to %s (%.1f min)", out, metrics["train_minutes"])
+        return out
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
