@@ -43,7 +43,7 @@ class _Exportable(nn.Module):
     def forward(self, input_ids, attention_mask, features):
         raw = self.model(input_ids, attention_mask, features)
         return (torch.sigmoid(raw["quality_logits"]),
-                torch.expm1(raw["log_out_tokens"].clamp(max=12)).clamp(min=1),
+                (torch.exp(raw["log_out_tokens"].clamp(max=12)) - 1.0).clamp(min=1),
                 torch.exp(raw["log_latency"].clamp(max=14)))
 
 
@@ -53,6 +53,8 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
     src, out = Path(router_dir), Path(output_dir)
     torch_pred = TorchPredictor.from_pretrained(src, device="cpu")
     model = torch_pred.model.cpu().eval()
+    check = prompts or SAMPLE_PROMPTS
+    ref = torch_pred.predict(check)  # before tracing: tracing leaves the module in a traced state
     out.mkdir(parents=True, exist_ok=True)
     for name in COPY_FILES:
         if (src / name).is_file() and src.resolve() != out.resolve():
@@ -61,8 +63,11 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
 
     from .text import N_FEATURES
 
-    dummy = (torch.ones(2, 16, dtype=torch.long), torch.ones(2, 16, dtype=torch.long),
-             torch.zeros(2, N_FEATURES, dtype=torch.float32))
+    # the dummy batch must contain padding: with an all-ones mask the encoder skips masking and the
+    # traced graph would ignore attention_mask altogether
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 9:] = 0
+    dummy = (torch.full((2, 16), 1000, dtype=torch.long), mask, torch.zeros(2, N_FEATURES, dtype=torch.float32))
     with torch.no_grad():
         torch.onnx.export(
             _Exportable(model), dummy, str(out / ONNX_FILE), dynamo=False, opset_version=opset,
@@ -72,8 +77,6 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
                           "features": {0: "batch"}, "quality": {0: "batch"}, "out_tokens": {0: "batch"},
                           "latency": {0: "batch"}})
     report: dict = {"onnx": ONNX_FILE, "opset": opset, "tolerance": PARITY_TOLERANCE}
-    check = prompts or SAMPLE_PROMPTS
-    ref = torch_pred.predict(check)
     onnx_pred = OnnxPredictor(out, device="cpu")
     got = onnx_pred.predict(check)
     diff = float(np.max(np.abs(ref.quality - got.quality)))

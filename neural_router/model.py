@@ -189,5 +189,5 @@ class RouterModel(nn.Module):
 def to_outputs(raw: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Network outputs -> quality in [0,1], output tokens, latency ms (numpy)."""
     return {"quality": torch.sigmoid(raw["quality_logits"]).detach().cpu().numpy(),
-            "out_tokens": torch.expm1(raw["log_out_tokens"].clamp(max=12)).clamp(min=1).detach().cpu().numpy(),
+            "out_tokens": (torch.exp(raw["log_out_tokens"].clamp(max=12)) - 1.0).clamp(min=1).detach().cpu().numpy(),
             "latency": torch.exp(raw["log_latency"].clamp(max=14)).detach().cpu().numpy()}

@@ -153,7 +153,7 @@ def masked_losses(out: dict[str, torch.Tensor], b: dict[str, torch.Tensor], cfg:
     o, _ = masked(b["log_out"], lambda m: F.mse_loss(out["log_out_tokens"][m], b["log_out"][m]))
     lat, _ = masked(b["log_lat"], lambda m: F.mse_loss(out["log_latency"][m], b["log_lat"][m]))
     total = q + cfg.loss_out_tokens * o + cfg.loss_latency * lat
-    return total, {"quality": float(q), "out_tokens": float(o), "latency": float(lat), "n": nq}
+    return total, {"quality": float(q.detach()), "out_tokens": float(o.detach()), "latency": float(lat.detach()), "n": nq}
 
 
 def run_model(model: RouterModel, b: dict[str, torch.Tensor], start_layer: int):

@@ -120,6 +120,12 @@ def _install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
     async def _proxy(request: Request, exc: proxy.ProxyError) -> JSONResponse:
         return _error(request, exc.status, exc.message, exc.code, exc.headers)
 
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s: %s", request.url.path, exc, exc_info=exc)
+        return _error(request, 500, f"internal error ({type(exc).__name__}); see the server log",
+                      "internal_error")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(request, exc.status_code, str(exc.detail), "http_error",
@@ -168,11 +174,28 @@ def create_app(settings: ServeSettings, predictor: Predictor) -> FastAPI:
     app.include_router(routes.router, dependencies=secured)
     app.include_router(proxy.router, dependencies=secured)
     _install_error_handlers(app, metrics)
+    _document_presets(app, sorted(settings.presets))
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(GuardMiddleware, api_key=key, max_body_bytes=settings.max_body_bytes)
-    paths = [getattr(r, "path", "") for r in app.routes]
+    paths = [getattr(r, "path", "") for rt in (app.router, routes.router, proxy.router) for r in rt.routes]
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)
     return app
+
+
+def _document_presets(app: FastAPI, presets: list[str]) -> None:
+    """The OpenAPI schema lists this app's preset names (they come from the settings)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            prop = schema["components"]["schemas"]["RouteRequest"]["properties"]["preset"]
+            prop.pop("anyOf", None)
+            prop.update({"type": "string", "enum": presets})
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _fail(message: str) -> SystemExit:

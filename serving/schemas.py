@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
@@ -92,8 +93,8 @@ class RouteRequest(_Strict):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_OF_PROMPT_MESSAGES)
 
-    prompt: str | None = Field(default=None, description="The prompt text.")
-    messages: list[Message] | None = Field(default=None, min_length=1, max_length=1000)
+    prompt: str | SkipJsonSchema[None] = Field(default=None, description="The prompt text.")
+    messages: Annotated[list[Message], Field(min_length=1, max_length=1000)] | SkipJsonSchema[None] = None
     tools: list[dict[str, Any]] | None = Field(default=None, description="Non-empty sets has_tools.")
     max_tokens: int | None = Field(default=None, ge=1, le=10_000_000,
                                    description="Output budget; models whose context cannot hold "

@@ -1,0 +1,155 @@
+"""Model, training, export, predictors and the CLI on a tiny random encoder (fast)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from neural_router import Constraints, Preferences, RequestFeatures, Router
+from neural_router.model import RouterConfig, RouterModel
+from neural_router.predictors import OnnxPredictor, RouterLoadError, TorchPredictor, load_predictor
+from neural_router.text import encode, head_tail
+
+from conftest import tiny_encoder_config
+
+
+def test_head_tail_truncation_keeps_both_ends():
+    ids = list(range(100))
+    assert head_tail(ids, 10, 3) == [0, 1, 2] + list(range(93, 100))
+    assert head_tail(ids[:5], 10, 3) == ids[:5]
+
+
+def test_encode_reports_truncation_and_counts(tiny_trained_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_trained_dir))
+    e = encode(tok, ["short", "word " * 500], 32, 4)
+    assert e.input_ids.shape == (2, 32)
+    assert e.truncated.tolist() == [False, True]
+    assert e.input_tokens[1] == 500
+    assert e.attention_mask[0].sum() < 32
+
+
+def test_cached_forward_matches_full_forward():
+    cfg = RouterConfig(models=["a", "b"], binary=[True, True], hidden=16)
+    m = RouterModel.from_encoder_config(cfg, tiny_encoder_config()).eval()
+    ids = torch.randint(1000, 2000, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    feats = torch.randn(3, 6)
+    with torch.no_grad():
+        full = m(ids, mask, feats)["quality_logits"]
+        cached = m.forward_from(m.hidden_after(ids, mask, 1), mask, feats, 1)["quality_logits"]
+    assert torch.allclose(full, cached, atol=1e-5)
+
+
+def test_freeze_lower_freezes_embeddings_and_layers():
+    cfg = RouterConfig(models=["a"], binary=[True], hidden=8)
+    m = RouterModel.from_encoder_config(cfg, tiny_encoder_config())
+    m.freeze_lower(1)
+    assert not any(p.requires_grad for p in m.encoder.embeddings.parameters())
+    assert not any(p.requires_grad for p in m.encoder.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in m.encoder.encoder.layer[1].parameters())
+
+
+def test_trained_folder_is_complete_and_learned(tiny_trained_dir):
+    names = {p.name for p in tiny_trained_dir.iterdir()}
+    assert {"router_config.json", "config.json", "model.safetensors", "models.yaml", "README.md",
+            "training_metrics.json", "tokenizer_config.json"} <= names
+    tm = json.loads((tiny_trained_dir / "training_metrics.json").read_text())
+    assert tm["history"][0]["val_quality_loss"] > 0
+    assert "# neural-router" in (tiny_trained_dir / "README.md").read_text()
+    # synthetic data: 'small' never solves math, 'big' always does -> predictions must reflect that
+    r = Router.from_pretrained(tiny_trained_dir)
+    p = r.predict(["math question 1: integral derivative equation solve prime"])
+    assert p.quality[0, r.models.index("big")] > p.quality[0, r.models.index("small")]
+
+
+def test_predictions_have_costs_from_pool_and_latency(tiny_trained_dir):
+    r = Router.from_pretrained(tiny_trained_dir)
+    p = r.predict(["hello weather movie", "python function class loop"])
+    j_big, j_small = r.models.index("big"), r.models.index("small")
+    assert (p.cost_usd[:, j_big] > p.cost_usd[:, j_small]).all()
+    assert (p.latency_ms > 0).all() and (p.output_tokens >= 1).all()
+    assert p.quality.shape == (2, 3) and ((0 <= p.quality) & (p.quality <= 1)).all()
+
+
+def test_onnx_parity_and_same_decisions(tiny_trained_dir, tiny_router_dir):
+    report = json.loads((tiny_router_dir / "export_report.json").read_text())
+    assert report["fp32"]["max_abs_diff_quality"] < 1e-4
+    assert "int8" in report
+    prompts = [f"chat question {i}: hello movie friend" for i in range(5)] + ["code " * 200]
+    t = TorchPredictor.from_pretrained(tiny_trained_dir, device="cpu").predict(prompts)
+    o = OnnxPredictor(tiny_router_dir, device="cpu").predict(prompts)
+    assert np.abs(t.quality - o.quality).max() < 1e-4
+    assert np.allclose(t.cost_usd, o.cost_usd, rtol=1e-4)
+    rt, ro = Router.from_pretrained(tiny_trained_dir), Router.from_pretrained(tiny_router_dir)
+    for prefs in (Preferences(), Preferences(1, 0.5, 0), Preferences(1, 0, 1)):
+        for i in range(len(prompts)):
+            assert rt.decide(t, i, prefs).model == ro.decide(o, i, prefs).model
+    assert isinstance(load_predictor(tiny_router_dir), OnnxPredictor)
+    assert load_predictor(tiny_router_dir).provider == "CPUExecutionProvider"
+
+
+def test_route_respects_constraints_and_capabilities(tiny_router_dir):
+    r = Router.from_pretrained(tiny_router_dir)
+    res = r.route("hello movie", Preferences(), Constraints(denied_models=("big",)))
+    assert res.model != "big" and "big" not in res.decision.fallbacks
+    img = r.route("describe this picture", features=RequestFeatures(has_image=True))
+    assert img.model == "big"  # the only model declared to accept images
+    long = r.route("word " * 600)  # 600 prompt tokens > small's 512-token context window
+    assert long.model != "small" and long.truncated
+
+
+def test_load_errors_are_clear(tmp_path, tiny_router_dir):
+    with pytest.raises(RouterLoadError, match="does not exist"):
+        load_predictor(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RouterLoadError, match="router_config.json is missing"):
+        load_predictor(tmp_path / "empty")
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_router_dir, bad)
+    (bad / "router.onnx").write_bytes(b"not onnx")
+    with pytest.raises(RouterLoadError, match="not a loadable ONNX model"):
+        load_predictor(bad)
+    cfg = json.loads((bad / "router_config.json").read_text())
+    cfg["format_version"] = 99
+    (bad / "router_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RouterLoadError, match="format_version 99"):
+        load_predictor(bad)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "neural_router.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_predict_contract_on_exported_and_trained(tmp_path, tiny_trained_dir, tiny_router_dir):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": "a", "prompt": "hello movie"}\n{"id": 7, "prompt": "python loop"}\n')
+    for d in (tiny_router_dir, tiny_trained_dir):
+        out = tmp_path / f"out-{d.name}.jsonl"
+        r = run_cli("predict", "--router", str(d), "--input", str(inp), "--output", str(out))
+        assert r.returncode == 0, r.stderr
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [x["id"] for x in lines] == ["a", 7]
+        assert set(lines[0]["models"]) == {"big", "mid", "small"}
+        assert set(lines[0]["models"]["big"]) == {"quality", "cost_usd", "latency_ms"}
+
+
+def test_cli_route_and_bad_input(tmp_path, tiny_router_dir):
+    r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", "hello movie", "--json",
+                "--cost-weight", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] in {"big", "mid", "small"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "prompt": "ok"}\n{"id": 2}\n')
+    r = run_cli("predict", "--router", str(tiny_router_dir), "--input", str(bad), "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "line 2" in r.stderr
+    r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", "x", "--deny", "nope")
+    assert r.returncode == 2 and "nope" in r.stderr
