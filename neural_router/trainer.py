@@ -38,13 +38,13 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     encoder: str = DEFAULT_ENCODER
-    max_length: int = Field(default=256, ge=8)
-    head_tokens: int = Field(default=32, ge=0)
-    freeze_layers: int = Field(default=4, description="embeddings + this many lower layers frozen; -1 = all")
+    max_length: int = Field(default=128, ge=8)
+    head_tokens: int = Field(default=16, ge=0)
+    freeze_layers: int = Field(default=5, description="embeddings + this many lower layers frozen; -1 = all")
     cache_activations: bool = True
     hidden: int = 256
     dropout: float = 0.1
-    epochs: int = Field(default=8, ge=1)
+    epochs: int = Field(default=10, ge=1)
     patience: int = Field(default=2, ge=1)
     batch_size: int = Field(default=32, ge=1)
     lr_encoder: float = 5e-5

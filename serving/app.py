@@ -15,7 +15,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from fastapi import FastAPI, Request, Security
@@ -46,24 +46,31 @@ class SafeJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
-def _device_info(predictor: Predictor, requested: str) -> tuple[str, bool]:
-    device = "cuda" if "cuda" in str(predictor.provider).lower() else "cpu"
+def _device_info(predictor: Predictor, requested: str) -> tuple[Literal["cuda", "cpu"], bool]:
+    device: Literal["cuda", "cpu"] = "cuda" if "cuda" in str(predictor.provider).lower() else "cpu"
     fallback = requested != "cpu" and device == "cpu"
     return device, fallback or bool(getattr(predictor, "cuda_fallback", False))
 
 
-def load_router(router_dir: str | Path, device: str, max_prompt_tokens: int | None) -> Predictor:
+def load_router(router_dir: str | Path, device: str, max_prompt_tokens: int | None = None,
+                threads: int | None = None, int8: bool = False) -> Predictor:
     """``load_predictor`` plus the ``max_prompt_tokens`` cap (never above what the router was
-    trained with). Raises ValueError (RouterLoadError) / OSError for a bad folder."""
+    trained with), inference threads and the int8 model. Raises ValueError (RouterLoadError) or
+    OSError for a bad folder."""
     from neural_router.predictors import load_predictor  # imported late: pulls in transformers
 
-    takes_max_length = "max_length" in inspect.signature(load_predictor).parameters
+    params = inspect.signature(load_predictor).parameters
     kwargs: dict[str, Any] = {"device": device}
-    if takes_max_length and max_prompt_tokens is not None:
+    if max_prompt_tokens is not None and "max_length" in params:
         kwargs["max_length"] = max_prompt_tokens
+    for name, value in (("threads", threads), ("int8", int8)):
+        if value:
+            if name not in params:
+                raise ValueError(f"this neural_router's load_predictor does not support {name}")
+            kwargs[name] = value
     predictor: Predictor = load_predictor(router_dir, **kwargs)
-    rc = getattr(predictor, "rc", None)
-    if not takes_max_length and max_prompt_tokens is not None and hasattr(rc, "max_length"):
+    rc: Any = getattr(predictor, "rc", None)
+    if max_prompt_tokens is not None and "max_length" not in params and hasattr(rc, "max_length"):
         if max_prompt_tokens > rc.max_length:
             log.warning("max_prompt_tokens %d is above the router's max_length %d; keeping %d",
                         max_prompt_tokens, rc.max_length, rc.max_length)
@@ -143,9 +150,8 @@ def create_app(settings: ServeSettings, predictor: Predictor) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if fallback:
-            (log.warning if settings.device == "cuda" else log.info)(
-                "CUDA is not available; the router runs on CPU (provider %s)", predictor.provider)
+        if fallback and settings.device == "auto":  # load_predictor itself warns for an explicit "cuda"
+            log.warning("CUDA is not available; the router runs on CPU (provider %s)", predictor.provider)
         log.info("router %s: %d models, provider %s, max_batch_size %d, max_wait_ms %g",
                  predictor.version, len(service.models), predictor.provider,
                  settings.max_batch_size, settings.max_wait_ms)
@@ -171,13 +177,14 @@ def create_app(settings: ServeSettings, predictor: Predictor) -> FastAPI:
     app.state.metrics = metrics
     app.state.health = health
     secured = [Security(HTTPBearer(auto_error=False))] if settings.api_key else []
+    app.include_router(routes.health_router)
     app.include_router(routes.router, dependencies=secured)
     app.include_router(proxy.router, dependencies=secured)
     _install_error_handlers(app, metrics)
     _document_presets(app, sorted(settings.presets))
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(GuardMiddleware, api_key=key, max_body_bytes=settings.max_body_bytes)
-    paths = [getattr(r, "path", "") for rt in (app.router, routes.router, proxy.router) for r in rt.routes]
+    paths = [getattr(r, "path", "") for rt in (app.router, routes.router, routes.health_router, proxy.router) for r in rt.routes]
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)
     return app
 
@@ -217,7 +224,8 @@ def serve(router_dir: str | Path, host: str | None = None, port: int | None = No
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        predictor = load_router(router_dir, settings.device, settings.max_prompt_tokens)
+        predictor = load_router(router_dir, settings.device, settings.max_prompt_tokens,
+                                settings.inference_threads, settings.int8)
     except (ValueError, OSError) as e:  # RouterLoadError is a ValueError
         raise _fail(f"cannot load the router folder {router_dir}: {e}") from None
     try:
@@ -227,4 +235,4 @@ def serve(router_dir: str | Path, host: str | None = None, port: int | None = No
     import uvicorn
 
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5)
+                access_log=settings.access_log, timeout_graceful_shutdown=5)

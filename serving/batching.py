@@ -98,7 +98,7 @@ class DynamicBatcher(Generic[T, R]):
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def run_in_worker(self, fn: Callable[[], R]) -> R:
+    async def run_in_worker(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` on the inference thread (e.g. a warm-up call), serialised with batches."""
         if self._executor is None:
             raise BatcherClosedError("router batcher is not running")
@@ -171,8 +171,17 @@ class DynamicBatcher(Generic[T, R]):
                 except asyncio.TimeoutError:
                     break
             batch = self._take_batch()
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._run_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never let the collector die
+                log.exception("dynamic batcher: unexpected error; failing the batch")
+                for e in batch:
+                    if not e.future.done():
+                        e.future.set_exception(exc)
 
     async def _run_batch(self, batch: list[_Entry[T, R]]) -> None:
         assert self._executor is not None

@@ -7,7 +7,6 @@ file given to :func:`load_settings`, then the defaults below. Unknown keys are r
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -71,17 +70,27 @@ class ServeSettings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     device: Device = Field(default="auto", description="auto = CUDA if available, else CPU.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(default=True, description="uvicorn's per-request access log lines.")
+
+    inference_threads: int | None = Field(
+        default=None, ge=1, le=256, description="ONNX Runtime intra-op threads; None = its default "
+                                                "(all cores). On small machines 1-2 leaves CPU to HTTP.")
+    int8: bool = Field(default=False, description="Serve router.int8.onnx (CPU) instead of router.onnx.")
 
     # dynamic batching
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="1 disables batching.")
-    max_wait_ms: float = Field(default=2.0, ge=0, le=10_000, allow_inf_nan=False)
+    max_wait_ms: float = Field(
+        default=0.0, ge=0, le=10_000, allow_inf_nan=False,
+        description="How long the first queued prompt waits for company. 0 = opportunistic: a batch "
+                    "starts at once and whatever queued meanwhile forms the next one.")
     max_queue: int = Field(default=1024, ge=1, description="Queued prompts before 429.")
     request_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False, description="Then 504.")
 
     # input limits
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
     max_prompt_chars: int = Field(default=200_000, ge=1, description="Longer prompt text gets 422.")
-    max_batch_requests: int = Field(default=256, ge=1, description="Items per batch/predict call.")
+    max_batch_requests: int = Field(default=256, ge=1,
+                                    description="Items per batch/predict call (at most max_queue).")
     max_prompt_tokens: int | None = Field(
         default=None, ge=8,
         description="Router tokens kept per prompt (head+tail truncation, as in training); "
@@ -117,8 +126,6 @@ class ServeSettings(BaseSettings):
         bad = [n for n in self.presets if not n or ":" in n or n != n.strip()]
         if bad:
             raise ValueError(f"preset names must be non-empty and contain no ':' or spaces: {bad}")
-        if not math.isfinite(self.max_wait_ms):
-            raise ValueError("max_wait_ms must be finite")
         return self
 
     @classmethod

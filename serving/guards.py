@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Mapping
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -11,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 EXEMPT_FROM_AUTH = frozenset({"/healthz", "/readyz"})
 
 
-async def _send_json(send: Send, status: int, body: dict[str, object],
+async def _send_json(send: Send, status: int, body: Mapping[str, object],
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     payload = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,

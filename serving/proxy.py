@@ -107,7 +107,7 @@ async def _relay(resp: httpx.Response, lines: AsyncIterator[str], first: str, na
         yield (_rewrite_chunk(first, name) + "\n").encode()
         async for line in lines:
             yield (_rewrite_chunk(line, name) + "\n").encode()
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.StreamError) as e:
         svc.metrics.proxy_attempts.labels(name, "stream_error").inc()
         err = {"error": {"message": f"backend {name} failed mid-stream: {type(e).__name__}",
                          "type": "upstream_error", "code": "stream_interrupted"}}
@@ -126,6 +126,63 @@ def _backend_headers(spec: ModelSpec) -> dict[str, str]:
     return headers
 
 
+async def _attempt(client: httpx.AsyncClient, spec: ModelSpec, payload: dict[str, Any], stream: bool,
+                   headers: dict[str, str], svc: RouterService) -> Response | str:
+    """One backend call: the response to return, or why this backend failed (then try the next)."""
+    name = spec.name
+    try:
+        backend_headers = _backend_headers(spec)
+    except LookupError as e:
+        svc.metrics.proxy_attempts.labels(name, "no_key").inc()
+        return str(e)
+    assert spec.endpoint is not None
+    req = client.build_request("POST", spec.endpoint.rstrip("/") + "/chat/completions",
+                               json={**payload, "model": spec.api_model or name}, headers=backend_headers)
+    try:
+        resp = await client.send(req, stream=True)
+    except httpx.HTTPError as e:
+        timeout = isinstance(e, httpx.TimeoutException)
+        svc.metrics.proxy_attempts.labels(name, "timeout" if timeout else "connect_error").inc()
+        return "timeout" if timeout else type(e).__name__
+    status = resp.status_code
+    if status >= 500 or status in _RETRYABLE:
+        await resp.aclose()
+        svc.metrics.proxy_attempts.labels(name, f"http_{status}").inc()
+        return f"HTTP {status}"
+    if stream and status == 200:
+        lines = resp.aiter_lines()
+        try:  # wait for the first line, so a backend failing before its first byte is still retried
+            first = await lines.__anext__()
+        except (httpx.HTTPError, httpx.StreamError, StopAsyncIteration) as e:
+            await resp.aclose()
+            svc.metrics.proxy_attempts.labels(name, "stream_error").inc()
+            return "empty stream" if isinstance(e, StopAsyncIteration) else type(e).__name__
+        svc.metrics.proxy_attempts.labels(name, "ok").inc()
+        return StreamingResponse(_relay(resp, lines, first, name, svc), media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache"})
+    try:
+        content = await resp.aread()
+    except (httpx.HTTPError, httpx.StreamError) as e:
+        svc.metrics.proxy_attempts.labels(name, "read_error").inc()
+        return f"{type(e).__name__} while reading"
+    finally:
+        await resp.aclose()
+    if status >= 300:  # the client's mistake: the next model would refuse it too; returned as is
+        svc.metrics.proxy_attempts.labels(name, f"http_{status}").inc()
+        return Response(content, status_code=status, headers=headers,
+                        media_type=resp.headers.get("content-type", "application/json"))
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        svc.metrics.proxy_attempts.labels(name, "bad_json").inc()
+        return "answer is not a JSON object"
+    svc.metrics.proxy_attempts.labels(name, "ok").inc()
+    data["model"] = name
+    return JSONResponse(data, status_code=status, headers=headers)
+
+
 @router.post(PROXY_PATH, tags=["openai"], summary="OpenAI-compatible chat completions, routed",
              responses={200: {"description": "The backend's completion (JSON, or SSE when "
                                              "stream=true); `model` and `x-router-model` name the "
@@ -140,74 +197,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     request_id = uuid.uuid4().hex
     routed = body.model == "router" or body.model.startswith("router:")
     candidates = await _route(svc, body) if routed else _direct(svc, body.model)
-    client: httpx.AsyncClient = request.app.state.http
     payload: dict[str, Any] = body.model_dump(mode="json", exclude_unset=True)
     failures: list[str] = []
     for attempt, name in enumerate(candidates, start=1):
         spec = svc.pool.get(name)
         if spec.endpoint is None:
             continue
-        base_headers = {"x-router-model": _header_value(name), "x-router-request-id": request_id,
-                        "x-router-attempts": str(attempt)}
-        try:
-            headers = _backend_headers(spec)
-        except LookupError as e:
-            failures.append(f"{name}: {e}")
-            svc.metrics.proxy_attempts.labels(name, "no_key").inc()
-            continue
-        url = spec.endpoint.rstrip("/") + "/chat/completions"
-        req = client.build_request("POST", url, json={**payload, "model": spec.api_model or spec.name},
-                                   headers=headers)
-        try:
-            resp = await client.send(req, stream=True)
-        except httpx.TimeoutException:
-            failures.append(f"{name}: timeout")
-            svc.metrics.proxy_attempts.labels(name, "timeout").inc()
-            continue
-        except httpx.HTTPError as e:
-            failures.append(f"{name}: {type(e).__name__}")
-            svc.metrics.proxy_attempts.labels(name, "connect_error").inc()
-            continue
-        status = resp.status_code
-        if status >= 500 or status in _RETRYABLE:
-            await resp.aclose()
-            failures.append(f"{name}: HTTP {status}")
-            svc.metrics.proxy_attempts.labels(name, f"http_{status}").inc()
-            continue
-        if body.stream and status == 200:
-            lines = resp.aiter_lines()
-            try:
-                first = await lines.__anext__()
-            except (httpx.HTTPError, StopAsyncIteration) as e:
-                await resp.aclose()
-                failures.append(f"{name}: {'empty stream' if isinstance(e, StopAsyncIteration) else type(e).__name__}")
-                svc.metrics.proxy_attempts.labels(name, "stream_error").inc()
-                continue
-            svc.metrics.proxy_attempts.labels(name, "ok").inc()
-            return StreamingResponse(_relay(resp, lines, first, name, svc), media_type="text/event-stream",
-                                     headers={**base_headers, "cache-control": "no-cache"})
-        try:
-            content = await resp.aread()
-        except httpx.HTTPError as e:
-            failures.append(f"{name}: {type(e).__name__} while reading")
-            svc.metrics.proxy_attempts.labels(name, "read_error").inc()
-            continue
-        finally:
-            await resp.aclose()
-        if status != 200:  # the client's mistake: the next model would refuse it too
-            svc.metrics.proxy_attempts.labels(name, f"http_{status}").inc()
-            return Response(content, status_code=status, headers=base_headers,
-                            media_type=resp.headers.get("content-type", "application/json"))
-        try:
-            data = json.loads(content)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except ValueError:
-            failures.append(f"{name}: answer is not a JSON object")
-            svc.metrics.proxy_attempts.labels(name, "bad_json").inc()
-            continue
-        svc.metrics.proxy_attempts.labels(name, "ok").inc()
-        data["model"] = name
-        return JSONResponse(data, headers=base_headers)
+        headers = {"x-router-model": _header_value(name), "x-router-request-id": request_id,
+                   "x-router-attempts": str(attempt)}
+        outcome = await _attempt(request.app.state.http, spec, payload, body.stream, headers, svc)
+        if isinstance(outcome, Response):
+            return outcome
+        failures.append(f"{name}: {outcome}")
     raise ProxyError(502, f"every candidate model failed ({len(failures)} tried): " + "; ".join(failures),
                      "all_backends_failed", {"x-router-request-id": request_id})

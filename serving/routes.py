@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from neural_router.policy import NoEligibleModelError
 from neural_router.predictions import Predictions
 
 from serving.metrics import CONTENT_TYPE
@@ -26,10 +27,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {**_ERR, "description": "The router is starting or shutting down."},
     504: {**_ERR, "description": "No prediction within request_timeout_s."},
 }
-router = APIRouter()
+router = APIRouter()  # needs the API key when one is configured
+health_router = APIRouter()  # /healthz and /readyz: always open (probes)
 
 
-def get_service(request: Request) -> RouterService:
+async def get_service(request: Request) -> RouterService:
+    """The app's service (async: a sync dependency would cost a thread hop per request)."""
     return request.app.state.service  # type: ignore[no-any-return]
 
 
@@ -45,10 +48,14 @@ def _prepare(svc: RouterService, req: RouteRequest) -> PreparedPrompt:
                                max_tokens=req.max_tokens)
 
 
+def _check_count(svc: RouterService, n: int, what: str) -> None:
+    limit = min(svc.settings.max_batch_requests, svc.settings.max_queue)
+    if n > limit:
+        raise InputError(f"{n} {what} in one call; the limit is {limit} (max_batch_requests, max_queue)")
+
+
 async def _route_many(svc: RouterService, reqs: list[RouteRequest], batch: bool) -> list[RouteResponse]:
-    if len(reqs) > svc.settings.max_batch_requests:
-        raise InputError(f"{len(reqs)} requests in one call; the limit is "
-                         f"{svc.settings.max_batch_requests} (max_batch_requests)")
+    _check_count(svc, len(reqs), "requests")
     prepared, policies = [], []
     for i, r in enumerate(reqs):
         try:
@@ -61,7 +68,7 @@ async def _route_many(svc: RouterService, reqs: list[RouteRequest], batch: bool)
     for i, (p, row, (prefs, cons)) in enumerate(zip(prepared, rows, policies)):
         try:
             d = svc.decide(row, p, prefs, cons)
-        except ValueError as e:  # NoEligibleModelError
+        except NoEligibleModelError as e:
             raise InputError(f"requests[{i}]: {e}" if batch else str(e)) from None
         out.append(RouteResponse(
             request_id=uuid.uuid4().hex, model=d.model, predictions=_prediction_map(row),
@@ -91,9 +98,7 @@ async def route_batch(body: BatchRouteRequest,
 @router.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,
              tags=["routing"], summary="Raw per-model predictions")
 async def predict(body: PredictRequest, svc: RouterService = Depends(get_service)) -> PredictResponse:
-    if len(body.prompts) > svc.settings.max_batch_requests:
-        raise InputError(f"{len(body.prompts)} prompts in one call; the limit is "
-                         f"{svc.settings.max_batch_requests} (max_batch_requests)")
+    _check_count(svc, len(body.prompts), "prompts")
     prepared = [svc.prompt(p, has_image=body.has_image, has_audio=body.has_audio,
                            has_tools=body.has_tools, max_tokens=body.max_tokens, where=f"prompts[{i}]")
                 for i, p in enumerate(body.prompts)]
@@ -118,12 +123,12 @@ async def models(svc: RouterService = Depends(get_service)) -> ModelsResponse:
                           default_preset=svc.settings.default_preset)
 
 
-@router.get("/healthz", response_model=HealthResponse, tags=["ops"], summary="Liveness and device")
+@health_router.get("/healthz", response_model=HealthResponse, tags=["ops"], summary="Liveness and device")
 async def healthz(request: Request) -> HealthResponse:
     return request.app.state.health  # type: ignore[no-any-return]
 
 
-@router.get("/readyz", response_model=ReadyResponse, tags=["ops"],
+@health_router.get("/readyz", response_model=ReadyResponse, tags=["ops"],
             responses={503: {"model": ReadyResponse, "description": "Not ready yet."}},
             summary="Readiness: warm-up done and batcher running")
 async def readyz(svc: RouterService = Depends(get_service)) -> Any:

@@ -79,7 +79,7 @@ class ConstraintsIn(_Strict):
                                            description="Never these models (names or aliases).")
 
 
-_ONE_OF_PROMPT_MESSAGES = {"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+_ONE_OF_PROMPT_MESSAGES: dict[str, Any] = {"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
 
 
 class RouteRequest(_Strict):
@@ -93,7 +93,8 @@ class RouteRequest(_Strict):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_OF_PROMPT_MESSAGES)
 
-    prompt: str | SkipJsonSchema[None] = Field(default=None, description="The prompt text.")
+    prompt: Annotated[str, Field(min_length=1)] | SkipJsonSchema[None] = Field(
+        default=None, description="The prompt text.")
     messages: Annotated[list[Message], Field(min_length=1, max_length=1000)] | SkipJsonSchema[None] = None
     tools: list[dict[str, Any]] | None = Field(default=None, description="Non-empty sets has_tools.")
     max_tokens: int | None = Field(default=None, ge=1, le=10_000_000,
@@ -115,7 +116,7 @@ class BatchRouteRequest(_Strict):
 
 
 class PredictRequest(_Strict):
-    prompts: list[str] = Field(min_length=1, description="Prompt texts.")
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="Prompt texts.")
     max_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
     has_image: bool = False
     has_audio: bool = False

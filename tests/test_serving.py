@@ -24,7 +24,7 @@ from neural_router.predictions import Predictions, RequestFeatures
 
 from serving.app import create_app
 from serving.batching import DynamicBatcher, QueueFullError
-from serving.config import ConfigError, ServeSettings, load_settings
+from serving.config import ConfigError, EndpointOverride, ServeSettings, load_settings
 from serving.service import clean_text, flatten_messages
 
 POOL = ModelPool(models=(
@@ -183,8 +183,11 @@ def test_nan_weights_malformed_json_and_invalid_utf8(client: TestClient) -> None
     assert r.status_code == 400
     r = client.post("/v1/route", content=b'[1, 2]', headers=h)
     assert r.status_code == 422
-    # a lone surrogate is valid JSON but not UTF-8: routed on the cleaned text, echoed safely
+    # a lone surrogate is valid JSON but not UTF-8: rejected in `prompt`, cleaned in message text
     r = client.post("/v1/route", content=b'{"prompt": "hello \\ud800 world"}', headers=h)
+    assert r.status_code == 422, r.text
+    r = client.post("/v1/route", headers=h,
+                    content=b'{"messages": [{"role": "user", "content": "hello \\ud800 world"}]}')
     assert r.status_code == 200, r.text
     r = client.post("/v1/route", content=b'{"prompt": "a", "constraints": {"allowed_models": ["\\udc80"]}}', headers=h)
     assert r.status_code == 422 and r.json()["detail"]
@@ -229,8 +232,10 @@ def test_batch_route_keeps_order_and_names_bad_item(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     models = [x["model"] for x in r.json()["results"]]
     assert models[1:] == ["big", "small"] and len(set(x["request_id"] for x in r.json()["results"])) == 3
-    r = client.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}, {"prompt": ""}]})
+    r = client.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}, {"prompt": " "}]})
     assert r.status_code == 422 and "requests[1]" in r.json()["detail"]
+    r = client.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}, {"prompt": ""}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["body", "requests", 1]
     r = client.post("/v1/route/batch", json={"requests": []})
     assert r.status_code == 422
 
@@ -244,6 +249,9 @@ def test_predict_endpoint(client: TestClient) -> None:
     assert 0 <= body["predictions"][0]["small"]["quality"] <= 1
     r = client.post("/v1/predict", json={"prompts": ["fine", " "]})
     assert r.status_code == 422 and "prompts[1]" in r.json()["detail"]
+    with make_client(max_batch_requests=3) as c:
+        r = c.post("/v1/predict", json={"prompts": ["a", "b", "c", "d"]})
+        assert r.status_code == 422 and "max_batch_requests" in r.json()["detail"]
 
 
 def test_models_health_ready(client: TestClient) -> None:
@@ -264,6 +272,20 @@ def test_models_health_ready(client: TestClient) -> None:
         assert c.get("/healthz").json()["device_fallback"] is False
 
 
+def test_failed_warm_up_keeps_the_service_up_but_not_ready() -> None:
+    class NoWarmUp(StubPredictor):
+        def predict(self, prompts: list[str], features: list[RequestFeatures] | None = None) -> Predictions:
+            if prompts == ["warm-up"]:
+                raise RuntimeError("cold")
+            return super().predict(prompts, features)
+
+    with make_client(NoWarmUp()) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json() == {"ready": False, "detail": "warming up"}
+        assert c.get("/healthz").status_code == 200
+        assert c.post("/v1/route", json={"prompt": "still routes"}).status_code == 200
+
+
 def test_api_key_required_except_health() -> None:
     with make_client(api_key="s3cret") as c:
         assert c.post("/v1/route", json={"prompt": "a"}).status_code == 401
@@ -276,6 +298,8 @@ def test_api_key_required_except_health() -> None:
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
         schema = c.get("/openapi.json", headers=ok).json()
         assert "HTTPBearer" in schema["components"]["securitySchemes"]
+        assert schema["paths"]["/v1/route"]["post"]["security"] == [{"HTTPBearer": []}]
+        assert "security" not in schema["paths"]["/healthz"]["get"]
 
 
 def test_metrics_are_per_app_and_count_requests() -> None:
@@ -443,10 +467,11 @@ def test_settings_from_yaml_env_and_errors(tmp_path: Any, monkeypatch: pytest.Mo
         load_settings(tmp_path / "missing.yaml")
 
 
+
 def test_endpoint_overrides_must_name_pool_models() -> None:
-    s = ServeSettings(endpoints={"big-latest": {"endpoint": "http://127.0.0.1:9/v1", "api_model": "b"}})
+    s = ServeSettings(endpoints={"big-latest": EndpointOverride(endpoint="http://127.0.0.1:9/v1", api_model="b")})
     app = create_app(s, StubPredictor())
     spec = app.state.service.pool.get("big")
     assert spec.endpoint == "http://127.0.0.1:9/v1" and spec.api_model == "b"
     with pytest.raises(ValueError, match="not in the router's pool"):
-        create_app(ServeSettings(endpoints={"gpt-17": {"endpoint": "http://x/v1"}}), StubPredictor())
+        create_app(ServeSettings(endpoints={"gpt-17": EndpointOverride(endpoint="http://x/v1")}), StubPredictor())

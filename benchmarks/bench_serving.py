@@ -1,0 +1,252 @@
+"""Load-test the router service over loopback HTTP and compare with raw ONNX batched throughput.
+
+    python benchmarks/bench_serving.py --router runs/demo/export --out runs/bench_serving.json
+
+For each configuration (dynamic batching on, and off = max_batch_size 1) the service is started as
+a subprocess (`python -m serving`) on 127.0.0.1 with a free port, then a closed-loop load generator
+(httpx async; each of C workers sends its next /v1/route request as soon as the previous answers)
+runs for --duration-s seconds at each concurrency C. Reported per run: throughput, p50/p95/p99
+latency, mean batch size (from the service's /metrics), and error counts (429 separately). The raw
+throughput of the same predictor (in this process, no HTTP) at batch size 1 and --max-batch-size is
+measured in the same run. Client and server share the machine's cores: on a small machine the load
+generator's own CPU use lowers the service numbers. Everything is bounded by --duration-s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a Python function that returns the n-th Fibonacci number using memoization.",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "Question: Which gas do plants absorb from the atmosphere?\nA. Oxygen\nB. Carbon dioxide\n"
+    "C. Nitrogen\nD. Helium\nAnswer:",
+    "Summarise the following text. " + "The quick brown fox jumps over the lazy dog. " * 40,
+    "Translate to German: the weather is nice today and we are going to the lake.",
+    "Explain the difference between a process and a thread in operating systems.",
+    "Prove that the square root of two is irrational.",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def batch_counters(base: str) -> tuple[float, float]:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    vals = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+            if line.startswith(("router_batch_size_sum", "router_batch_size_count"))}
+    return vals.get("router_batch_size_sum", 0.0), vals.get("router_batch_size_count", 0.0)
+
+
+class Service:
+    """`python -m serving` in a subprocess on loopback, with its own config file."""
+
+    def __init__(self, router: str, device: str, settings: dict[str, Any], workdir: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        cfg = workdir / f"serve-{self.port}.yaml"
+        cfg.write_text(yaml.safe_dump({"log_level": "warning", "access_log": False, **settings}))
+        self.log = workdir / f"serve-{self.port}.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "serving", "--router", router, "--port", str(self.port),
+                 "--device", device, "--config", str(cfg)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited ({self.proc.returncode}):\n{self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return httpx.get(f"{self.base}/healthz", timeout=5).json()  # type: ignore[no-any-return]
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"service not ready after {timeout_s} s:\n{self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+async def closed_loop(base: str, concurrency: int, duration_s: float) -> dict[str, Any]:
+    """C workers, each with its own connection (one httpx client per worker: a shared client's pool
+    costs O(connections) CPU per request and would make the load generator the bottleneck)."""
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    exceptions = 0
+    clients = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*(c.get("/healthz") for c in clients))  # open the connections first
+        end = time.perf_counter() + duration_s
+
+        async def worker(wid: int, client: httpx.AsyncClient) -> None:
+            nonlocal exceptions
+            i = wid
+            while time.perf_counter() < end:
+                body = {"prompt": PROMPTS[i % len(PROMPTS)] + f" #{i}"}
+                i += concurrency
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/v1/route", json=body)
+                except httpx.HTTPError:
+                    exceptions += 1
+                    continue
+                statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+                if r.status_code == 200:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                elif r.status_code == 429:
+                    await asyncio.sleep(float(r.headers.get("retry-after", "1")) / 10)
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker(w, c) for w, c in enumerate(clients)))
+        elapsed = time.perf_counter() - t_start
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+    ok = statuses.get("200", 0)
+    return {"concurrency": concurrency, "seconds": round(elapsed, 3), "ok": ok,
+            "throughput_rps": ok / elapsed if elapsed else 0.0,
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+            "p99_ms": percentile(latencies, 99), "status_counts": statuses,
+            "http_429": statuses.get("429", 0),
+            "errors": sum(v for k, v in statuses.items() if k != "200") + exceptions,
+            "exceptions": exceptions}
+
+
+def run_service(name: str, router: str, device: str, settings: dict[str, Any], levels: list[int],
+                duration_s: float, workdir: Path) -> dict[str, Any]:
+    svc = Service(router, device, settings, workdir)
+    try:
+        health = svc.wait_ready()
+        runs = []
+        for c in levels:
+            s0, n0 = batch_counters(svc.base)
+            res = asyncio.run(closed_loop(svc.base, c, duration_s))
+            s1, n1 = batch_counters(svc.base)
+            res["mean_batch_size"] = (s1 - s0) / (n1 - n0) if n1 > n0 else None
+            runs.append(res)
+            print(f"  [{name}] c={c:<4d} {res['throughput_rps']:8.1f} req/s  p50 {_ms(res['p50_ms'])}  "
+                  f"p99 {_ms(res['p99_ms'])}  batch {_f(res['mean_batch_size'])}  errors {res['errors']}",
+                  flush=True)
+        return {"name": name, "settings": settings, "health": health, "runs": runs}
+    finally:
+        svc.stop()
+
+
+def raw_throughput(router: str, device: str, batch_sizes: list[int], duration_s: float,
+                   threads: int | None) -> dict[str, Any]:
+    """Prompts/s of predictor.predict() alone (tokenisation + ONNX), same prompts, in this process."""
+    from serving.app import load_router
+
+    predictor = load_router(router, device, None, threads)
+    out: dict[str, Any] = {"provider": str(predictor.provider), "by_batch_size": {}}
+    for bs in batch_sizes:
+        prompts = [PROMPTS[i % len(PROMPTS)] + f" #{i}" for i in range(bs)]
+        predictor.predict(prompts)  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < duration_s:
+            predictor.predict(prompts)
+            n += bs
+        elapsed = time.perf_counter() - t0
+        out["by_batch_size"][str(bs)] = n / elapsed
+        print(f"  [raw onnx] batch {bs:<4d} {n / elapsed:8.1f} prompts/s", flush=True)
+    return out
+
+
+def _ms(v: float | None) -> str:
+    return f"{v:7.1f} ms" if v is not None else "      - ms"
+
+
+def _f(v: float | None) -> str:
+    return f"{v:5.1f}" if v is not None else "    -"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    head = (f"{'config':<10} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+            f"{'batch':>6} {'429':>5} {'errors':>6}")
+    print("\n" + head + "\n" + "-" * len(head))
+    for cfg in result["services"]:
+        for r in cfg["runs"]:
+            def fmt(v: float | None) -> str:
+                return f"{v:8.1f}" if v is not None else f"{'-':>8}"
+            print(f"{cfg['name']:<10} {r['concurrency']:>5} {r['throughput_rps']:>8.1f} {fmt(r['p50_ms'])} "
+                  f"{fmt(r['p95_ms'])} {fmt(r['p99_ms'])} {_f(r['mean_batch_size']):>6} "
+                  f"{r['http_429']:>5} {r['errors']:>6}")
+    raw = result["raw_onnx"]["by_batch_size"]
+    print("\nraw predictor (no HTTP): " + ", ".join(f"batch {k}: {v:.1f} prompts/s" for k, v in raw.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--router", required=True, help="exported router folder")
+    p.add_argument("--out", required=True, help="where to write the JSON results")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--concurrency", default="1,8,32,128", help="comma-separated concurrency levels")
+    p.add_argument("--duration-s", type=float, default=5.0, help="seconds per concurrency level")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=0.0)
+    p.add_argument("--max-queue", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime intra-op threads (service and raw run); default: all cores")
+    p.add_argument("--skip-unbatched", action="store_true", help="only the batched configuration")
+    a = p.parse_args(argv)
+    levels = [int(x) for x in a.concurrency.split(",") if x.strip()]
+    base: dict[str, Any] = {"max_wait_ms": a.max_wait_ms, "max_queue": a.max_queue, "request_timeout_s": 30,
+                            "inference_threads": a.threads}
+    configs = [("batched", {**base, "max_batch_size": a.max_batch_size})]
+    if not a.skip_unbatched:
+        configs.append(("unbatched", {**base, "max_batch_size": 1}))
+    result: dict[str, Any] = {"router": a.router, "device": a.device, "duration_s": a.duration_s,
+                              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                          "python": platform.python_version()},
+                              "services": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, settings in configs:
+            print(f"service {name}: {settings}", flush=True)
+            result["services"].append(run_service(name, a.router, a.device, settings, levels,
+                                                  a.duration_s, Path(tmp)))
+    print("raw predictor throughput", flush=True)
+    result["raw_onnx"] = raw_throughput(a.router, a.device, sorted({1, a.max_batch_size}),
+                                        min(a.duration_s, 5.0), a.threads)
+    print_table(result)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
