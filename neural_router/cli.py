@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the router microservice")
     p.add_argument("--router", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--config", help="serving YAML (default: configs/serve.yaml)")
+    p.add_argument("--host", help="default from the config: 127.0.0.1")
+    p.add_argument("--port", type=int, help="default from the config: 8000")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="default from the config: auto")
+    p.add_argument("--config", help="serving YAML (default: built-in settings, same as configs/serve.yaml)")
 
     p = sub.add_parser("demo", help="train, evaluate, export and route sample prompts")
     p.add_argument("--data", action="append", required=True)

@@ -176,6 +176,8 @@ class OnnxPredictor(_Base):
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or int(os.environ.get("NEURAL_ROUTER_THREADS", "0")) or 0
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle threads must not spin: on a small shared CPU spinning halves throughput
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # noqa: BLE001
@@ -189,11 +191,24 @@ class OnnxPredictor(_Base):
 
 
 def load_predictor(path: str | Path, device: str = "auto", pool: ModelPool | None = None,
-                   int8: bool = False, threads: int | None = None):
-    """An exported folder (``router.onnx``) -> OnnxPredictor; a trained folder -> TorchPredictor."""
+                   int8: bool = False, threads: int | None = None, max_length: int | None = None):
+    """An exported folder (``router.onnx``) -> OnnxPredictor; a trained folder -> TorchPredictor.
+
+    ``max_length`` caps the prompt tokens kept (head + tail); it never exceeds what the router was
+    trained with.
+    """
     d = Path(path)
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
     if (d / ONNX_FILE).is_file() or (int8 and (d / ONNX_INT8_FILE).is_file()):
-        return OnnxPredictor(d, device, pool, int8=int8, threads=threads)
-    return TorchPredictor.from_pretrained(d, device, pool)
+        pred = OnnxPredictor(d, device, pool, int8=int8, threads=threads)
+    else:
+        pred = TorchPredictor.from_pretrained(d, device, pool)
+    if max_length is not None:
+        if max_length < pred.rc.head_tokens + 8:
+            raise ValueError(f"max_length {max_length} is too small (head_tokens is {pred.rc.head_tokens})")
+        if max_length > pred.rc.max_length:
+            log.warning("max_length %d is above the router's trained max_length %d; keeping %d",
+                        max_length, pred.rc.max_length, pred.rc.max_length)
+        pred.rc.max_length = min(max_length, pred.rc.max_length)
+    return pred

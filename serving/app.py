@@ -8,7 +8,6 @@ router folder and runs it with uvicorn; ``neural-router serve`` and ``python -m 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import sys
@@ -59,23 +58,8 @@ def load_router(router_dir: str | Path, device: str, max_prompt_tokens: int | No
     OSError for a bad folder."""
     from neural_router.predictors import load_predictor  # imported late: pulls in transformers
 
-    params = inspect.signature(load_predictor).parameters
-    kwargs: dict[str, Any] = {"device": device}
-    if max_prompt_tokens is not None and "max_length" in params:
-        kwargs["max_length"] = max_prompt_tokens
-    for name, value in (("threads", threads), ("int8", int8)):
-        if value:
-            if name not in params:
-                raise ValueError(f"this neural_router's load_predictor does not support {name}")
-            kwargs[name] = value
-    predictor: Predictor = load_predictor(router_dir, **kwargs)
-    rc: Any = getattr(predictor, "rc", None)
-    if max_prompt_tokens is not None and "max_length" not in params and hasattr(rc, "max_length"):
-        if max_prompt_tokens > rc.max_length:
-            log.warning("max_prompt_tokens %d is above the router's max_length %d; keeping %d",
-                        max_prompt_tokens, rc.max_length, rc.max_length)
-        else:
-            rc.max_length = max_prompt_tokens
+    predictor: Predictor = load_predictor(router_dir, device=device, threads=threads, int8=int8,
+                                          max_length=max_prompt_tokens)
     return predictor
 
 
