@@ -7,7 +7,7 @@ DATA   ?= ../shared/data
 RUN    ?= runs/demo
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean sysdeps
 
 setup: $(STAMP)
 
@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/neural-router demo --data $(DATA)/routerbench --output $(RUN)
 
-test: setup
+# PostgreSQL server binaries for the feedback-store tests (they start their own throwaway server)
+sysdeps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+test: setup sysdeps
 	$(PY) -m pytest -q
 
 bench: setup

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--pair", action="append", default=[], help="STRONG,WEAK two-model check (repeatable)")
+    p.add_argument("--int8", action="store_true", help="evaluate the exported int8 model")
 
     p = sub.add_parser("export", help="export a trained router to ONNX")
     p.add_argument("--router", required=True)
@@ -108,7 +109,7 @@ def cmd_eval(args) -> int:
 
     pairs = [tuple(p.split(",", 1)) for p in args.pair]
     report = run_eval(args.router, args.data, args.output, args.pool, baselines=not args.no_baselines,
-                      pairs=pairs)
+                      pairs=pairs, int8=args.int8)
     print_summary(report)
     return 0
 

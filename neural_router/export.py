@@ -89,7 +89,13 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(out / ONNX_FILE), str(out / ONNX_INT8_FILE), weight_type=QuantType.QInt8)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.WARNING)  # the quantizer logs every tensor at INFO on the root logger
+        try:
+            quantize_dynamic(str(out / ONNX_FILE), str(out / ONNX_INT8_FILE), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         q8 = OnnxPredictor(out, device="cpu", int8=True).predict(check)
         report["int8"] = {"onnx": ONNX_INT8_FILE,
                           "max_abs_diff_quality": float(np.max(np.abs(ref.quality - q8.quality))),

@@ -19,7 +19,7 @@ DEFAULT_PAIRS = [("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")]
 
 def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str | Path | None = None,
              pool_file: str | Path | None = None, baselines: bool = True,
-             pairs: list[tuple[str, str]] | None = None) -> dict:
+             pairs: list[tuple[str, str]] | None = None, int8: bool = False) -> dict:
     """Split the data exactly as training did (same fraction and salt) and evaluate on validation."""
     d = Path(router_dir)
     tm_path = d / "training_metrics.json"
@@ -27,7 +27,7 @@ def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str 
     data = data or tm.get("data")
     if not data:
         raise ValueError(f"{d} has no training_metrics.json naming its data; pass --data")
-    predictor = load_predictor(d, device="auto")
+    predictor = load_predictor(d, device="auto", int8=int8)
     pool = ModelPool.from_yaml(pool_file) if pool_file else predictor.pool
     dcfg = DataConfig(**tm.get("config", {}).get("data", {})) if tm else DataConfig()
     # models the router does not know (other pools in the same data) are skipped, not errors
@@ -41,11 +41,13 @@ def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str 
     out.mkdir(parents=True, exist_ok=True)
     report = evaluate(preds, train, val, pool, baselines=baselines,
                       encoder=tm.get("config", {}).get("encoder", "default"),
-                      pairs=DEFAULT_PAIRS + list(pairs or []), plot_path=out / "cost_quality.png")
+                      pairs=DEFAULT_PAIRS + list(pairs or []), plot_path=out / ("cost_quality.int8.png" if int8 else "cost_quality.png"))
     report["router"] = str(d)
     report["router_version"] = predictor.version
-    (out / "eval_report.json").write_text(json.dumps(report, indent=2, default=float))
-    if (d / "training_metrics.json").is_file() and out.resolve() == d.resolve():
+    report["predictor"] = {"provider": predictor.provider, "int8": int8}
+    name = "eval_report.int8.json" if int8 else "eval_report.json"
+    (out / name).write_text(json.dumps(report, indent=2, default=float))
+    if (d / "training_metrics.json").is_file() and out.resolve() == d.resolve() and not int8:
         write_model_card(d)
     return report
 
@@ -68,7 +70,7 @@ def print_summary(report: dict) -> None:
                   f"{rel:.0%}" if rel == rel else "never", f"{r['quality_only']['all']['router']:.4f}",
                   f"{sum(aurocs) / len(aurocs):.3f}" if aurocs else "")
     t.add_row("oracle", "", f"{report['oracle']['quality']:.4f}", "", "", "")
-    Console().print(t)
+    Console(width=150).print(t)
     for name, r in report["routers"].items():
         for tm in r.get("two_model", []):
             Console().print(f"{name}: {tm['strong']} vs {tm['weak']}: APGR {tm['apgr']:.3f}, "
