@@ -31,7 +31,7 @@ test: setup sysdeps
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/bench_predictor.py
+	$(PY) benchmarks/bench_predictor.py --router $(RUN)/onnx --trained $(RUN)/router
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,7 +1,7 @@
 """Predictor speed, side by side in one run: PyTorch vs ONNX fp32 vs ONNX int8 (MiniLM-L6 router), and a
 bert-base-sized router (the size of RouteLLM's BERT router) in ONNX fp32 as the reference.
 
-    python benchmarks/bench_predictor.py [--router EXPORTED_DIR] [--threads 2] [--out bench.json]
+    python benchmarks/bench_predictor.py [--router EXPORTED_DIR --trained TRAINED_DIR] [--threads 2] [--out bench.json]
 
 Without --router a MiniLM router with untrained heads is built and exported (speed does not depend on
 the weights). Reports p50/p90 latency of one 64-token prompt and batched throughput at 64 tokens.
@@ -76,6 +76,7 @@ def time_batched(predictor, prompts: list[str], repeats: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--router", help="exported router folder (router.onnx, router.int8.onnx, model weights)")
+    ap.add_argument("--trained", help="the trained (PyTorch) folder the export came from, for the PyTorch row")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
@@ -95,7 +96,8 @@ def main() -> None:
     os.environ["NEURAL_ROUTER_THREADS"] = str(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="nr-bench-"))
     onnx_dir = Path(args.router) if args.router else make_router(tmp / "minilm")
-    trained_dir = onnx_dir if (onnx_dir / "model.safetensors").is_file() else tmp / "minilm" / "trained"
+    trained_dir = Path(args.trained) if args.trained else (
+        onnx_dir if (onnx_dir / "model.safetensors").is_file() else tmp / "minilm" / "trained")
     candidates = {}
     if (trained_dir / "model.safetensors").is_file():
         candidates["MiniLM-L6 PyTorch fp32"] = lambda: TorchPredictor.from_pretrained(trained_dir, device="cpu")
