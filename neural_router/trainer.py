@@ -10,10 +10,23 @@ Cheap on CPU without giving up quality:
 Losses are masked: a prompt/model pair that was never observed contributes nothing. Quality uses
 binary cross-entropy with the (possibly graded) score as a soft target; output tokens and latency
 use squared error in log space, where observed.
+
+Learning from logged outcomes (``training/update.py``) adds three optional inputs to
+:func:`train_router`, none of which changes anything when left out:
+
+* ``init_from``: start from an existing router (same encoder and trunk; the heads' rows of the
+  models it knows are copied, a model it does not know starts from a cold-start prior);
+* ``sample_weights[N, M]``: per (prompt, model) importance weights in every masked loss (weighted
+  mean over the observed cells), e.g. clipped 1/propensity for logged outcomes, 1 for labeled data;
+* ``activation_cache``: an :class:`ActivationCache` that keeps frozen-layer activations between
+  runs whose frozen layers are identical (successive updates of one router), so a prompt goes
+  through the frozen layers once.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import math
 import random
@@ -70,6 +83,7 @@ class Tensors:
     log_out: torch.Tensor
     log_lat: torch.Tensor
     hidden: list[torch.Tensor] | None = None
+    weights: torch.Tensor | None = None   # [N, M] per-cell loss weights; None = all 1
 
 
 def set_seed(seed: int) -> None:
@@ -130,6 +144,8 @@ def make_batch(t: Tensors, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
     b = {"attention_mask": torch.tensor(t.attention_mask[idx, :T], device=device),
          "features": t.features[idx].to(device), "scores": t.scores[idx].to(device),
          "log_out": t.log_out[idx].to(device), "log_lat": t.log_lat[idx].to(device)}
+    if t.weights is not None:
+        b["weights"] = t.weights[idx].to(device)
     if t.hidden is not None:
         H = t.hidden[idx[0]].shape[-1]
         h = torch.zeros(len(idx), T, H, dtype=torch.float32)
@@ -142,16 +158,28 @@ def make_batch(t: Tensors, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
 
 
 def masked_losses(out: dict[str, torch.Tensor], b: dict[str, torch.Tensor], cfg: TrainConfig):
+    """Masked losses; with ``b["weights"]`` each observed cell counts with its weight (weighted mean)."""
+    w = b.get("weights")
+
     def masked(target, fn):
         m = torch.isfinite(target)
+        if w is not None:
+            m = m & (w > 0)
         if not m.any():
             return out["quality_logits"].sum() * 0.0, 0
         return fn(m), int(m.sum())
 
-    q, nq = masked(b["scores"], lambda m: F.binary_cross_entropy_with_logits(
-        out["quality_logits"][m], b["scores"][m]))
-    o, _ = masked(b["log_out"], lambda m: F.mse_loss(out["log_out_tokens"][m], b["log_out"][m]))
-    lat, _ = masked(b["log_lat"], lambda m: F.mse_loss(out["log_latency"][m], b["log_lat"][m]))
+    def reduce(per_cell, m):
+        if w is None:
+            return per_cell.mean()
+        return (per_cell * w[m]).sum() / w[m].sum()
+
+    q, nq = masked(b["scores"], lambda m: reduce(F.binary_cross_entropy_with_logits(
+        out["quality_logits"][m], b["scores"][m], reduction="none"), m))
+    o, _ = masked(b["log_out"], lambda m: reduce(
+        F.mse_loss(out["log_out_tokens"][m], b["log_out"][m], reduction="none"), m))
+    lat, _ = masked(b["log_lat"], lambda m: reduce(
+        F.mse_loss(out["log_latency"][m], b["log_lat"][m], reduction="none"), m))
     total = q + cfg.loss_out_tokens * o + cfg.loss_latency * lat
     return total, {"quality": float(q.detach()), "out_tokens": float(o.detach()), "latency": float(lat.detach()), "n": nq}
 
@@ -162,18 +190,75 @@ def run_model(model: RouterModel, b: dict[str, torch.Tensor], start_layer: int):
     return model(b["input_ids"], b["attention_mask"], b["features"])
 
 
+class ActivationCache:
+    """Frozen-layer activations kept between training runs and predictions.
+
+    Entries are keyed by a fingerprint of the frozen weights (embeddings + the first ``n_layers``
+    layers), ``n_layers`` and the token ids of the prompt, so a cache can be shared safely between
+    routers: a router whose frozen layers differ simply misses. Typical use: successive updates of
+    one router (their frozen layers never change) in one process. Stored as fp16 like the trainer's
+    own cache (about ``tokens x hidden x 2`` bytes per prompt).
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, int], dict[tuple[int, ...], torch.Tensor]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._store.values())
+
+    def fingerprint(self, model: RouterModel, n_layers: int) -> str:
+        """Hash of the weights the first ``n_layers`` layers' output depends on."""
+        enc = model.encoder
+        tensors = list(enc.embeddings.state_dict().items())
+        for k, layer in enumerate(enc.encoder.layer[:n_layers]):
+            tensors += [(f"{k}.{n}", t) for n, t in layer.state_dict().items()]
+        h = hashlib.blake2b(digest_size=16)
+        h.update(str(n_layers).encode())
+        for name, t in tensors:
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def table(self, model: RouterModel, n_layers: int) -> dict[tuple[int, ...], torch.Tensor]:
+        return self._store.setdefault((self.fingerprint(model, n_layers), n_layers), {})
+
+
 @torch.no_grad()
-def cache_hidden(model: RouterModel, t: Tensors, n_layers: int, batch_size: int, desc: str) -> None:
+def cache_hidden(model: RouterModel, t: Tensors, n_layers: int, batch_size: int, desc: str,
+                 cache: ActivationCache | None = None) -> None:
     from tqdm.auto import tqdm
 
     model.eval()
     t.hidden = [None] * len(t.lengths)  # type: ignore[list-item]
-    for idx in tqdm(bucket_batches(t.lengths, batch_size * 2, None), desc=desc, leave=False):
+    todo = np.arange(len(t.lengths))
+    keys: list[tuple[int, ...]] = []
+    table: dict[tuple[int, ...], torch.Tensor] | None = None
+    if cache is not None:
+        table = cache.table(model, n_layers)
+        keys = [tuple(int(x) for x in t.input_ids[i, : t.lengths[i]]) for i in range(len(t.lengths))]
+        missing = []
+        for i, k in enumerate(keys):
+            h = table.get(k)
+            if h is None:
+                missing.append(i)
+            else:
+                t.hidden[i] = h
+        cache.hits += len(keys) - len(missing)
+        cache.misses += len(missing)
+        todo = np.array(missing, dtype=np.int64)
+    if not len(todo):
+        return
+    for idx in tqdm(bucket_batches(t.lengths[todo], batch_size * 2, None), desc=desc, leave=False):
+        idx = todo[idx]
         T = int(t.lengths[idx].max())
         h = model.hidden_after(torch.tensor(t.input_ids[idx, :T]), torch.tensor(t.attention_mask[idx, :T]),
                                n_layers)
         for k, i in enumerate(idx):
             t.hidden[i] = h[k, : t.lengths[i]].to(torch.float16).clone()
+            if table is not None:
+                table[keys[i]] = t.hidden[i]
 
 
 @torch.no_grad()
@@ -190,9 +275,126 @@ def evaluate_loss(model, t: Tensors, cfg: TrainConfig, start_layer: int, device)
     return tot / max(n, 1), preds
 
 
+def frozen_layer_count(model: RouterModel, cfg: TrainConfig) -> int:
+    """How many encoder layers the trainer runs once and caches (0: no activation cache)."""
+    if not (cfg.cache_activations and cfg.freeze_layers != 0 and model.supports_layer_cache()):
+        return 0
+    return model.num_layers() if cfg.freeze_layers < 0 else min(cfg.freeze_layers, model.num_layers())
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+def known_models_mean_quality(train: RoutingDataset, init_from: RouterModel) -> float:
+    """The default cold-start prior: mean observed score of the models ``init_from`` knows (in
+    ``train``), else the mean of its quality heads' sigmoid(bias)."""
+    cols = [j for j, m in enumerate(train.models) if m in init_from.config.models]
+    s = train.scores[:, cols] if cols else np.zeros((0, 0))
+    if np.isfinite(s).any():
+        return float(np.nanmean(s))
+    return float(torch.sigmoid(init_from.quality.bias.detach()).mean())
+
+
+def model_from_parent(rc: RouterConfig, parent: RouterModel, train: RoutingDataset,
+                      cold_start_prior: float | None = None) -> RouterModel:
+    """A RouterModel for ``rc.models`` initialised from ``parent``: the encoder, feature norm and trunk
+    are copied; each head row of a model the parent knows is copied; a new model's rows start as
+    the mean of the known rows (an "average known model" in logit space), its quality bias shifted
+    so that its prior is ``cold_start_prior`` (default: the mean quality of the known models) and
+    its output-token bias set from ``rc.default_output_tokens``."""
+    old = parent.config
+    model = RouterModel(rc, copy.deepcopy(parent.encoder).cpu())
+    for p in model.encoder.parameters():  # the parent may come back from training partly frozen
+        p.requires_grad_(True)
+    model.feature_norm.load_state_dict(parent.feature_norm.state_dict())
+    model.trunk.load_state_dict(parent.trunk.state_dict())
+    known = [m for m in rc.models if m in old.models]
+    if not known:
+        raise ValueError("init_from shares no model with the new router; nothing to start from")
+    mean_q = known_models_mean_quality(train, parent)
+    prior = mean_q if cold_start_prior is None else float(cold_start_prior)
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"cold_start_prior must be in (0, 1), got {prior}")
+    shift = _logit(prior) - _logit(mean_q)
+    known_idx = [old.models.index(m) for m in known]
+    with torch.no_grad():
+        for name in ("quality", "out_tokens", "latency"):
+            src, dst = getattr(parent, name), getattr(model, name)
+            w_mean = src.weight[known_idx].mean(0)
+            b_mean = src.bias[known_idx].mean()
+            for j, m in enumerate(rc.models):
+                if m in old.models:
+                    i = old.models.index(m)
+                    dst.weight[j] = src.weight[i]
+                    dst.bias[j] = src.bias[i]
+                elif name == "quality":
+                    dst.weight[j] = w_mean
+                    dst.bias[j] = b_mean + shift
+                elif name == "out_tokens":
+                    dst.weight[j] = 0.0
+                    dst.bias[j] = math.log1p(rc.default_output_tokens[j])
+                else:
+                    dst.weight[j] = w_mean
+                    dst.bias[j] = b_mean
+    new = [m for m in rc.models if m not in old.models]
+    if new:
+        log.info("new models %s start from the cold-start prior %.3f", ", ".join(new), prior)
+    return model
+
+
+def _config_from_parent(rc: RouterConfig, parent: RouterConfig, train: RoutingDataset) -> RouterConfig:
+    """Keep the parent's input settings; per model, keep the parent's calibration where the new data
+    has too little to estimate it (no costs / output tokens / latencies observed)."""
+    rc.encoder, rc.max_length, rc.head_tokens, rc.hidden = (parent.encoder, parent.max_length,
+                                                             parent.head_tokens, parent.hidden)
+    for j, m in enumerate(rc.models):
+        if m not in parent.models:
+            continue
+        i = parent.models.index(m)
+        if np.isfinite(train.cost_usd[:, j]).sum() < 5:
+            rc.cost_scale[j] = parent.cost_scale[i]
+        if not np.isfinite(train.output_tokens[:, j]).any():
+            rc.default_output_tokens[j] = parent.default_output_tokens[i]
+        rc.latency_learned[j] = bool(rc.latency_learned[j] or parent.latency_learned[i])
+        if not np.isfinite(train.scores[:, j]).any():
+            rc.binary[j] = parent.binary[i]
+    return rc
+
+
+def _check_weights(w: np.ndarray | None, ds: RoutingDataset | None, name: str) -> np.ndarray | None:
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=np.float32)
+    shape = ds.scores.shape if ds is not None else None
+    if w.shape != shape:
+        raise ValueError(f"{name} has shape {w.shape}, expected {shape} (prompts x models of its data)")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0")
+    return w
+
+
 def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelPool, cfg: TrainConfig,
-                 encoder_config=None, progress: bool = True):
-    """Fine-tune and return (model, tokenizer, history). ``encoder_config`` -> random tiny encoder."""
+                 encoder_config=None, progress: bool = True, init_from: RouterModel | None = None,
+                 sample_weights: np.ndarray | None = None, cold_start_prior: float | None = None,
+                 activation_cache: ActivationCache | None = None,
+                 val_sample_weights: np.ndarray | None = None):
+    """Fine-tune and return (model, tokenizer, history). ``encoder_config`` -> random tiny encoder.
+
+    ``init_from``: start from this router instead of the pretrained encoder (its encoder, trunk and
+    the head rows of the models it knows; ``encoder_config`` is then ignored). The new router's
+    models are ``train.models``; a model ``init_from`` does not know starts from
+    ``cold_start_prior`` (default: the mean quality of the known models, see
+    :func:`model_from_parent`). Input settings (max_length, head_tokens, hidden) follow the parent.
+
+    ``sample_weights``: ``[len(train), len(train.models)]`` non-negative loss weights per (prompt,
+    model) cell (only observed cells matter; 0 drops a cell). Losses become weighted means.
+    ``val_sample_weights``: the same for ``val`` (the early-stopping loss).
+
+    ``activation_cache``: reuse/keep frozen-layer activations across calls (see
+    :class:`ActivationCache`).
+    """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
@@ -204,22 +406,36 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     device = accelerator.device
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(cfg.encoder))
 
+    sample_weights = _check_weights(sample_weights, train, "sample_weights")
+    val_sample_weights = _check_weights(val_sample_weights, val, "val_sample_weights")
+    if init_from is not None:
+        cfg = cfg.model_copy(update={"max_length": init_from.config.max_length,
+                                     "head_tokens": init_from.config.head_tokens,
+                                     "hidden": init_from.config.hidden})
     enc_train = encode(tokenizer, train.prompts, cfg.max_length, cfg.head_tokens)
     rc = build_router_config(train, pool, cfg, enc_train.input_tokens)
-    if encoder_config is not None:
+    if init_from is not None:
+        rc = _config_from_parent(rc, init_from.config, train)
+        model = model_from_parent(rc, init_from, train, cold_start_prior)
+    elif encoder_config is not None:
         model = RouterModel.from_encoder_config(rc, encoder_config)
     else:
         model = RouterModel.from_encoder(rc, cfg.encoder)
     model.freeze_lower(cfg.freeze_layers)
     tr = to_tensors(train, tokenizer, rc)
+    if sample_weights is not None:
+        tr.weights = torch.tensor(sample_weights, dtype=torch.float32)
     va = to_tensors(val, tokenizer, rc) if val is not None and len(val) else None
+    if va is not None and val_sample_weights is not None:
+        va.weights = torch.tensor(val_sample_weights, dtype=torch.float32)
 
-    start_layer = 0
-    if cfg.cache_activations and cfg.freeze_layers != 0 and model.supports_layer_cache():
-        start_layer = model.num_layers() if cfg.freeze_layers < 0 else min(cfg.freeze_layers, model.num_layers())
-        cache_hidden(model, tr, start_layer, cfg.batch_size, "caching frozen layers (train)")
+    start_layer = frozen_layer_count(model, cfg)
+    if start_layer:
+        cache_hidden(model, tr, start_layer, cfg.batch_size, "caching frozen layers (train)",
+                     activation_cache)
         if va is not None:
-            cache_hidden(model, va, start_layer, cfg.batch_size, "caching frozen layers (val)")
+            cache_hidden(model, va, start_layer, cfg.batch_size, "caching frozen layers (val)",
+                         activation_cache)
 
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
     enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]

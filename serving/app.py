@@ -26,13 +26,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from neural_router.policy import NoEligibleModelError
 from neural_router.predictions import Predictor
 
-from serving import proxy, routes
+from neural_router.feedback import FeedbackStore
+
+from serving import admin, feedback, proxy, routes
 from serving.batching import BatcherClosedError, QueueFullError
 from serving.config import ConfigError, ServeSettings, load_settings
+from serving.feedback import FeedbackLog
 from serving.guards import GuardMiddleware
 from serving.metrics import MetricsMiddleware, ServingMetrics
-from serving.schemas import HealthResponse
-from serving.service import InputError, RouterService
+from serving.service import InputError, RouterService, device_info, load_router
+
+__all__ = ["create_app", "load_router", "serve"]
 
 log = logging.getLogger("serving")
 __version__ = "0.1.0"
@@ -43,24 +47,6 @@ class SafeJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
-
-
-def _device_info(predictor: Predictor, requested: str) -> tuple[Literal["cuda", "cpu"], bool]:
-    device: Literal["cuda", "cpu"] = "cuda" if "cuda" in str(predictor.provider).lower() else "cpu"
-    fallback = requested != "cpu" and device == "cpu"
-    return device, fallback or bool(getattr(predictor, "cuda_fallback", False))
-
-
-def load_router(router_dir: str | Path, device: str, max_prompt_tokens: int | None = None,
-                threads: int | None = None, int8: bool = False) -> Predictor:
-    """``load_predictor`` plus the ``max_prompt_tokens`` cap (never above what the router was
-    trained with), inference threads and the int8 model. Raises ValueError (RouterLoadError) or
-    OSError for a bad folder."""
-    from neural_router.predictors import load_predictor  # imported late: pulls in transformers
-
-    predictor: Predictor = load_predictor(router_dir, device=device, threads=threads, int8=int8,
-                                          max_length=max_prompt_tokens)
-    return predictor
 
 
 def _error(request: Request, status: int, message: Any, code: str,
@@ -123,22 +109,26 @@ def _install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
                       dict(exc.headers) if exc.headers else None)
 
 
-def create_app(settings: ServeSettings, predictor: Predictor) -> FastAPI:
-    """A FastAPI app serving ``predictor`` configured by ``settings``; owns all of its state."""
+def create_app(settings: ServeSettings, predictor: Predictor, *, router_dir: str | Path | None = None,
+               feedback_store: FeedbackStore | None = None) -> FastAPI:
+    """A FastAPI app serving ``predictor`` configured by ``settings``; owns all of its state.
+
+    ``feedback_store`` replaces the store ``settings.feedback_url`` would open (tests, embedding).
+    Raises ValueError/TypeError when the settings do not fit the predictor or the store or scorer
+    cannot be set up."""
     metrics = ServingMetrics()
-    service = RouterService(predictor, settings, metrics)
-    device, fallback = _device_info(predictor, settings.device)
-    health = HealthResponse(status="ok", router_version=predictor.version, provider=str(predictor.provider),
-                            device=device, requested_device=settings.device, device_fallback=fallback,
-                            models=len(service.models), max_length=getattr(predictor, "max_length", None))
+    service = RouterService(predictor, settings, metrics, str(router_dir) if router_dir else None)
+    fb = FeedbackLog(settings, metrics, feedback_store)
+    device, fallback = device_info(predictor, settings.device)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if fallback and settings.device == "auto":  # load_predictor itself warns for an explicit "cuda"
             log.warning("CUDA is not available; the router runs on CPU (provider %s)", predictor.provider)
-        log.info("router %s: %d models, provider %s, max_batch_size %d, max_wait_ms %g",
-                 predictor.version, len(service.models), predictor.provider,
-                 settings.max_batch_size, settings.max_wait_ms)
+        log.info("router %s: %d models, provider %s, max_batch_size %d, max_wait_ms %g, exploration %s, "
+                 "feedback %s", predictor.version, len(service.models), predictor.provider,
+                 settings.max_batch_size, settings.max_wait_ms, service.state.exploration.name,
+                 feedback.safe_url(settings.feedback_url) if settings.feedback_url else "off")
         await service.batcher.start()
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(
             settings.backend_timeout_s, connect=settings.backend_connect_timeout_s))
@@ -152,6 +142,7 @@ def create_app(settings: ServeSettings, predictor: Predictor) -> FastAPI:
         finally:
             await app.state.http.aclose()
             await service.batcher.stop()
+            await fb.stop()
 
     app = FastAPI(title="neural-router", version=__version__, lifespan=lifespan,
                   default_response_class=SafeJSONResponse,
@@ -159,16 +150,21 @@ def create_app(settings: ServeSettings, predictor: Predictor) -> FastAPI:
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics
-    app.state.health = health
+    app.state.feedback = fb
+    app.state.admin_lock = asyncio.Lock()
     secured = [Security(HTTPBearer(auto_error=False))] if settings.api_key else []
     app.include_router(routes.health_router)
     app.include_router(routes.router, dependencies=secured)
+    app.include_router(feedback.router, dependencies=secured)
     app.include_router(proxy.router, dependencies=secured)
+    app.include_router(admin.router)
     _install_error_handlers(app, metrics)
     _document_presets(app, sorted(settings.presets))
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(GuardMiddleware, api_key=key, max_body_bytes=settings.max_body_bytes)
-    paths = [getattr(r, "path", "") for rt in (app.router, routes.router, routes.health_router, proxy.router) for r in rt.routes]
+    paths = [getattr(r, "path", "") for rt in (app.router, routes.router, routes.health_router,
+                                               feedback.router, proxy.router, admin.router)
+             for r in rt.routes]
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)
     return app
 
@@ -213,7 +209,7 @@ def serve(router_dir: str | Path, host: str | None = None, port: int | None = No
     except (ValueError, OSError) as e:  # RouterLoadError is a ValueError
         raise _fail(f"cannot load the router folder {router_dir}: {e}") from None
     try:
-        app = create_app(settings, predictor)
+        app = create_app(settings, predictor, router_dir=router_dir)
     except (ValueError, TypeError) as e:
         raise _fail(str(e)) from None
     import uvicorn

@@ -7,12 +7,15 @@ file given to :func:`load_settings`, then the defaults below. Unknown keys are r
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from neural_router.exploration import ExplorationConfig
 
 Device = Literal["auto", "cuda", "cpu"]
 
@@ -48,6 +51,41 @@ class EndpointOverride(BaseModel):
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError(f"endpoint must start with http:// or https://, got {v!r}")
         return v
+
+
+class ExplorationSettings(BaseModel):
+    """Exploration on top of the greedy policy (see ``neural_router/exploration.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["none", "epsilon_greedy", "thompson"] = Field(
+        default="none", description="none = always the greedy choice (propensity 1).")
+    epsilon: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False,
+                           description="epsilon_greedy: share of requests sent to a uniform choice.")
+    thompson_pseudo_count: float = Field(
+        default=20.0, gt=0, allow_inf_nan=False,
+        description="thompson: quality ~ Beta(q*n, (1-q)*n); smaller n explores more.")
+    explore_with_constraints: bool = Field(
+        default=False, description="Also explore requests with min_quality/max_cost_usd/"
+                                   "max_latency_ms (only among models predicted to meet them).")
+    boost_models: tuple[str, ...] = Field(
+        default=(), description="Cold start: pool models (names or aliases) that get extra traffic.")
+    boost_epsilon: float = Field(default=0.2, ge=0, le=1, allow_inf_nan=False,
+                                 description="Share of requests sent to a boosted model when one is eligible.")
+    propensity_draws: int = Field(default=200, ge=1, le=100_000,
+                                  description="thompson: Monte Carlo draws estimating the propensity.")
+    seed: int | None = Field(default=None, description="Seed of the exploration RNG (None = random).")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "ExplorationSettings":
+        self.to_config()
+        return self
+
+    def to_config(self, boost_models: tuple[str, ...] | None = None) -> ExplorationConfig:
+        fields = self.model_dump(exclude={"seed"})
+        if boost_models is not None:
+            fields["boost_models"] = boost_models
+        return ExplorationConfig(**fields)
 
 
 DEFAULT_PRESETS: dict[str, PresetPreferences] = {
@@ -111,10 +149,45 @@ class ServeSettings(BaseSettings):
     endpoints: dict[str, EndpointOverride] = Field(
         default_factory=dict, description="Per-model endpoint overrides (name or alias -> fields).")
 
-    @field_validator("api_key")
+    # decision log, feedback and exploration
+    feedback_url: str | None = Field(
+        default=None, description="SQLAlchemy URL (sqlite:///path.db, postgresql://...) or file path "
+                                  "of the decision/feedback store. None = no logging, /v1/feedback "
+                                  "answers 503.")
+    retention: Literal["full", "hash"] = Field(
+        default="full", description="full = store prompts (and proxied answers); hash = only the "
+                                    "prompt's SHA-256, no text.")
+    score_range: tuple[float, float] = Field(
+        default=(0.0, 1.0), description="Scale of the scores clients send to /v1/feedback "
+                                        "(stored rescaled to [0, 1]).")
+    feedback_timeout_s: float = Field(
+        default=5.0, gt=0, allow_inf_nan=False,
+        description="Longest a request waits for its decision to be written; then it is answered "
+                    "anyway (the write continues in the background).")
+    exploration: ExplorationSettings = Field(default_factory=ExplorationSettings)
+    scorer: dict[str, Any] | str | None = Field(
+        default=None, description="Scorer spec (neural_router.scoring.load_scorer) that grades "
+                                  "proxied answers of requests carrying a reference.")
+    admin_key: SecretStr | None = Field(
+        default=None, description="Bearer key of /admin/reload and /admin/rollback; None disables them.")
+
+    @field_validator("api_key", "admin_key")
     @classmethod
     def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
         return None if v is not None and not v.get_secret_value() else v
+
+    @field_validator("feedback_url", "scorer")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("score_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"score_range must be two finite numbers with low < high, got {list(v)}")
+        return v
 
     @model_validator(mode="after")
     def _check_presets(self) -> "ServeSettings":

@@ -10,6 +10,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 EXEMPT_FROM_AUTH = frozenset({"/healthz", "/readyz"})
+EXEMPT_PREFIXES = ("/admin/",)  # the admin API checks its own key (admin_key)
 
 
 async def _send_json(send: Send, status: int, body: Mapping[str, object],
@@ -22,7 +23,8 @@ async def _send_json(send: Send, status: int, body: Mapping[str, object],
 
 
 class GuardMiddleware:
-    """401 without ``Authorization: Bearer <api_key>`` (when a key is set; health probes exempt);
+    """401 without ``Authorization: Bearer <api_key>`` (when a key is set; health probes and the
+    admin API, which has its own key, exempt);
     413 for bodies over ``max_body_bytes`` (by Content-Length, or counted while streaming in)."""
 
     def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int) -> None:
@@ -31,7 +33,8 @@ class GuardMiddleware:
         self.max_body_bytes = max_body_bytes
 
     def _authorised(self, scope: Scope) -> bool:
-        if self.expected is None or scope["path"] in EXEMPT_FROM_AUTH:
+        path = scope["path"]
+        if self.expected is None or path in EXEMPT_FROM_AUTH or path.startswith(EXEMPT_PREFIXES):
             return True
         for name, value in scope.get("headers", []):
             if name == b"authorization":

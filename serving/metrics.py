@@ -40,6 +40,20 @@ class ServingMetrics:
                                       "Backend calls of /v1/chat/completions by model and outcome.",
                                       ["model", "outcome"], registry=r)
 
+        self.exploration = Counter(
+            "router_exploration_decisions_total",
+            "Routing decisions by exploration policy and outcome: greedy (served the policy's "
+            "choice), explored (served another model), constrained (soft constraints switched "
+            "exploration off).", ["policy", "outcome"], registry=r)
+        self.decisions_logged = Counter("router_decisions_logged_total",
+                                        "Decisions written to the feedback store, by status.",
+                                        ["status"], registry=r)
+        self.feedback = Counter("router_feedback_received_total",
+                                "Outcomes received, by source (api, scorer) and status.",
+                                ["source", "status"], registry=r)
+        self.reloads = Counter("router_admin_actions_total", "Admin reloads and rollbacks by status.",
+                               ["action", "status"], registry=r)
+
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)

@@ -7,6 +7,15 @@ name (or alias) skips routing. Only models with an ``endpoint`` are candidates. 
 unreadable answer the next fallback is tried; other 4xx answers are the client's and are returned
 as they are. Streams (SSE) are relayed line by line once the first line has arrived (so a backend
 that fails before its first byte is still retried); ``model`` in every chunk names the pool model.
+
+Routed calls go through exploration like ``/v1/route`` and, with ``feedback_url`` set, are logged as
+decisions under the ``x-router-request-id`` of the answer (``x-router-propensity`` gives the
+propensity), so clients can send ``POST /v1/feedback`` later. When a ``scorer`` is configured and the
+request carries a reference answer (``metadata.reference``, removed before forwarding, or the
+``x-router-reference`` header), the backend's answer is graded in the background and stored as the
+outcome of the model that answered, with the measured latency of that backend call and, when the
+backend reports ``usage``, its cost from the pool's prices. Calls naming a pool model directly are
+not routing decisions and are not logged.
 """
 
 from __future__ import annotations
@@ -14,8 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -26,9 +37,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from neural_router.policy import NoEligibleModelError
 from neural_router.pool import ModelSpec
 
-from serving.routes import get_service
+from serving.feedback import FeedbackLog
+from serving.routes import decision_record, get_feedback, get_service
 from serving.schemas import ChatCompletionRequest, OpenAIErrorResponse
-from serving.service import PresetError, RouterService
+from serving.service import PresetError, PreparedPrompt, RouterService, RouterState
+
+# called with (answer text, the backend's usage object or None, latency of the backend call in ms)
+OnAnswer = Callable[[str, Any, float], None]
+REFERENCE_HEADER = "x-router-reference"
 
 log = logging.getLogger(__name__)
 PROXY_PATH = "/v1/chat/completions"
@@ -50,39 +66,91 @@ def _header_value(name: str) -> str:
     return quote(name, safe="/:.-_@+")
 
 
-def _direct(svc: RouterService, model: str) -> list[str]:
+def _direct(state: RouterState, model: str) -> list[str]:
     """A pool model asked for by name: it alone, no routing."""
-    name = svc.pool.resolve(model)
+    name = state.pool.resolve(model)
     if name is None:
         raise ProxyError(404, f"model {model!r} is neither 'router', 'router:<preset>' nor a "
-                              f"pool model (known: {', '.join(svc.models)})", "model_not_found")
-    if svc.pool.get(name).endpoint is None:
+                              f"pool model (known: {', '.join(state.models)})", "model_not_found")
+    if state.pool.get(name).endpoint is None:
         raise ProxyError(400, f"model {name!r} has no endpoint configured", "no_endpoint")
     return [name]
 
 
-async def _route(svc: RouterService, body: ChatCompletionRequest) -> list[str]:
-    """The routed model first, then its fallbacks; only models with an endpoint take part."""
+@dataclass(frozen=True)
+class _Routed:
+    candidates: list[str]
+    prompt: PreparedPrompt
+    propensity: float
+    logged: bool
+
+
+async def _route(svc: RouterService, state: RouterState, fb: FeedbackLog, body: ChatCompletionRequest,
+                 request_id: str) -> _Routed:
+    """The served model first (after exploration), then the fallbacks; only models with an
+    endpoint take part. The decision is logged under ``request_id`` when feedback is on."""
     preset = body.model.split(":", 1)[1] if ":" in body.model else None
     try:
         prefs = svc.preferences(preset, None)
     except PresetError as e:
         raise ProxyError(400, str(e), "unknown_preset") from None
-    proxyable = [m.name for m in svc.pool.models if m.endpoint]
+    proxyable = [m.name for m in state.pool.models if m.endpoint]
     if not proxyable:
         raise ProxyError(503, "no model in the pool has an endpoint to forward to; set `endpoint` "
                               "in the router's models.yaml or `endpoints` in the serve config",
                          "no_endpoint")
     prompt = svc.messages_prompt([m.model_dump() for m in body.messages], tools=body.tools,
                                  max_tokens=body.max_completion_tokens or body.max_tokens)
-    constraints = svc.constraints(None, restrict_to=proxyable)
-    row = (await svc.predict([prompt]))[0]
+    constraints = svc.constraints(None, restrict_to=proxyable, state=state)
+    row = (await svc.predict([prompt], state))[0]
     try:
-        decision = svc.decide(row, prompt, prefs, constraints)
+        choice = svc.choose(row, prompt, prefs, constraints, state)
     except NoEligibleModelError as e:
         raise ProxyError(422, f"no model with an endpoint can serve this request: {e}",
                          "no_eligible_model") from None
-    return [decision.model, *decision.fallbacks]
+    logged = await fb.log_decisions([decision_record(request_id, state, prompt, row, choice, prefs,
+                                                     constraints)])
+    return _Routed([choice.model, *choice.fallbacks], prompt, choice.propensity, logged > 0)
+
+
+def _reference(payload: dict[str, Any], request: Request) -> str | None:
+    """The reference answer of the request, if any; ``metadata.reference`` is taken out of the
+    forwarded payload (the backend must not see the answer)."""
+    ref: str | None = request.headers.get(REFERENCE_HEADER)
+    meta = payload.get("metadata")
+    if isinstance(meta, dict) and "reference" in meta:
+        value = meta.pop("reference")
+        if not meta:
+            payload.pop("metadata")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ProxyError(400, "metadata.reference must be a string", "invalid_reference")
+        ref = value
+    return ref
+
+
+def _answer_text(data: Any) -> str | None:
+    """``choices[0].message.content`` of a chat completion, text parts joined; None if absent."""
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if isinstance(content, list):
+        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else None
+
+
+def _usage_cost(spec: ModelSpec, usage: Any) -> tuple[float | None, int | None]:
+    """(cost in USD from the pool's prices, completion tokens) of an OpenAI ``usage`` object."""
+    if not isinstance(usage, dict):
+        return None, None
+    pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    valid = [isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (pt, ct)]
+    out_tokens = ct if valid[1] else None
+    if not all(valid):
+        return None, out_tokens
+    return float(spec.cost_usd(pt, ct)), out_tokens
 
 
 def _rewrite_chunk(line: str, name: str) -> str:
@@ -101,17 +169,48 @@ def _rewrite_chunk(line: str, name: str) -> str:
     return line
 
 
-async def _relay(resp: httpx.Response, lines: AsyncIterator[str], first: str, name: str,
-                 svc: RouterService) -> AsyncIterator[bytes]:
+def _delta_text(line: str) -> tuple[str, Any]:
+    """(content delta, usage or None) of one SSE line of a chat-completion stream."""
+    data = line[5:].strip() if line.startswith("data:") else ""
+    if not data or data == "[DONE]":
+        return "", None
     try:
+        obj = json.loads(data)
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        delta = obj["choices"][0].get("delta") or {}
+        text = delta.get("content")
+        return (text if isinstance(text, str) else ""), usage
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return "", None
+
+
+async def _relay(resp: httpx.Response, lines: AsyncIterator[str], first: str, name: str,
+                 svc: RouterService, on_answer: OnAnswer | None = None,
+                 started: float = 0.0) -> AsyncIterator[bytes]:
+    parts: list[str] = []
+    usage: Any = None
+
+    def collect(line: str) -> None:
+        nonlocal usage
+        if on_answer is not None:
+            text, u = _delta_text(line)
+            parts.append(text)
+            usage = u or usage
+
+    try:
+        collect(first)
         yield (_rewrite_chunk(first, name) + "\n").encode()
         async for line in lines:
+            collect(line)
             yield (_rewrite_chunk(line, name) + "\n").encode()
     except (httpx.HTTPError, httpx.StreamError) as e:
         svc.metrics.proxy_attempts.labels(name, "stream_error").inc()
         err = {"error": {"message": f"backend {name} failed mid-stream: {type(e).__name__}",
                          "type": "upstream_error", "code": "stream_interrupted"}}
         yield f"data: {json.dumps(err)}\n\n".encode()
+    else:
+        if on_answer is not None:  # only complete streams are graded
+            on_answer("".join(parts), usage, (time.perf_counter() - started) * 1000.0)
     finally:
         await resp.aclose()
 
@@ -127,8 +226,10 @@ def _backend_headers(spec: ModelSpec) -> dict[str, str]:
 
 
 async def _attempt(client: httpx.AsyncClient, spec: ModelSpec, payload: dict[str, Any], stream: bool,
-                   headers: dict[str, str], svc: RouterService) -> Response | str:
-    """One backend call: the response to return, or why this backend failed (then try the next)."""
+                   headers: dict[str, str], svc: RouterService,
+                   on_answer: OnAnswer | None = None) -> Response | str:
+    """One backend call: the response to return, or why this backend failed (then try the next).
+    ``on_answer`` gets the answer of a successful call (for a stream: once it is complete)."""
     name = spec.name
     try:
         backend_headers = _backend_headers(spec)
@@ -138,6 +239,7 @@ async def _attempt(client: httpx.AsyncClient, spec: ModelSpec, payload: dict[str
     assert spec.endpoint is not None
     req = client.build_request("POST", spec.endpoint.rstrip("/") + "/chat/completions",
                                json={**payload, "model": spec.api_model or name}, headers=backend_headers)
+    started = time.perf_counter()
     try:
         resp = await client.send(req, stream=True)
     except httpx.HTTPError as e:
@@ -158,7 +260,8 @@ async def _attempt(client: httpx.AsyncClient, spec: ModelSpec, payload: dict[str
             svc.metrics.proxy_attempts.labels(name, "stream_error").inc()
             return "empty stream" if isinstance(e, StopAsyncIteration) else type(e).__name__
         svc.metrics.proxy_attempts.labels(name, "ok").inc()
-        return StreamingResponse(_relay(resp, lines, first, name, svc), media_type="text/event-stream",
+        return StreamingResponse(_relay(resp, lines, first, name, svc, on_answer, started),
+                                 media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
         content = await resp.aread()
@@ -180,7 +283,23 @@ async def _attempt(client: httpx.AsyncClient, spec: ModelSpec, payload: dict[str
         return "answer is not a JSON object"
     svc.metrics.proxy_attempts.labels(name, "ok").inc()
     data["model"] = name
+    if on_answer is not None and (text := _answer_text(data)) is not None:
+        on_answer(text, data.get("usage"), (time.perf_counter() - started) * 1000.0)
     return JSONResponse(data, status_code=status, headers=headers)
+
+
+def _grader(fb: FeedbackLog, state: RouterState, request_id: str, prompt: str,
+            reference: str) -> Callable[[str], OnAnswer]:
+    """Per backend model: the callback that grades its answer in the background."""
+    def for_model(name: str) -> OnAnswer:
+        spec = state.pool.get(name)
+
+        def on_answer(text: str, usage: Any, latency_ms: float) -> None:
+            cost, out_tokens = _usage_cost(spec, usage)
+            fb.grade_later(request_id, name, prompt, text, reference, latency_ms=latency_ms,
+                           cost_usd=cost, output_tokens=out_tokens)
+        return on_answer
+    return for_model
 
 
 @router.post(PROXY_PATH, tags=["openai"], summary="OpenAI-compatible chat completions, routed",
@@ -193,19 +312,34 @@ async def _attempt(client: httpx.AsyncClient, spec: ModelSpec, payload: dict[str
                         502: _OAI, 503: _OAI, 504: _OAI},
              response_class=JSONResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request,
-                           svc: RouterService = Depends(get_service)) -> Response:
+                           svc: RouterService = Depends(get_service),
+                           fb: FeedbackLog = Depends(get_feedback)) -> Response:
+    """Route (``model: "router"`` / ``"router:<preset>"``) or pick the named model, forward, fall
+    back on backend failures. A reference answer in ``metadata.reference`` (or the
+    ``x-router-reference`` header) lets a configured scorer grade the answer of a routed call."""
     request_id = uuid.uuid4().hex
-    routed = body.model == "router" or body.model.startswith("router:")
-    candidates = await _route(svc, body) if routed else _direct(svc, body.model)
+    state = svc.state  # one router for the whole call
     payload: dict[str, Any] = body.model_dump(mode="json", exclude_unset=True)
+    reference = _reference(payload, request)
+    extra_headers: dict[str, str] = {}
+    grade: Callable[[str], OnAnswer] | None = None
+    if body.model == "router" or body.model.startswith("router:"):
+        routed = await _route(svc, state, fb, body, request_id)
+        candidates = routed.candidates
+        extra_headers["x-router-propensity"] = f"{routed.propensity:.6g}"
+        if reference is not None and routed.logged and fb.scorer is not None:
+            grade = _grader(fb, state, request_id, routed.prompt.text, reference)
+    else:
+        candidates = _direct(state, body.model)
     failures: list[str] = []
     for attempt, name in enumerate(candidates, start=1):
-        spec = svc.pool.get(name)
+        spec = state.pool.get(name)
         if spec.endpoint is None:
             continue
         headers = {"x-router-model": _header_value(name), "x-router-request-id": request_id,
-                   "x-router-attempts": str(attempt)}
-        outcome = await _attempt(request.app.state.http, spec, payload, body.stream, headers, svc)
+                   "x-router-attempts": str(attempt), **extra_headers}
+        outcome = await _attempt(request.app.state.http, spec, payload, body.stream, headers, svc,
+                                 grade(name) if grade else None)
         if isinstance(outcome, Response):
             return outcome
         failures.append(f"{name}: {outcome}")

@@ -8,14 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from neural_router.policy import NoEligibleModelError
+from neural_router.policy import Constraints, NoEligibleModelError, Preferences
 from neural_router.predictions import Predictions
 
 from serving.metrics import CONTENT_TYPE
 from serving.schemas import (BatchRouteRequest, BatchRouteResponse, ErrorResponse, HealthResponse,
                              ModelInfo, ModelPrediction, ModelsResponse, PredictRequest,
                              PredictResponse, PresetInfo, ReadyResponse, RouteRequest, RouteResponse)
-from serving.service import InputError, PreparedPrompt, RouterService
+from serving.feedback import DecisionRecord, FeedbackLog
+from serving.service import (Choice, InputError, PreparedPrompt, RouterService, RouterState,
+                             device_info)
 
 _ERR = {"model": ErrorResponse}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -54,45 +56,80 @@ def _check_count(svc: RouterService, n: int, what: str) -> None:
         raise InputError(f"{n} {what} in one call; the limit is {limit} (max_batch_requests, max_queue)")
 
 
-async def _route_many(svc: RouterService, reqs: list[RouteRequest], batch: bool) -> list[RouteResponse]:
+def logged_preferences(prefs: Preferences, cons: Constraints) -> dict[str, float]:
+    """What the decision log keeps of the preferences: the weights and any soft constraint."""
+    out = {"quality_weight": prefs.quality_weight, "cost_weight": prefs.cost_weight,
+           "latency_weight": prefs.latency_weight}
+    for name in ("min_quality", "max_cost_usd", "max_latency_ms"):
+        value = getattr(cons, name)
+        if value is not None:
+            out[name] = float(value)
+    return out
+
+
+def decision_record(request_id: str, state: RouterState, prompt: PreparedPrompt, row: Predictions,
+                    choice: Choice, prefs: Preferences, cons: Constraints) -> DecisionRecord:
+    return DecisionRecord(request_id=request_id, prompt=prompt.text, model=choice.model, predictions=row,
+                          router_version=state.version, propensity=choice.propensity,
+                          preferences=logged_preferences(prefs, cons),
+                          exploration=choice.exploration.policy, input_tokens=int(row.input_tokens[0]))
+
+
+async def _route_many(svc: RouterService, fb: FeedbackLog, reqs: list[RouteRequest],
+                      batch: bool) -> list[RouteResponse]:
     _check_count(svc, len(reqs), "requests")
+    state = svc.state  # one router for the whole call, even if /admin/reload swaps it meanwhile
     prepared, policies = [], []
     for i, r in enumerate(reqs):
         try:
             prepared.append(_prepare(svc, r))
-            policies.append((svc.preferences(r.preset, r.preferences), svc.constraints(r.constraints)))
+            policies.append((svc.preferences(r.preset, r.preferences), svc.constraints(r.constraints, state=state)))
         except InputError as e:
             raise InputError(f"requests[{i}]: {e}" if batch else str(e)) from None
-    rows = await svc.predict(prepared)
-    out = []
+    rows = await svc.predict(prepared, state)
+    out, records = [], []
     for i, (p, row, (prefs, cons)) in enumerate(zip(prepared, rows, policies)):
         try:
-            d = svc.decide(row, p, prefs, cons)
+            choice = svc.choose(row, p, prefs, cons, state)
         except NoEligibleModelError as e:
             raise InputError(f"requests[{i}]: {e}" if batch else str(e)) from None
+        request_id = uuid.uuid4().hex
+        records.append(decision_record(request_id, state, p, row, choice, prefs, cons))
         out.append(RouteResponse(
-            request_id=uuid.uuid4().hex, model=d.model, predictions=_prediction_map(row),
-            fallbacks=list(d.fallbacks), reason=d.reason, router_version=svc.predictor.version,
+            request_id=request_id, model=choice.model, predictions=_prediction_map(row),
+            fallbacks=choice.fallbacks, reason=choice.reason, router_version=state.version,
             truncated=bool(row.truncated[0]) if len(row.truncated) else False,
-            feasible=d.feasible, violated=list(d.violated)))
+            feasible=choice.decision.feasible, violated=list(choice.decision.violated),
+            propensity=choice.propensity, exploration=choice.exploration.policy))
+    await fb.log_decisions(records)
     return out
+
+
+async def get_feedback(request: Request) -> FeedbackLog:
+    return request.app.state.feedback  # type: ignore[no-any-return]
 
 
 @router.post("/v1/route", response_model=RouteResponse, responses=ERROR_RESPONSES, tags=["routing"],
              summary="Choose a model for one request")
-async def route_one(body: RouteRequest, svc: RouterService = Depends(get_service)) -> RouteResponse:
+async def route_one(body: RouteRequest, svc: RouterService = Depends(get_service),
+                    fb: FeedbackLog = Depends(get_feedback)) -> RouteResponse:
     """Predict quality, cost and latency of every pool model and pick one under the preferences
     and constraints. Soft constraints nobody meets give the best compromise (``feasible: false``,
-    ``violated`` and ``reason`` name them); if no model is eligible at all the answer is 422."""
-    return (await _route_many(svc, [body], batch=False))[0]
+    ``violated`` and ``reason`` name them); if no model is eligible at all the answer is 422.
+
+    With exploration on, ``model`` may be another eligible model than the greedy choice
+    (``propensity`` < 1, ``reason`` says so). With feedback on, the decision is logged under
+    ``request_id`` before the answer: report the outcome to ``POST /v1/feedback``."""
+    return (await _route_many(svc, fb, [body], batch=False))[0]
 
 
 @router.post("/v1/route/batch", response_model=BatchRouteResponse, responses=ERROR_RESPONSES,
              tags=["routing"], summary="Route several requests in one call")
-async def route_batch(body: BatchRouteRequest,
-                      svc: RouterService = Depends(get_service)) -> BatchRouteResponse:
-    """Results follow the order of ``requests``. Any invalid item fails the call with 422 naming it."""
-    return BatchRouteResponse(results=await _route_many(svc, body.requests, batch=True))
+async def route_batch(body: BatchRouteRequest, svc: RouterService = Depends(get_service),
+                      fb: FeedbackLog = Depends(get_feedback)) -> BatchRouteResponse:
+    """Results follow the order of ``requests``. Any invalid item fails the call with 422 naming it.
+    Each item is logged (and explored) like a ``/v1/route`` call."""
+    return BatchRouteResponse(results=await _route_many(svc, fb, body.requests, batch=True))
 
 
 @router.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,
@@ -102,9 +139,10 @@ async def predict(body: PredictRequest, svc: RouterService = Depends(get_service
     prepared = [svc.prompt(p, has_image=body.has_image, has_audio=body.has_audio,
                            has_tools=body.has_tools, max_tokens=body.max_tokens, where=f"prompts[{i}]")
                 for i, p in enumerate(body.prompts)]
-    rows = await svc.predict(prepared)
+    state = svc.state
+    rows = await svc.predict(prepared, state)
     return PredictResponse(
-        router_version=svc.predictor.version, models=list(svc.models),
+        router_version=state.version, models=list(state.models),
         predictions=[_prediction_map(r) for r in rows],
         input_tokens=[int(r.input_tokens[0]) for r in rows],
         truncated=[bool(r.truncated[0]) if len(r.truncated) else False for r in rows])
@@ -113,19 +151,28 @@ async def predict(body: PredictRequest, svc: RouterService = Depends(get_service
 @router.get("/v1/models", response_model=ModelsResponse, responses={401: ERROR_RESPONSES[401]},
             tags=["routing"], summary="The candidate pool and presets")
 async def models(svc: RouterService = Depends(get_service)) -> ModelsResponse:
+    state = svc.state
     infos = [ModelInfo(name=m.name, aliases=list(m.aliases), modalities=list(m.modalities),
                        context_window=m.context_window, input_price_per_1m=m.input_price_per_1m,
                        output_price_per_1m=m.output_price_per_1m, ttft_ms=m.ttft_ms,
                        output_tokens_per_s=m.output_tokens_per_s, proxyable=m.endpoint is not None)
-             for m in svc.pool.models]
-    return ModelsResponse(router_version=svc.predictor.version, models=infos,
+             for m in state.pool.models]
+    return ModelsResponse(router_version=state.version, models=infos,
                           presets={k: PresetInfo(**v.model_dump()) for k, v in svc.settings.presets.items()},
                           default_preset=svc.settings.default_preset)
 
 
 @health_router.get("/healthz", response_model=HealthResponse, tags=["ops"], summary="Liveness and device")
 async def healthz(request: Request) -> HealthResponse:
-    return request.app.state.health  # type: ignore[no-any-return]
+    """The router serving now (``router_version`` changes with /admin/reload and /admin/rollback)."""
+    svc: RouterService = request.app.state.service
+    state = svc.state
+    device, fallback = device_info(state.predictor, svc.settings.device)
+    return HealthResponse(status="ok", router_version=state.version, provider=str(state.predictor.provider),
+                          device=device, requested_device=svc.settings.device, device_fallback=fallback,
+                          models=len(state.models), max_length=getattr(state.predictor, "max_length", None),
+                          previous_router_version=svc.previous.version if svc.previous else None,
+                          exploration=state.exploration.name, feedback=request.app.state.feedback.enabled)
 
 
 @health_router.get("/readyz", response_model=ReadyResponse, tags=["ops"],

@@ -6,6 +6,7 @@ which passes unknown fields through to the chosen backend (OpenAI keeps adding p
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -111,6 +112,27 @@ class RouteRequest(_Strict):
         return self
 
 
+class FeedbackRequest(_Strict):
+    """How a routed request went. ``score`` is on the service's ``score_range`` scale (default
+    [0, 1]) and is stored rescaled to [0, 1]; one outcome per (request, model)."""
+
+    request_id: str = Field(min_length=1, max_length=128, description="From the routing response.")
+    model: ModelName | None = Field(
+        default=None, description="The model that answered (name or alias); default: the model the "
+                                  "router chose. Must be one of the request's predicted models.")
+    score: float = Field(strict=True, allow_inf_nan=False, description="The outcome's score.")
+    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
+    cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
+    output_tokens: int | None = Field(default=None, ge=0, le=1_000_000_000, strict=True)
+    response: str | None = Field(default=None, description="The answer text (not stored when the "
+                                                           "service runs with retention: hash).")
+
+
+class ReloadRequest(_Strict):
+    router_dir: str = Field(min_length=1, max_length=4096,
+                            description="Router folder on the server (exported or trained).")
+
+
 class BatchRouteRequest(_Strict):
     requests: list[RouteRequest] = Field(min_length=1, description="Routed independently, in order.")
 
@@ -142,6 +164,10 @@ class RouteResponse(BaseModel):
                                         "was cut (head + tail) before prediction.")
     feasible: bool = Field(description="False when no eligible model met every soft constraint.")
     violated: list[str] = Field(description="Soft constraints the chosen model breaks.")
+    propensity: float = Field(description="Probability with which `model` was chosen (1 without "
+                                          "exploration).")
+    exploration: str = Field(description='Exploration policy that chose `model`, e.g. "greedy", '
+                                         '"epsilon_greedy(0.05)".')
 
 
 class BatchRouteResponse(BaseModel):
@@ -188,6 +214,30 @@ class HealthResponse(BaseModel):
     device_fallback: bool = Field(description="CUDA was wanted (auto/cuda) but CPU is used.")
     models: int
     max_length: int | None = Field(description="Router tokens kept per prompt.")
+    previous_router_version: str | None = Field(
+        default=None, description="The router /admin/rollback would restore.")
+    exploration: str = Field(default="greedy", description="Exploration policy in force.")
+    feedback: bool = Field(default=False, description="Decisions are logged and /v1/feedback is on.")
+
+
+class FeedbackResponse(BaseModel):
+    """The stored outcome."""
+
+    id: int
+    request_id: str
+    model: str
+    score: float = Field(description="Rescaled to [0, 1].")
+    latency_ms: float | None
+    cost_usd: float | None
+    output_tokens: int | None
+    response: str | None
+    created_at: datetime
+
+
+class AdminResponse(BaseModel):
+    router_version: str = Field(description="The router now serving.")
+    previous_version: str | None = Field(description="The router kept for /admin/rollback.")
+    models: list[str]
 
 
 class ReadyResponse(BaseModel):

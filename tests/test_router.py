@@ -153,3 +153,15 @@ def test_cli_route_and_bad_input(tmp_path, tiny_router_dir):
     assert r.returncode == 2 and "line 2" in r.stderr
     r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", "x", "--deny", "nope")
     assert r.returncode == 2 and "nope" in r.stderr
+
+
+def test_demo_pipeline_end_to_end(tmp_path, tiny_data_file, tiny_pool_file, tiny_train_config):
+    from training.demo import run_demo
+
+    out = run_demo([str(tiny_data_file)], tmp_path / "demo", tiny_train_config, tiny_pool_file,
+                   encoder_config=tiny_encoder_config(), samples=["math question: solve the integral"])
+    rep = json.loads((out / "router" / "eval_report.json").read_text())
+    assert {"neural-router", "knn", "mlp", "benchmark-prior"} <= set(rep["routers"])
+    assert (out / "router" / "cost_quality.png").is_file()
+    assert (out / "onnx" / "router.onnx").is_file() and (out / "onnx" / "router.int8.onnx").is_file()
+    assert "AIQ" in (out / "router" / "README.md").read_text()

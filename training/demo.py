@@ -25,11 +25,12 @@ SETTINGS = {"quality first": Preferences(1.0, 0.0, 0.0), "balanced": Preferences
             "cheap": Preferences(1.0, 1.0, 0.0)}
 
 
-def run_demo(data: list[str], output: str | Path) -> None:
+def run_demo(data: list[str], output: str | Path, config: str | Path | None = None,
+             pool_file: str | Path | None = None, encoder_config=None, samples: list[str] | None = None) -> Path:
     out = Path(output)
-    console = Console()
+    console = Console(width=150)
     console.rule("1. train")
-    router_dir = run_train(data, out / "router")
+    router_dir = run_train(data, out / "router", config, pool_file, encoder_config=encoder_config)
     console.rule("2. evaluate on the validation split, against the baselines")
     report = run_eval(router_dir)
     print_summary(report)
@@ -44,7 +45,7 @@ def run_demo(data: list[str], output: str | Path) -> None:
     t.add_column("prompt")
     for name in SETTINGS:
         t.add_column(name)
-    for p in SAMPLES:
+    for p in samples or SAMPLES:
         cells = []
         for prefs in SETTINGS.values():
             r = router.route(p, prefs, Constraints())
@@ -53,3 +54,4 @@ def run_demo(data: list[str], output: str | Path) -> None:
         t.add_row(p[:60] + "…", *cells)
     console.print(t)
     console.print(f"done: router in {router_dir}, ONNX export in {out / 'onnx'}")
+    return out

@@ -1,0 +1,375 @@
+"""Does learning from logged outcomes work? A replay simulation on real RouterBench data.
+
+    python benchmarks/bench_feedback.py [--data ../shared/data/routerbench] [--out runs/bench_feedback]
+        [--rounds 5] [--per-round 300] [--init 150] [--eval 450] [--cost-weight 0.3]
+        [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--epochs 10] [--freeze-layers -1]
+
+The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
+trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
+each round every method routes the round's prompts with its current router at the given cost weight,
+the simulation reveals the **true RouterBench score and cost of the served model only**, logs the
+decision and the outcome in a FeedbackStore (SQLite), and the method updates its router with
+``training.update.run_update`` (the real update path: held-out logs, safe-promotion estimates).
+Methods:
+
+* ``static``: no updates (the initial router throughout);
+* ``naive``: greedy routing (propensity 1) and retraining on the logs without importance weights;
+* ``ips``: exploration (epsilon-greedy or Thompson sampling, from ``neural_router.exploration``)
+  with logged propensities, and the update with clipped inverse-propensity weights;
+* ``explore_noweight`` (with ``--ablation``): the same exploration, updated without weights;
+* ``full``: greedy routing, but the outcomes of *all* models on the same prompts are logged
+  (the full-information ceiling).
+
+After each round each method's new router is scored on the evaluation split with the true outcomes:
+mean utility of its greedy choices, ``score - cost_weight * cost / max cost`` (true costs), mean
+quality and cost, and AIQ (RouterBench's area under the cost-quality hull). Also reported: the
+utility actually served during the round (exploration has a price) and the promotion verdict of
+``run_update`` next to whether the new router really was better on the evaluation split.
+
+Every method adopts its new router each round (so the curves show what each update learns); the
+promotion verdict is recorded, not enforced. Writes ``bench_feedback.json`` and ``bench_feedback.png``.
+Cheap on CPU: the encoder is frozen (heads only, ``--freeze-layers -1``) and its activations are
+computed once per prompt and shared by all routers (``ActivationCache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("bench_feedback")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "routerbench"))
+    ap.add_argument("--pool", default=str(REPO / "configs" / "models.yaml"))
+    ap.add_argument("--out", default="runs/bench_feedback")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--per-round", type=int, default=300)
+    ap.add_argument("--init", type=int, default=150, help="labeled prompts for the initial router")
+    ap.add_argument("--eval", type=int, default=450, help="prompts in the fixed evaluation split")
+    ap.add_argument("--cost-weight", type=float, default=0.3)
+    ap.add_argument("--exploration", choices=["epsilon_greedy", "thompson"], default="epsilon_greedy")
+    ap.add_argument("--epsilon", type=float, default=0.2)
+    ap.add_argument("--thompson-n", type=float, default=20.0, help="Thompson pseudo count")
+    ap.add_argument("--clip", type=float, default=10.0)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--freeze-layers", type=int, default=-1)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--holdout", type=float, default=0.25, help="share of logs held out for promotion")
+    ap.add_argument("--n-boot", type=int, default=500)
+    ap.add_argument("--ablation", action="store_true", help="also run exploration without weights")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+def load_data(path: str, pool):
+    from neural_router.data import load_routing_data
+
+    ds = load_routing_data([path], pool)
+    complete = np.isfinite(ds.scores).all(1) & np.isfinite(ds.cost_usd).all(1)
+    return ds.subset(complete)
+
+
+def write_long(ds, path: Path) -> Path:
+    """A RoutingDataset slice as a long-format JSONL file (what run_train and run_update read)."""
+    with path.open("w", encoding="utf-8") as f:
+        for i, p in enumerate(ds.prompts):
+            for j, m in enumerate(ds.models):
+                f.write(json.dumps({"prompt": p, "model": m, "score": float(ds.scores[i, j]),
+                                    "cost_usd": float(ds.cost_usd[i, j]),
+                                    "output_tokens": None if not np.isfinite(ds.output_tokens[i, j])
+                                    else float(ds.output_tokens[i, j]),
+                                    "source": ds.sources[i], "id": ds.ids[i]}) + "\n")
+    return path
+
+
+def true_utility(ds, cost_weight: float) -> np.ndarray:
+    """[N, M] utility of each model's real outcome: score - cw * cost / max cost of the prompt."""
+    return ds.scores - cost_weight * ds.cost_usd / ds.cost_usd.max(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring a router on the evaluation split
+
+
+class Evaluator:
+    def __init__(self, ds, pool, prefs, cache):
+        from neural_router import metrics as M
+
+        self.ds, self.pool, self.prefs, self.cache, self.M = ds, pool, prefs, cache, M
+        self.u = true_utility(ds, prefs.cost_weight)
+        self.lambdas = M.lambda_grid(ds.cost_usd, n=80)
+
+    def __call__(self, router_dir: Path) -> dict:
+        from training.update import policy_probs
+
+        model, tok, cfg = load_router(router_dir)
+        pred = predict(model, tok, self.pool, self.ds.prompts, cfg, self.cache)
+        cols = [pred.models.index(m) for m in self.ds.models]
+        n = len(self.ds)
+        w = (np.ones(n), np.full(n, self.prefs.cost_weight), np.zeros(n))
+        choice = policy_probs(pred, self.ds.models, self.pool, w).argmax(1)
+        rows = np.arange(n)
+        rep = self.M.router_report("r", self.ds.scores, self.ds.cost_usd, pred.quality[:, cols],
+                                   pred.cost_usd[:, cols], self.lambdas)
+        q = pred.quality[:, cols]
+        brier = float(np.mean((q - self.ds.scores) ** 2))
+        return {"utility": float(self.u[rows, choice].mean()),
+                "quality": float(self.ds.scores[rows, choice].mean()),
+                "cost": float(self.ds.cost_usd[rows, choice].mean()), "aiq": float(rep["aiq"]),
+                "brier": brier,
+                "choices": {m: int((choice == j).sum()) for j, m in enumerate(self.ds.models) if (choice == j).any()}}
+
+
+def load_router(router_dir: Path):
+    from transformers import AutoTokenizer
+
+    from neural_router.model import RouterModel
+    from neural_router.trainer import TrainConfig
+
+    tm = json.loads((router_dir / "training_metrics.json").read_text())
+    return (RouterModel.from_pretrained(router_dir), AutoTokenizer.from_pretrained(str(router_dir)),
+            TrainConfig.model_validate(tm["config"]))
+
+
+def predict(model, tok, pool, prompts, cfg, cache):
+    from training.update import predict_router
+
+    return predict_router(model, tok, pool, prompts, cfg, cache)
+
+
+# --------------------------------------------------------------------------------------------------
+# serving one round
+
+
+def serve_round(method: str, router_dir: Path, traffic, idx: np.ndarray, rnd: int, store, pool, prefs,
+                expl_cfg, rng, cache) -> dict:
+    """Route traffic[idx] with the method's router, log decisions and the revealed outcomes
+    (``store=None``: only measure what was served)."""
+    from neural_router.exploration import explore
+    from neural_router.policy import Capabilities, Constraints, route
+    from neural_router.predictions import RequestFeatures
+
+    model, tok, cfg = load_router(router_dir)
+    prompts = [traffic.prompts[i] for i in idx]
+    pred = predict(model, tok, pool, prompts, cfg, cache)
+    models = pred.models
+    caps = Capabilities.from_pool(pool.subset(models))
+    col = [traffic.models.index(m) for m in models]
+    u_true = true_utility(traffic, prefs.cost_weight)
+    served_u, explored = [], 0
+    for k, i in enumerate(idx):
+        q, c, lat = pred.quality[k], pred.cost_usd[k], pred.latency_ms[k]
+        dec = route(models, q, c, lat, prefs, Constraints(), caps, RequestFeatures(), int(pred.input_tokens[k]))
+        ex = explore(dec, models, q, c, lat, prefs, expl_cfg, rng)
+        rid = f"{method}-r{rnd}-{i}"
+        j = col[models.index(ex.model)]
+        served_u.append(u_true[i, j])
+        explored += ex.explored
+        if store is None:
+            continue
+        store.log_decision(request_id=rid, prompt=prompts[k], model=ex.model, predictions=pred.row(k),
+                           router_version=model.config.version, propensity=ex.propensity,
+                           preferences=asdict(prefs), exploration=ex.policy,
+                           input_tokens=int(pred.input_tokens[k]))
+        reveal = range(len(models)) if method == "full" else [models.index(ex.model)]
+        for jj in reveal:
+            t = col[jj]
+            store.add_feedback(rid, float(traffic.scores[i, t]), model=models[jj],
+                               cost_usd=float(traffic.cost_usd[i, t]),
+                               output_tokens=None if not np.isfinite(traffic.output_tokens[i, t])
+                               else int(traffic.output_tokens[i, t]))
+    return {"served_utility": float(np.mean(served_u)), "explored_share": explored / len(idx)}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def plot(results: dict, path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    for k, (key, label) in enumerate((("utility", "eval utility (true outcomes)"), ("aiq", "eval AIQ"),
+                                      ("served_utility", "utility served during the round"))):
+        ax = fig.add_subplot(1, 3, k + 1)
+        for i, (method, rows) in enumerate(results.items()):
+            xs = [r["round"] for r in rows if r.get(key) is not None]
+            ys = [r[key] for r in rows if r.get(key) is not None]
+            ax.plot(xs, ys, "o-", color=f"C{i}", label=method)
+        ax.set_xlabel("round (updates so far)" if key != "served_utility" else "round served")
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    from transformers import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    import torch
+
+    from neural_router.exploration import ExplorationConfig
+    from neural_router.feedback import FeedbackStore
+    from neural_router.policy import Preferences
+    from neural_router.pool import ModelPool
+    from neural_router.trainer import ActivationCache
+    from training.train import run_train
+    from training.update import run_update
+
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    out = Path(args.out).resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    pool = ModelPool.from_yaml(args.pool)
+    ds = load_data(args.data, pool)
+    pool = pool.subset(ds.models)
+    pool.to_yaml(out / "pool.yaml")
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(ds))
+    need = args.eval + args.init + args.rounds * args.per_round
+    if need > len(ds):
+        raise SystemExit(f"need {need} prompts, the data has {len(ds)} complete ones")
+    ev = ds.subset(order[: args.eval])
+    init = ds.subset(order[args.eval: args.eval + args.init])
+    traffic = ds.subset(order[args.eval + args.init: need])
+    init_file = write_long(init, out / "init.jsonl")
+    prefs = Preferences(cost_weight=args.cost_weight)
+    cfg_file = out / "train.yaml"
+    cfg_file.write_text(json.dumps({"max_length": args.max_length, "head_tokens": 16,
+                                    "freeze_layers": args.freeze_layers, "epochs": args.epochs,
+                                    "patience": 2, "seed": args.seed, "data": {"val_fraction": 0.2}}))
+    log.info("data: %d eval, %d initial, %d traffic prompts, %d models", len(ev), len(init), len(traffic),
+             len(ds.models))
+    r0 = run_train([str(init_file)], out / "r0", cfg_file, out / "pool.yaml", progress=False)
+    log.info("initial router trained (%.1f min)", (time.time() - t0) / 60)
+
+    cache = ActivationCache()
+    evaluate = Evaluator(ev, pool, prefs, cache)
+    methods = ["static", "naive", "ips"] + (["explore_noweight"] if args.ablation else []) + ["full"]
+    explore_cfg = (ExplorationConfig(kind="epsilon_greedy", epsilon=args.epsilon)
+                   if args.exploration == "epsilon_greedy"
+                   else ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n))
+    greedy_cfg = ExplorationConfig(kind="none")
+    base = evaluate(r0)
+    log.info("round 0: utility %.4f, AIQ %.4f", base["utility"], base["aiq"])
+    results = {m: [{"round": 0, **base}] for m in methods}
+    current = {m: r0 for m in methods}
+    stores = {m: FeedbackStore.from_url(out / "feedback" / f"{m}.db") for m in methods if m != "static"}
+    rngs = {m: np.random.default_rng(args.seed + 1 + k) for k, m in enumerate(methods)}
+    for rnd in range(1, args.rounds + 1):
+        idx = np.arange((rnd - 1) * args.per_round, rnd * args.per_round)
+        for m in methods:
+            if m == "static":
+                served = serve_round(m, r0, traffic, idx, rnd, None, pool, prefs, greedy_cfg, rngs[m], cache)
+                results[m][-1]["served_utility"] = served["served_utility"]
+                results[m].append({"round": rnd, **base})
+                continue
+            t1 = time.time()
+            ecfg = explore_cfg if m in ("ips", "explore_noweight") else greedy_cfg
+            served = serve_round(m, current[m], traffic, idx, rnd, stores[m], pool, prefs, ecfg, rngs[m], cache)
+            results[m][-1]["served_utility"] = served["served_utility"]
+            results[m][-1]["explored_share"] = served["explored_share"]
+            res = run_update(current[m], stores[m], out / m, preferences=prefs, clip=args.clip,
+                             importance_weighting=(m not in ("naive", "explore_noweight")),
+                             holdout_fraction=args.holdout, n_boot=args.n_boot, seed=rnd,
+                             activation_cache=cache)
+            new_dir = Path(res["router_dir"])
+            score = evaluate(new_dir)
+            prev = results[m][-1]
+            pr = res["promotion"]
+            results[m].append({
+                "round": rnd, **score, "router": new_dir.name, "promote": res["promote"],
+                "truly_better": score["utility"] > prev["utility"],
+                "ips_diff": pr.get("difference", {}).get("ips", {}).get("value"),
+                "dr_diff": pr.get("difference", {}).get("dr", {}).get("value"),
+                "dr_diff_ci": [pr.get("difference", {}).get("dr", {}).get("ci_low"),
+                               pr.get("difference", {}).get("dr", {}).get("ci_high")],
+                "n_holdout": res["n_holdout"], "n_logged_train": res["n_logged_train"],
+                "epochs": len(res["history"]), "update_minutes": (time.time() - t1) / 60})
+            if current[m] != r0:
+                _drop_weights(current[m])
+            current[m] = new_dir
+            log.info("round %d %-16s utility %.4f AIQ %.4f (served %.4f) promote=%s truly better=%s [%.1f min]",
+                     rnd, m, score["utility"], score["aiq"], served["served_utility"], res["promote"],
+                     score["utility"] > prev["utility"], (time.time() - t1) / 60)
+    for s in stores.values():
+        s.close()
+
+    final = {m: rows[-1] for m, rows in results.items()}
+    gap = final["full"]["utility"] - final["static"]["utility"]
+    summary = {
+        "gap_full_minus_static": gap,
+        "closed_share": {m: (final[m]["utility"] - final["static"]["utility"]) / gap if gap > 0 else None
+                         for m in methods},
+        "ips_beats_naive": final["ips"]["utility"] > final["naive"]["utility"],
+        "ips_monotone": all(b["utility"] >= a["utility"] - 1e-9
+                            for a, b in zip(results["ips"], results["ips"][1:])),
+        "promotion_agreement": {m: float(np.mean([r["promote"] == r["truly_better"] for r in rows[1:]]))
+                                for m, rows in results.items() if m != "static"},
+        "oracle_utility": float(evaluate.u.max(1).mean()),
+        "best_single_utility": float(evaluate.u.mean(0).max()),
+        "best_single_model": ev.models[int(evaluate.u.mean(0).argmax())],
+        "minutes": (time.time() - t0) / 60, "cache": {"prompts": len(cache), "hits": cache.hits,
+                                                      "misses": cache.misses}}
+    report = {"args": vars(args), "command": " ".join(sys.argv), "results": results, "summary": summary,
+              "n": {"eval": len(ev), "init": len(init), "traffic": len(traffic)}}
+    (out / "bench_feedback.json").write_text(json.dumps(report, indent=2, default=float))
+    plot(results, out / "bench_feedback.png",
+         f"RouterBench replay: {args.rounds} rounds x {args.per_round} prompts, cost_weight {args.cost_weight}, "
+         f"{explore_cfg.name} for ips")
+    print_table(results, summary)
+    return report
+
+
+def _drop_weights(router_dir: Path) -> None:
+    """Older routers are not needed again: drop their weights to save disk (configs stay)."""
+    (router_dir / "model.safetensors").unlink(missing_ok=True)
+
+
+def print_table(results: dict, summary: dict) -> None:
+    methods = list(results)
+    rounds = len(results[methods[0]])
+    head = f"{'round':>5} | " + " | ".join(f"{m:>22}" for m in methods)
+    print("\neval utility / AIQ per round (true outcomes on the evaluation split)")
+    print(head)
+    print("-" * len(head))
+    for r in range(rounds):
+        print(f"{r:>5} | " + " | ".join(f"{results[m][r]['utility']:>8.4f} / {results[m][r]['aiq']:.4f}  "
+                                         .rjust(22) for m in methods))
+    print("\nutility served during each round (includes the price of exploration)")
+    for m in methods:
+        vals = [r.get("served_utility") for r in results[m][:-1]]
+        print(f"  {m:>16}: " + " ".join("   -   " if v is None else f"{v:.4f}" for v in vals))
+    print("\nsummary:", json.dumps(summary, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

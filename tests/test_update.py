@@ -1,0 +1,285 @@
+"""Learning from logged outcomes: weighted/warm-started training, the update command and safe
+promotion (tiny random encoder, synthetic data)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from neural_router.data import DataConfig, load_routing_data
+from neural_router.feedback import FeedbackStore
+from neural_router.model import RouterModel
+from neural_router.pool import ModelPool
+from neural_router.predictions import Predictions
+from neural_router.trainer import (ActivationCache, TrainConfig, masked_losses, model_from_parent,
+                                   train_router)
+from training.update import (compare_on_logs, logged_dataset, predict_router, promotion_verdict,
+                             run_update)
+
+from conftest import TINY_POOL, TOPICS, WORDS, tiny_encoder_config
+
+CFG = dict(max_length=64, head_tokens=8, freeze_layers=1, hidden=32, epochs=2, batch_size=16,
+           lr_head=3e-3, lr_encoder=1e-3)
+
+
+def _tiny(tiny_data_file, tiny_pool_file):
+    pool = ModelPool.from_yaml(tiny_pool_file)
+    return pool, load_routing_data([str(tiny_data_file)], pool, DataConfig())
+
+
+def test_masked_losses_weights_are_a_weighted_mean():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    scores = torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, 1.0]])
+    w = torch.tensor([[3.0, 5.0, 1.0], [1.0, 0.0, 2.0]])
+    out = {"quality_logits": logits, "log_out_tokens": torch.zeros(2, 3), "log_latency": torch.zeros(2, 3)}
+    nan = torch.full((2, 3), float("nan"))
+    b = {"scores": scores, "log_out": nan, "log_lat": nan}
+    cfg = TrainConfig()
+    plain, parts = masked_losses(out, b, cfg)
+    m = torch.isfinite(scores)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[m], scores[m], reduction="none")
+    assert torch.isclose(plain, bce.mean()) and parts["n"] == 5
+    weighted, parts = masked_losses(out, {**b, "weights": w}, cfg)
+    keep = m & (w > 0)                      # weight 0 drops the cell, NaN stays masked
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[keep], scores[keep], reduction="none")
+    assert torch.isclose(weighted, (bce * w[keep]).sum() / w[keep].sum()) and parts["n"] == 4
+    assert not torch.isclose(weighted, plain)
+
+
+def test_zero_weight_equals_unobserved_and_unit_weights_change_nothing(tiny_data_file, tiny_pool_file):
+    pool, ds = _tiny(tiny_data_file, tiny_pool_file)
+    ds = ds.subset(np.arange(48))
+    cfg = TrainConfig(**{**CFG, "epochs": 1})
+    enc = tiny_encoder_config()
+    j = ds.models.index("small")
+    masked = ds.subset(np.arange(len(ds)))
+    masked.scores[:, j] = np.nan
+    masked.output_tokens[:, j] = np.nan
+    w = np.ones_like(ds.scores)
+    w[:, j] = 0.0
+    probe = ["math question 7: integral prime sum", "hello weather movie friend"]
+
+    def fit(data, weights=None):
+        torch.manual_seed(0)
+        m, tok, hist = train_router(data, None, pool, cfg, encoder_config=enc, progress=False,
+                                    sample_weights=weights)
+        return predict_router(m, tok, pool, probe).quality, hist
+
+    q_mask, _ = fit(masked)
+    q_zero, _ = fit(ds, w)
+    q_plain, h_plain = fit(ds)
+    q_ones, h_ones = fit(ds, np.ones_like(ds.scores))
+    assert np.allclose(q_mask, q_zero, atol=1e-5)
+    assert np.allclose(q_plain, q_ones, atol=1e-4)
+    assert abs(h_plain[-1]["train_loss"] - h_ones[-1]["train_loss"]) < 1e-4
+    assert not np.allclose(q_plain, q_zero, atol=1e-3)   # the weights did matter
+    with pytest.raises(ValueError, match="sample_weights"):
+        train_router(ds, None, pool, cfg, encoder_config=enc, progress=False,
+                     sample_weights=np.ones((2, 2)))
+
+
+def test_init_from_copies_known_heads_and_cold_starts_new_models(tiny_trained_dir, tiny_data_file,
+                                                                 tiny_pool_file):
+    from neural_router.data import RoutingDataset
+    from training.update import align_models
+
+    parent = RouterModel.from_pretrained(tiny_trained_dir)
+    _, ds = _tiny(tiny_data_file, tiny_pool_file)
+    models = list(parent.config.models) + ["newbie"]
+    data = align_models(ds, models)
+    assert isinstance(data, RoutingDataset) and np.isnan(data.scores[:, -1]).all()
+    rc = RouterModel.from_pretrained(tiny_trained_dir).config
+    from dataclasses import replace
+
+    rc = replace(rc, models=models, binary=rc.binary + [True], latency_learned=rc.latency_learned + [False],
+                 cost_scale=rc.cost_scale + [1.0], default_output_tokens=rc.default_output_tokens + [99.0])
+    ids = torch.randint(1000, 2000, (4, 10))
+    mask, feats = torch.ones(4, 10, dtype=torch.long), torch.randn(4, 6)
+    with torch.no_grad():
+        before = parent(ids, mask, feats)["quality_logits"]
+        child = model_from_parent(rc, parent, data).eval()
+        after = child(ids, mask, feats)["quality_logits"]
+        shifted = model_from_parent(rc, parent, data, cold_start_prior=0.9).eval()(ids, mask, feats)["quality_logits"]
+    assert torch.allclose(after[:, :3], before, atol=1e-6)            # known models unchanged
+    assert torch.allclose(after[:, 3], before.mean(1), atol=1e-5)     # new = the average known model
+    mean_q = float(np.nanmean(ds.scores))
+    expected = np.log(0.9 / 0.1) - np.log(mean_q / (1 - mean_q))
+    assert torch.allclose(shifted[:, 3] - after[:, 3], torch.tensor(expected, dtype=torch.float32), atol=1e-4)
+    assert torch.allclose(shifted[:, :3], before, atol=1e-6)
+    with torch.no_grad():
+        assert np.isclose(float(child.out_tokens.bias[3]), np.log1p(99.0), atol=1e-5)
+    # the parent is untouched and the copy does not share its encoder
+    assert child.encoder is not parent.encoder
+
+
+def test_activation_cache_matches_plain_predictions(tiny_trained_dir):
+    from transformers import AutoTokenizer
+
+    model = RouterModel.from_pretrained(tiny_trained_dir)
+    tok = AutoTokenizer.from_pretrained(str(tiny_trained_dir))
+    pool = ModelPool.from_yaml(tiny_trained_dir / "models.yaml")
+    cfg = TrainConfig(**CFG)
+    prompts = ["python function class loop", "hello weather", "math question 3: solve equation sum"]
+    cache = ActivationCache()
+    plain = predict_router(model, tok, pool, prompts)
+    cached = predict_router(model, tok, pool, prompts, cfg, cache)
+    again = predict_router(model, tok, pool, prompts[:2], cfg, cache)
+    assert np.allclose(plain.quality, cached.quality, atol=2e-3)
+    assert np.allclose(plain.cost_usd, cached.cost_usd, rtol=2e-2)
+    assert np.allclose(again.quality, cached.quality[:2], atol=1e-6)
+    assert cache.misses == 3 and cache.hits == 2 and len(cache) == 3
+    other = RouterModel.from_encoder_config(model.config, tiny_encoder_config())  # other frozen weights
+    predict_router(other, tok, pool, prompts[:1], cfg, cache)
+    assert cache.misses == 4
+
+
+def test_logged_dataset_weights():
+    pool = ModelPool.model_validate(TINY_POOL)
+    rows = [{"prompt": "p1", "model": "big", "score": 1.0, "id": "r1", "propensity": 0.05, "chosen": True,
+             "cost_usd": 0.01, "latency_ms": None, "output_tokens": 12},
+            {"prompt": "p1", "model": "small", "score": 0.0, "id": "r1", "propensity": None, "chosen": False},
+            {"prompt": "p2", "model": "big-alias", "score": 0.5, "id": "r2", "propensity": 0.8, "chosen": True},
+            {"prompt": "p3", "model": "unknown-model", "score": 1.0, "id": "r3", "propensity": 1.0, "chosen": True}]
+    ds, w, skipped = logged_dataset(rows, ["big", "mid", "small"], pool, clip=10.0)
+    assert ds.prompts == ["p1", "p2"] and skipped["unknown model"] == 1
+    assert np.isnan(ds.scores[0, 1]) and ds.scores[0, 0] == 1.0 and ds.scores[0, 2] == 0.0
+    assert w[0].tolist() == [10.0, 0.0, 1.0] and np.isclose(w[1, 0], 1.25)
+    assert ds.cost_usd[0, 0] == pytest.approx(0.01) and ds.output_tokens[0, 0] == 12
+    _, naive, _ = logged_dataset(rows, ["big", "mid", "small"], pool, clip=10.0, importance_weighting=False)
+    assert naive[0].tolist() == [1.0, 0.0, 1.0] and naive[1, 0] == 1.0
+
+
+def _preds(quality: np.ndarray, models: list[str]) -> Predictions:
+    n, m = quality.shape
+    return Predictions(models, quality, np.tile([0.02, 0.002, 0.0002], (n, 1)),
+                       np.tile([900.0, 400.0, 150.0], (n, 1)), np.full((n, m), 50.0),
+                       np.full(n, 20), np.zeros(n, bool))
+
+
+def test_off_policy_comparison_and_verdict():
+    """Logged epsilon-greedy traffic from a bad policy; the router that knows the truth wins under
+    IPS and DR, the one that does not is not promoted."""
+    rng = np.random.default_rng(0)
+    models = ["big", "mid", "small"]
+    pool = ModelPool.model_validate(TINY_POOL)
+    n = 1500
+    topic = rng.integers(0, 3, n)
+    truth = np.array([list(TOPICS[t]) for t in TOPICS])[topic]          # success probability [n, 3]
+    logged_q = np.tile([0.5, 0.5, 0.9], (n, 1))                          # believes 'small' always wins
+    logged = []
+    for i in range(n):
+        greedy = 2
+        probs = np.full(3, 0.3 / 3)
+        probs[greedy] += 0.7
+        a = rng.choice(3, p=probs)
+        logged.append({"model": models[a], "propensity": float(probs[a]),
+                       "score": float(rng.random() < truth[i, a]), "cost_usd": [0.02, 0.002, 0.0002][a],
+                       "latency_ms": None, "exploration": "epsilon_greedy(0.3)",
+                       "predictions": {m: {"quality": float(logged_q[i, j]), "cost_usd": [0.02, 0.002, 0.0002][j],
+                                           "latency_ms": [900.0, 400.0, 150.0][j]} for j, m in enumerate(models)},
+                       "preferences": {"quality_weight": 1.0, "cost_weight": 0.1, "latency_weight": 0.0}})
+    good, bad = _preds(truth.astype(float), models), _preds(logged_q, models)
+    res = compare_on_logs(logged, models, bad, good, pool, None, n_boot=200)
+    assert res["n"] == n and 0.5 < res["changed_decisions"] <= 1
+    assert res["difference"]["ips"]["ci_low"] > 0 and res["difference"]["dr"]["ci_low"] > 0
+    assert res["new"]["dr"]["value"] > res["current"]["dr"]["value"]
+    # both estimates land near the true values of the two greedy policies
+    u_true = truth - 0.1 * np.array([0.02, 0.002, 0.0002]) / 0.02
+    value = lambda q: float(u_true[np.arange(n), (q - 0.1 * np.array([1, 0.1, 0.01])).argmax(1)].mean())  # noqa: E731
+    assert abs(res["current"]["ips"]["value"] - value(logged_q)) < 0.04
+    assert abs(res["new"]["dr"]["value"] - value(truth)) < 0.04
+    assert abs(res["logging"]["value"] - value(logged_q)) > 0.05    # the logger explored: not the same
+    assert promotion_verdict(res, 0.0)[0] is True
+    assert promotion_verdict(res, 10.0)[0] is False                      # min_improvement gates it
+    back = compare_on_logs(logged, models, good, bad, pool, None, n_boot=200)
+    assert promotion_verdict(back, 0.0)[0] is False
+    assert promotion_verdict({"n": 0}, 0.0) == (False, "no held-out logged requests to evaluate on")
+
+
+def _log_traffic(store: FeedbackStore, router_dir, n: int, epsilon: float, seed: int = 1):
+    """Route synthetic prompts with the tiny router, epsilon-greedy, and add the true outcome."""
+    from neural_router import Preferences, Router
+    from neural_router.offpolicy import epsilon_greedy_probs, sample_actions, utilities
+
+    rng = random.Random(seed)
+    router = Router.from_pretrained(router_dir)
+    prompts, topics = [], []
+    for i in range(n):
+        topic = list(TOPICS)[i % 3]
+        words = WORDS[topic].split()
+        prompts.append(f"{topic} logged {i}: " + " ".join(rng.choice(words) for _ in range(rng.randint(5, 20))))
+        topics.append(topic)
+    preds = router.predict(prompts)
+    u = utilities(preds.quality, preds.cost_usd, preds.latency_ms, 1.0, 0.3, 0.0)
+    a, p = sample_actions(epsilon_greedy_probs(u, epsilon), seed)
+    for i, prompt in enumerate(prompts):
+        model = router.models[a[i]]
+        store.log_decision(request_id=f"r{seed}-{i}", prompt=prompt, model=model, predictions=preds.row(i),
+                           router_version=router.version, propensity=float(p[i]),
+                           preferences={"quality_weight": 1.0, "cost_weight": 0.3},
+                           exploration=f"epsilon_greedy({epsilon})", input_tokens=int(preds.input_tokens[i]))
+        prob = 0.9 if model == "newbie" else TOPICS[topics[i]][["big", "mid", "small"].index(model)]
+        store.add_feedback(f"r{seed}-{i}", float(rng.random() < prob), cost_usd=float(preds.cost_usd[i, a[i]]))
+
+
+def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path):
+    url = f"sqlite:///{tmp_path / 'fb.db'}"
+    with FeedbackStore.from_url(url) as store:
+        _log_traffic(store, tiny_trained_dir, 120, 0.5)
+    pool = yaml.safe_load(tiny_pool_file.read_text())
+    pool["models"].append({"name": "newbie", "input_price_per_1m": 0.5, "output_price_per_1m": 1.0})
+    pool_file = tmp_path / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump(pool))
+    parent_version = json.loads((tiny_trained_dir / "router_config.json").read_text())["version"]
+
+    res = run_update(tiny_trained_dir, url, tmp_path / "routers", preferences={"cost_weight": 0.3},
+                     pool_file=pool_file, overrides={"epochs": 2}, n_boot=100)
+    out = tmp_path / "routers" / res["version"]
+    assert res["router_dir"] == str(out) and res["version"].startswith(parent_version.split("+")[0] + "+")
+    assert res["parent_version"] == parent_version and res["new_models"] == ["newbie"]
+    assert res["n_logged"] == 120 and res["n_logged_train"] + res["n_logged_val"] + res["n_holdout"] == 120
+    assert res["n_logged_val"] > 0
+    assert 15 < res["n_holdout"] < 60 and res["n_original"] > 0
+    rc = json.loads((out / "router_config.json").read_text())
+    assert rc["models"] == ["big", "mid", "small", "newbie"] and rc["version"] == res["version"]
+    tm = json.loads((out / "training_metrics.json").read_text())
+    assert tm["parent_version"] == parent_version and tm["data"]          # original data carried on
+    assert tm["update"]["weights_of_chosen"]["max"] <= 10.0 + 1e-6
+    promo = json.loads((out / "promotion.json").read_text())
+    assert promo["n"] == res["n_holdout"] and isinstance(promo["promote"], bool)
+    for who in ("current", "new"):
+        for m in ("ips", "snips", "dr"):
+            e = promo[who][m]
+            assert e["ci_low"] <= e["value"] <= e["ci_high"] and e["n"] == promo["n"]
+    d = promo["difference"]
+    assert promo["promote"] == (d["ips"]["value"] > 0 and d["dr"]["value"] > 0)
+    assert promo["preferences"]["cost_weight"] == 0.3
+
+    from neural_router import Router
+
+    r = Router.from_pretrained(out)
+    assert r.models == ["big", "mid", "small", "newbie"]
+    q = r.predict(["math question 5: integral derivative solve prime"]).quality
+    assert q.shape == (1, 4) and 0 < q[0, 3] < 1
+
+    # a second update chains from the first (its training_metrics name the original data)
+    with FeedbackStore.from_url(url) as store:
+        _log_traffic(store, out, 30, 0.5, seed=2)
+    res2 = run_update(out, url, tmp_path / "routers", min_improvement=1e9, overrides={"epochs": 1}, n_boot=50)
+    assert res2["parent_version"] == res["version"] and res2["promote"] is False
+    assert json.loads((tmp_path / "routers" / res2["version"] / "training_metrics.json").read_text())[
+        "lineage"] == [parent_version, res["version"]]
+
+
+def test_run_update_errors(tiny_trained_dir, tmp_path):
+    with pytest.raises(ValueError, match="no logged outcomes"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="not a trained router"):
+        run_update(tmp_path, tmp_path / "empty.db", tmp_path / "out")
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", holdout_fraction=1.0)

@@ -1,0 +1,504 @@
+"""`neural-router update`: learn from logged outcomes, then decide whether the new router may replace
+the current one (safe promotion).
+
+Only the outcome of the model the router chose is observed (bandit feedback). Retraining naively on
+such logs teaches the router mostly about the models it already preferred; with exploration and
+logged propensities the bias can be corrected. The update:
+
+1. reads the logged outcomes from a :class:`~neural_router.feedback.FeedbackStore`
+   (``export_long``: one row per outcome, the chosen one with its propensity), one dataset row per
+   request: the observed cells are filled, every other cell is NaN (masked out of every loss);
+2. holds out a deterministic part of the logs (by prompt hash) for the promotion check;
+3. mixes the rest with a sample of the router's original training data (named in its
+   ``training_metrics.json``, or ``data``) so that it does not forget;
+4. fine-tunes from the current router with per-cell weights ``min(1/propensity, clip)`` on the chosen
+   outcomes (1 on other logged outcomes and on the original data). Models in ``pool_file`` that the
+   router does not know are added, starting from a cold-start prior;
+5. writes a new versioned folder ``<output_dir>/<root version>+<timestamp>`` (``parent_version`` in
+   its ``training_metrics.json``);
+6. estimates on the held-out logs, with IPS and doubly robust estimators (bootstrap CIs), the value of
+   the current and of the new router's greedy policy at the given preferences, and writes
+   ``promotion.json``: ``promote`` is true only when the new router is better by more than
+   ``min_improvement`` under both IPS and DR.
+
+The reward of a logged request is its utility, ``qw*score - cw*cost/max_cost - lw*latency/max_latency``
+with the maxima taken from the predictions logged with the decision (fixed per request, so both
+routers are scored on the same scale). With a greedy logging policy (propensity 1) IPS gives no
+credit to choices the logger never made, so a changed router is rarely promoted: exploration is what
+makes the check informative.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neural_router import offpolicy as op
+from neural_router.card import write_model_card
+from neural_router.data import DataConfig, RoutingDataset, load_routing_data, prompt_hash_unit
+from neural_router.feedback import FeedbackStore
+from neural_router.model import RouterModel
+from neural_router.policy import DEFAULT_OUTPUT_TOKENS, Preferences
+from neural_router.pool import ModelPool
+from neural_router.predictions import Predictions
+from neural_router.trainer import ActivationCache, TrainConfig, frozen_layer_count, train_router
+
+log = logging.getLogger(__name__)
+
+HOLDOUT_SALT = "offpolicy-holdout"
+LOG_VAL_SALT = "update-validation"
+PREF_KEYS = ("quality_weight", "cost_weight", "latency_weight")
+
+
+# --------------------------------------------------------------------------------------------------
+# datasets
+
+
+def align_models(ds: RoutingDataset, models: list[str]) -> RoutingDataset:
+    """The same prompts with columns ``models`` (NaN for a model ``ds`` has no column for)."""
+    n = len(ds)
+    arrays = []
+    for name in ("scores", "cost_usd", "latency_ms", "output_tokens"):
+        src = getattr(ds, name)
+        out = np.full((n, len(models)), np.nan, dtype=np.float32)
+        for j, m in enumerate(models):
+            if m in ds.models:
+                out[:, j] = src[:, ds.models.index(m)]
+        arrays.append(out)
+    return RoutingDataset(list(ds.prompts), list(models), *arrays, sources=list(ds.sources),
+                          ids=list(ds.ids))
+
+
+def concat(parts: list[RoutingDataset]) -> RoutingDataset:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    models = parts[0].models
+    assert all(p.models == models for p in parts)
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return RoutingDataset([x for p in parts for x in p.prompts], list(models), cat("scores"),
+                          cat("cost_usd"), cat("latency_ms"), cat("output_tokens"),
+                          [x for p in parts for x in p.sources], [x for p in parts for x in p.ids])
+
+
+def logged_dataset(rows: list[dict[str, Any]], models: list[str], pool: ModelPool, clip: float | None,
+                   importance_weighting: bool = True) -> tuple[RoutingDataset, np.ndarray, dict[str, int]]:
+    """``export_long`` rows -> (one dataset row per request, per-cell weights [N, M], counts).
+
+    Chosen outcomes weigh ``min(1/propensity, clip)`` (1 without ``importance_weighting``); outcomes
+    of other models of the same request (e.g. shadow evaluations) weigh 1.
+    """
+    col = {m: j for j, m in enumerate(models)}
+    by_id: dict[str, int] = {}
+    prompts, ids, sources, cells = [], [], [], []
+    skipped = {"unknown model": 0, "bad score": 0}
+    for r in rows:
+        name = pool.resolve(str(r.get("model"))) if r.get("model") else None
+        if name is None or name not in col:
+            skipped["unknown model"] += 1
+            continue
+        score = r.get("score")
+        if score is None or not np.isfinite(score) or not 0.0 <= float(score) <= 1.0:
+            skipped["bad score"] += 1
+            continue
+        rid = str(r["id"])
+        if rid not in by_id:
+            by_id[rid] = len(prompts)
+            prompts.append(r["prompt"])
+            ids.append(rid)
+            sources.append(str(r.get("source") or "feedback"))
+            cells.append([])
+        cells[by_id[rid]].append((col[name], r))
+    n, m = len(prompts), len(models)
+    arr = {k: np.full((n, m), np.nan, dtype=np.float32) for k in ("scores", "cost", "lat", "out")}
+    weights = np.zeros((n, m), dtype=np.float32)
+    for i, cs in enumerate(cells):
+        for j, r in cs:
+            arr["scores"][i, j] = float(r["score"])
+            for key, field in (("cost", "cost_usd"), ("lat", "latency_ms"), ("out", "output_tokens")):
+                v = r.get(field)
+                if v is not None and np.isfinite(v) and v >= 0:
+                    arr[key][i, j] = float(v)
+            p = r.get("propensity")
+            if r.get("chosen") and p is not None and importance_weighting:
+                w = 1.0 / max(float(p), 1e-12)
+                weights[i, j] = min(w, clip) if clip is not None else w
+            else:
+                weights[i, j] = 1.0
+    if any(skipped.values()):
+        log.warning("logged outcomes skipped: %s", skipped)
+    ds = RoutingDataset(prompts, list(models), arr["scores"], arr["cost"], arr["lat"], arr["out"],
+                        sources, ids)
+    return ds, weights, skipped
+
+
+def is_holdout(prompt: str, fraction: float) -> bool:
+    return prompt_hash_unit(prompt, HOLDOUT_SALT) < fraction
+
+
+# --------------------------------------------------------------------------------------------------
+# predictions with shared frozen-layer activations
+
+
+def predict_router(model: RouterModel, tokenizer, pool: ModelPool, prompts: list[str],
+                   cfg: TrainConfig | None = None, cache: ActivationCache | None = None,
+                   batch_size: int = 64) -> Predictions:
+    """Predictions of ``model`` for ``prompts``. With a ``cache``, the frozen layers (as ``cfg``
+    freezes them) are read from / written to it, so routers sharing frozen layers encode each
+    prompt once; without, the plain PyTorch predictor."""
+    import torch
+
+    from neural_router.model import to_outputs
+    from neural_router.predictors import TorchPredictor, finish
+    from neural_router.text import encode, request_features
+    from neural_router.trainer import Tensors, bucket_batches, cache_hidden, make_batch
+
+    model = model.eval().cpu()
+    n_layers = frozen_layer_count(model, cfg) if cfg is not None else 0
+    if cache is None or n_layers == 0 or not prompts:
+        return TorchPredictor(model, tokenizer, pool, "cpu").predict(list(prompts))
+    rc = model.config
+    enc = encode(tokenizer, list(prompts), rc.max_length, rc.head_tokens)
+    n, m = len(prompts), len(rc.models)
+    zeros = torch.zeros(n, m)
+    t = Tensors(enc.input_ids, enc.attention_mask, enc.attention_mask.sum(1),
+                torch.tensor(request_features(list(prompts), enc.input_tokens)), zeros, zeros, zeros)
+    cache_hidden(model, t, n_layers, batch_size, "caching frozen layers (predict)", cache)
+    q, o, la = (np.zeros((n, m), dtype=np.float32) for _ in range(3))
+    with torch.inference_mode():
+        for idx in bucket_batches(t.lengths, batch_size, None):
+            b = make_batch(t, idx, "cpu")
+            out = to_outputs(model.forward_from(b["hidden"], b["attention_mask"], b["features"], n_layers))
+            q[idx], o[idx], la[idx] = out["quality"], out["out_tokens"], out["latency"]
+    return finish(rc, pool, q, o, la, enc.input_tokens, enc.truncated)
+
+
+# --------------------------------------------------------------------------------------------------
+# off-policy comparison of two routers on logged requests
+
+
+def _pref_weights(prefs: Preferences | None, logged: list[dict[str, float]]) -> tuple[np.ndarray, ...]:
+    """Per-row (quality, cost, latency) weights: fixed ``prefs``, or each request's logged ones."""
+    if prefs is not None:
+        return tuple(np.full(len(logged), float(getattr(prefs, k))) for k in PREF_KEYS)
+    defaults = asdict(Preferences())
+    return tuple(np.array([float(d.get(k, defaults[k])) for d in logged]) for k in PREF_KEYS)
+
+
+def policy_probs(pred: Predictions, models: list[str], pool: ModelPool, weights: tuple[np.ndarray, ...]
+                 ) -> np.ndarray:
+    """[N, len(models)] one-hot of the router's greedy choice (its own utility, as the policy computes
+    it: cost/latency normalised among its eligible models; context windows respected; ties to the
+    cheaper model). Models the router does not know get probability 0."""
+    qw, cw, lw = weights
+    cols = [pred.models.index(m) for m in models if m in pred.models]
+    where = [j for j, m in enumerate(models) if m in pred.models]
+    windows = pool.subset([models[j] for j in where]).context_windows()
+    need = pred.input_tokens[:, None] + DEFAULT_OUTPUT_TOKENS
+    eligible = windows[None, :] >= need
+    eligible[~eligible.any(axis=1)] = True   # nothing fits: fall back to every model (never seen live)
+    c = np.where(eligible, pred.cost_usd[:, cols], 0.0)
+    lat = np.where(eligible, pred.latency_ms[:, cols], 0.0)
+    u = op.utilities(pred.quality[:, cols], c, lat, qw, cw, lw)
+    probs_sub = op.greedy_probs(u, eligible, tie_break=pred.cost_usd[:, cols])
+    probs = np.zeros((len(pred), len(models)))
+    probs[:, where] = probs_sub
+    return probs
+
+
+def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_current: Predictions,
+                    pred_new: Predictions, pool: ModelPool, prefs: Preferences | None,
+                    n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """IPS / SNIPS / DR values of the current and the new router's greedy policies on logged requests
+    (``logged``: dicts with model, propensity, score, cost_usd, latency_ms, predictions, preferences)."""
+    n = len(logged)
+    weights = _pref_weights(prefs, [d["preferences"] for d in logged])
+    col = {m: j for j, m in enumerate(models)}
+    chosen = np.array([col.get(d["model"], -1) for d in logged], dtype=np.int64)
+    prop = np.array([d["propensity"] for d in logged], dtype=np.float64)
+    cmax = np.array([max(v["cost_usd"] for v in d["predictions"].values()) for d in logged])
+    lmax = np.array([max(v["latency_ms"] for v in d["predictions"].values()) for d in logged])
+    cost = np.array([d["cost_usd"] if d["cost_usd"] is not None else d["predictions"][d["model"]]["cost_usd"]
+                     for d in logged], dtype=np.float64)
+    lat = np.array([d["latency_ms"] if d["latency_ms"] is not None
+                    else d["predictions"][d["model"]]["latency_ms"] for d in logged], dtype=np.float64)
+    score = np.array([d["score"] for d in logged], dtype=np.float64)
+    reward = op.observed_reward(score, cost, lat, cmax, lmax, *weights)
+    probs_cur = policy_probs(pred_current, models, pool, weights)
+    probs_new = policy_probs(pred_new, models, pool, weights)
+    cols = [pred_new.models.index(m) for m in models]
+    rhat = op.utilities(pred_new.quality[:, cols], pred_new.cost_usd[:, cols],
+                        pred_new.latency_ms[:, cols], *weights, cost_max=cmax, latency_max=lmax)
+    cmp = op.compare_policies(chosen, prop, reward, probs_cur, probs_new, reward_model_b=rhat,
+                              n_boot=n_boot, alpha=alpha, seed=seed)
+    logged_models = [set(d["predictions"]) for d in logged]
+    new_choice = [models[j] for j in probs_new.argmax(1)]
+    unsupported = float(np.mean([c not in s for c, s in zip(new_choice, logged_models)])) if n else 0.0
+
+    def summary(res):
+        return {k: (v.to_dict() if isinstance(v, op.Estimate) else v) for k, v in res.items() if k != "logging"}
+
+    return {"n": n, "logging": cmp["a"]["logging"].to_dict(), "current": summary(cmp["a"]),
+            "new": summary(cmp["b"]), "difference": {k: v.to_dict() for k, v in cmp["diff"].items()},
+            "changed_decisions": float((probs_cur.argmax(1) != probs_new.argmax(1)).mean()) if n else 0.0,
+            "new_choice_unsupported_by_logs": unsupported,
+            "exploration": sorted({d.get("exploration", "") for d in logged})}
+
+
+def promotion_verdict(comparison: dict[str, Any], min_improvement: float = 0.0) -> tuple[bool, str]:
+    """Promote only when new - current exceeds ``min_improvement`` under both IPS and DR."""
+    n = comparison.get("n", 0)
+    if not n:
+        return False, "no held-out logged requests to evaluate on"
+    d_ips = comparison["difference"]["ips"]["value"]
+    d_dr = comparison["difference"]["dr"]["value"]
+    promote = bool(d_ips > min_improvement and d_dr > min_improvement)
+    return promote, (f"new - current: IPS {d_ips:+.4f}, DR {d_dr:+.4f} "
+                     f"({'both above' if promote else 'not both above'} min_improvement "
+                     f"{min_improvement:g}) on {n} held-out logged requests")
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration helpers
+
+
+def _train_config(config, tm: dict, overrides: dict | None) -> TrainConfig:
+    from training.train import load_train_config
+
+    over = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if isinstance(config, TrainConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = TrainConfig.model_validate(config)
+    elif config is not None:
+        return load_train_config(config, over)
+    elif tm.get("config"):
+        cfg = TrainConfig.model_validate(tm["config"])
+    else:
+        return load_train_config(None, over)
+    return TrainConfig.model_validate({**cfg.model_dump(), **over}) if over else cfg
+
+
+def _preferences(preferences) -> Preferences | None:
+    if preferences is None or isinstance(preferences, Preferences):
+        return preferences
+    if isinstance(preferences, dict):
+        return Preferences(**preferences)
+    raise TypeError(f"preferences must be a Preferences, a dict or None, not {type(preferences).__name__}")
+
+
+def _merged_pool(router_pool: ModelPool, pool_file: str | Path | None, known: list[str]
+                 ) -> tuple[ModelPool, list[str]]:
+    """(pool covering the router's models + new members of ``pool_file``, names of the new ones)."""
+    if pool_file is None:
+        return router_pool.subset(known), []
+    given = ModelPool.from_yaml(pool_file)
+    specs = [given.get(m) if given.resolve(m) == m else router_pool.get(m) for m in known]
+    new = [s for s in given.models if s.name not in known]
+    return ModelPool(models=tuple(specs + new)), [s.name for s in new]
+
+
+def _safe_url(url) -> str:
+    from sqlalchemy.engine import make_url
+
+    text = str(url)
+    if "://" not in text:
+        return text
+    try:
+        return make_url(text).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for the record
+        return "<unparseable url>"
+
+
+def _version_dir(output_dir: Path, parent_version: str) -> tuple[str, Path]:
+    root = parent_version.split("+", 1)[0] or "0"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    version, k = f"{root}+{stamp}", 1
+    while (output_dir / version).exists():
+        k += 1
+        version = f"{root}+{stamp}-{k}"
+    return version, output_dir / version
+
+
+# --------------------------------------------------------------------------------------------------
+# the update
+
+
+def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore, output_dir: str | Path,
+               data: list[str] | None = None, config: str | Path | TrainConfig | dict | None = None,
+               preferences: Preferences | dict | None = None, min_improvement: float = 0.0,
+               clip: float | None = 10.0, *, pool_file: str | Path | None = None,
+               holdout_fraction: float = 0.3, original_sample: int | None = 2000,
+               router_version: str | None = None, cold_start_prior: float | None = None,
+               importance_weighting: bool = True, log_val_fraction: float = 0.1,
+               overrides: dict | None = None,
+               n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+               activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
+    """Fine-tune ``router_dir`` on the logged outcomes in ``feedback_url`` and judge the result.
+
+    Args:
+        router_dir: the current router (a trained folder, with ``model.safetensors``).
+        feedback_url: SQLAlchemy URL or SQLite path of the feedback store (or an open store).
+        output_dir: parent folder; the new router goes to ``output_dir/<version>``.
+        data: original training data to mix in (default: the ``data`` of the router's
+            ``training_metrics.json``; none found -> logs only, with a warning).
+        config: training config (YAML path, TrainConfig or dict; default: the router's own).
+        preferences: preferences at which the two routers are compared (Preferences or a dict of
+            quality_weight/cost_weight/latency_weight); None = each request's logged preferences.
+        min_improvement: the new router must beat the current one by more than this, in policy
+            value (utility per request), under both IPS and DR to be promoted.
+        clip: clip of the inverse-propensity training weights (None: no clipping).
+        pool_file: pool YAML; its models the router does not know are added (cold-start prior).
+        holdout_fraction: share of logged prompts (by prompt hash) kept out of training for the
+            promotion check.
+        original_sample: at most this many original training prompts are mixed in (None: all).
+        router_version: only use decisions logged by this router version.
+        cold_start_prior: prior quality of new models (default: mean quality of the known ones).
+        importance_weighting: False = naive retraining (weight 1 on every logged outcome).
+        log_val_fraction: share of the (non-held-out) logged prompts used, with their weights,
+            for early stopping, next to the original validation split.
+        overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
+        n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
+        activation_cache: share frozen-layer activations with other updates in this process.
+
+    Returns a dict: ``router_dir``, ``version``, ``parent_version``, ``promote`` (bool),
+    ``promotion`` (what ``promotion.json`` holds), ``n_logged``, ``n_logged_train``, ``n_logged_val``,
+    ``n_holdout``, ``n_original``, ``new_models``, ``history``.
+    """
+    from transformers import AutoTokenizer
+
+    t0 = time.time()
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    if clip is not None and not clip >= 1.0:
+        raise ValueError(f"clip must be >= 1 (or None), got {clip}")
+    parent_dir = Path(router_dir)
+    if not (parent_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{parent_dir} is not a trained router folder (model.safetensors is "
+                                "missing); update needs the PyTorch folder, not an ONNX export")
+    parent = RouterModel.from_pretrained(parent_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(parent_dir))
+    tm_path = parent_dir / "training_metrics.json"
+    tm = json.loads(tm_path.read_text()) if tm_path.is_file() else {}
+    cfg = _train_config(config, tm, overrides)
+    prefs = _preferences(preferences)
+    pool, new_models = _merged_pool(ModelPool.from_yaml(parent_dir / "models.yaml"), pool_file,
+                                    list(parent.config.models))
+    models = list(parent.config.models) + new_models
+    cache = activation_cache if activation_cache is not None else ActivationCache()
+
+    # ---- logged outcomes -------------------------------------------------------------------------
+    own_store = not isinstance(feedback_url, FeedbackStore)
+    store = FeedbackStore.from_url(feedback_url) if own_store else feedback_url
+    try:
+        rows = store.export_long(router_version=router_version)
+        chosen_pairs = [(d, o) for d, o in store.iter_logged(chosen_only=True, router_version=router_version)
+                        if d.prompt is not None]
+    finally:
+        if own_store:
+            store.close()
+    if not rows:
+        raise ValueError(f"the feedback store {_safe_url(feedback_url)} has no logged outcomes with a "
+                         "prompt" + (f" for router version {router_version!r}" if router_version else ""))
+    logs, weights, skipped = logged_dataset(rows, models, pool, clip, importance_weighting)
+    hold = np.array([is_holdout(p, holdout_fraction) for p in logs.prompts], dtype=bool)
+    lval = np.array([prompt_hash_unit(p, LOG_VAL_SALT) < log_val_fraction for p in logs.prompts]) & ~hold
+    logs_train, w_train = logs.subset(~hold & ~lval), weights[~hold & ~lval]
+    logs_val, w_val = logs.subset(lval), weights[lval]
+    if not len(logs_train):
+        raise ValueError(f"all {len(logs)} logged requests fell into the held-out part "
+                         f"(holdout_fraction={holdout_fraction}); log more traffic or lower it")
+
+    # ---- original data ---------------------------------------------------------------------------
+    data_paths = list(data) if data else list(tm.get("data") or [])
+    val_fraction = tm.get("val_fraction", cfg.data.val_fraction)
+    split_salt = tm.get("split_salt", cfg.data.split_salt)
+    orig_train = orig_val = None
+    if data_paths:
+        dcfg = cfg.data.model_copy(update={"unknown_models": "skip"})
+        ds = load_routing_data(data_paths, pool, dcfg)
+        ds = align_models(ds, models)
+        orig_train, orig_val = ds.split(val_fraction, split_salt)
+        if original_sample is not None and len(orig_train) > original_sample:
+            idx = np.sort(np.random.default_rng(seed).choice(len(orig_train), original_sample, replace=False))
+            orig_train = orig_train.subset(idx)
+    else:
+        log.warning("no original training data (pass data=...): updating on logged outcomes only, "
+                    "which risks forgetting what the router knew")
+    parts = [orig_train, logs_train] if orig_train is not None and len(orig_train) else [logs_train]
+    train = concat(parts)
+    sw = np.concatenate([np.ones_like(orig_train.scores, dtype=np.float32), w_train]) \
+        if len(parts) == 2 else w_train
+    vparts = [(orig_val, np.ones_like(orig_val.scores)) if orig_val is not None else None, (logs_val, w_val)]
+    vparts = [v for v in vparts if v is not None and len(v[0])]
+    val = concat([v[0] for v in vparts]) if vparts else None
+    val_w = np.concatenate([v[1] for v in vparts]).astype(np.float32) if vparts else None
+    log.info("update: %d logged requests (%d for training, %d held out), %d original prompts, "
+             "new models: %s", len(logs), len(logs_train), int(hold.sum()),
+             len(orig_train) if orig_train is not None else 0, new_models or "none")
+
+    model, tok, history = train_router(train, val, pool, cfg, progress=progress, init_from=parent,
+                                       sample_weights=sw, cold_start_prior=cold_start_prior,
+                                       activation_cache=cache, val_sample_weights=val_w)
+
+    # ---- save --------------------------------------------------------------------------------------
+    out_root = Path(output_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    version, out = _version_dir(out_root, parent.config.version)
+    model.config.version = version
+    model.save_pretrained(out)
+    tok.save_pretrained(str(out))
+    pool.subset(model.config.models).to_yaml(out / "models.yaml")
+    update_info = {
+        "feedback": _safe_url(feedback_url) if own_store else "<FeedbackStore>",
+        "router_version_filter": router_version, "logged_requests": len(logs),
+        "logged_train": len(logs_train), "logged_val": len(logs_val), "logged_holdout": int(hold.sum()),
+        "holdout_fraction": holdout_fraction, "holdout_salt": HOLDOUT_SALT,
+        "original_prompts": len(orig_train) if orig_train is not None else 0,
+        "importance_weighting": importance_weighting, "clip": clip,
+        "weights_of_chosen": {"mean": float(w_train[w_train > 0].mean()) if (w_train > 0).any() else None,
+                              "max": float(w_train.max()) if w_train.size else None},
+        "new_models": new_models, "cold_start_prior": cold_start_prior, "skipped": skipped}
+    metrics = {"data": data_paths, "summary": train.summary(),
+               "train_prompts": len(train), "val_prompts": len(val) if val is not None else 0,
+               "val_fraction": val_fraction, "split_salt": split_salt, "history": history,
+               "train_minutes": (time.time() - t0) / 60, "config": cfg.model_dump(mode="json"),
+               "parent_version": parent.config.version, "parent_dir": str(parent_dir),
+               "lineage": list(tm.get("lineage", [])) + [parent.config.version], "update": update_info}
+    (out / "training_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    write_model_card(out)
+
+    # ---- safe promotion ----------------------------------------------------------------------------
+    hold_prompts = set(np.asarray(logs.prompts, dtype=object)[hold].tolist())
+    logged = [{"prompt": d.prompt, "model": pool.resolve(d.model) or d.model, "propensity": d.propensity,
+               "score": o.score, "cost_usd": o.cost_usd, "latency_ms": o.latency_ms,
+               "predictions": {(pool.resolve(k) or k): v for k, v in d.predictions.items()},
+               "preferences": d.preferences, "exploration": d.exploration}
+              for d, o in chosen_pairs if d.prompt in hold_prompts]
+    promotion: dict[str, Any] = {"current_version": parent.config.version, "new_version": version,
+                                 "preferences": asdict(prefs) if prefs is not None else "logged per request",
+                                 "min_improvement": min_improvement, "alpha": alpha, "n": len(logged)}
+    if logged:
+        prompts = [d["prompt"] for d in logged]
+        pred_cur = predict_router(parent, tokenizer, pool, prompts, cfg, cache)
+        pred_new = predict_router(model, tok, pool, prompts, cfg, cache)
+        res = compare_on_logs(logged, models, pred_cur, pred_new, pool, prefs, n_boot, alpha, seed)
+        promotion.update(res)
+        promotion["promote"], promotion["reason"] = promotion_verdict(res, min_improvement)
+    else:
+        promotion.update({"promote": False, "reason": "no held-out logged requests to evaluate on"})
+    (out / "promotion.json").write_text(json.dumps(promotion, indent=2, default=float))
+    log.info("update: new router %s in %s; promote=%s (%s)", version, out, promotion["promote"],
+             promotion["reason"])
+    return {"router_dir": str(out), "version": version, "parent_version": parent.config.version,
+            "promote": promotion["promote"], "promotion": promotion, "n_logged": len(logs),
+            "n_logged_train": len(logs_train), "n_logged_val": len(logs_val), "n_holdout": int(hold.sum()),
+            "n_original": len(orig_train) if orig_train is not None else 0,
+            "new_models": new_models, "history": history,
+            "minutes": (time.time() - t0) / 60}
