@@ -46,7 +46,8 @@ async def require_admin(request: Request,
 
 _ERR = {"model": ErrorResponse}
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses={401: {**_ERR, "description": "No bearer key."},
+                   responses={400: {**_ERR, "description": "Body is not parseable."},
+                              401: {**_ERR, "description": "No bearer key."},
                               403: {**_ERR, "description": "Wrong key, or no admin_key configured."}})
 
 

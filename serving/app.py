@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request, Security
@@ -113,7 +113,8 @@ def create_app(settings: ServeSettings, predictor: Predictor, *, router_dir: str
                feedback_store: FeedbackStore | None = None) -> FastAPI:
     """A FastAPI app serving ``predictor`` configured by ``settings``; owns all of its state.
 
-    ``feedback_store`` replaces the store ``settings.feedback_url`` would open (tests, embedding).
+    ``feedback_store`` replaces the store ``settings.feedback_url`` would open (tests, embedding);
+    the app closes it at shutdown.
     Raises ValueError/TypeError when the settings do not fit the predictor or the store or scorer
     cannot be set up."""
     metrics = ServingMetrics()

@@ -225,6 +225,7 @@ router = APIRouter()
 @router.post(FEEDBACK_PATH, response_model=FeedbackResponse, tags=["feedback"],
              summary="Report how a routed request went",
              responses={
+                 400: {"model": ErrorResponse, "description": "Body is not parseable (e.g. invalid UTF-8)."},
                  401: {"model": ErrorResponse, "description": "Missing or wrong bearer key (api_key)."},
                  404: {"model": ErrorResponse, "description": "No decision was logged under request_id."},
                  409: {"model": ErrorResponse, "description": "This request already has feedback "

@@ -40,7 +40,7 @@ from neural_router.pool import ModelSpec
 from serving.feedback import FeedbackLog
 from serving.routes import decision_record, get_feedback, get_service
 from serving.schemas import ChatCompletionRequest, OpenAIErrorResponse
-from serving.service import PresetError, PreparedPrompt, RouterService, RouterState
+from serving.service import PresetError, PreparedPrompt, RouterService, RouterState, clean_text
 
 # called with (answer text, the backend's usage object or None, latency of the backend call in ms)
 OnAnswer = Callable[[str, Any, float], None]
@@ -170,18 +170,23 @@ def _rewrite_chunk(line: str, name: str) -> str:
 
 
 def _delta_text(line: str) -> tuple[str, Any]:
-    """(content delta, usage or None) of one SSE line of a chat-completion stream."""
+    """(content delta, usage or None) of one SSE line of a chat-completion stream (the last chunk
+    may carry only ``usage``, with no choices)."""
     data = line[5:].strip() if line.startswith("data:") else ""
     if not data or data == "[DONE]":
         return "", None
     try:
         obj = json.loads(data)
-        usage = obj.get("usage") if isinstance(obj, dict) else None
-        delta = obj["choices"][0].get("delta") or {}
-        text = delta.get("content")
-        return (text if isinstance(text, str) else ""), usage
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except ValueError:
         return "", None
+    if not isinstance(obj, dict):
+        return "", None
+    usage = obj.get("usage")
+    try:
+        text = (obj["choices"][0].get("delta") or {}).get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        text = None
+    return (text if isinstance(text, str) else ""), usage
 
 
 async def _relay(resp: httpx.Response, lines: AsyncIterator[str], first: str, name: str,
@@ -296,7 +301,7 @@ def _grader(fb: FeedbackLog, state: RouterState, request_id: str, prompt: str,
 
         def on_answer(text: str, usage: Any, latency_ms: float) -> None:
             cost, out_tokens = _usage_cost(spec, usage)
-            fb.grade_later(request_id, name, prompt, text, reference, latency_ms=latency_ms,
+            fb.grade_later(request_id, name, prompt, clean_text(text), reference, latency_ms=latency_ms,
                            cost_usd=cost, output_tokens=out_tokens)
         return on_answer
     return for_model

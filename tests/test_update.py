@@ -227,7 +227,7 @@ def _log_traffic(store: FeedbackStore, router_dir, n: int, epsilon: float, seed:
         store.add_feedback(f"r{seed}-{i}", float(rng.random() < prob), cost_usd=float(preds.cost_usd[i, a[i]]))
 
 
-def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path):
+def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'fb.db'}"
     with FeedbackStore.from_url(url) as store:
         _log_traffic(store, tiny_trained_dir, 120, 0.5)
@@ -270,8 +270,16 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path):
     # a second update chains from the first (its training_metrics name the original data)
     with FeedbackStore.from_url(url) as store:
         _log_traffic(store, out, 30, 0.5, seed=2)
-    res2 = run_update(out, url, tmp_path / "routers", min_improvement=1e9, overrides={"epochs": 1}, n_boot=50)
+    from training.update import main
+
+    assert main(["--router", str(out), "--feedback", url, "--output", str(tmp_path / "routers"),
+                 "--min-improvement", "1e9", "--epochs", "1", "--cost-weight", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    res2 = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
+    assert "not both above" in printed
     assert res2["parent_version"] == res["version"] and res2["promote"] is False
+    promo2 = json.loads((tmp_path / "routers" / res2["version"] / "promotion.json").read_text())
+    assert promo2["min_improvement"] == 1e9 and promo2["preferences"]["cost_weight"] == 0.3
     assert json.loads((tmp_path / "routers" / res2["version"] / "training_metrics.json").read_text())[
         "lineage"] == [parent_version, res["version"]]
 

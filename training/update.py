@@ -416,7 +416,9 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                          f"(holdout_fraction={holdout_fraction}); log more traffic or lower it")
 
     # ---- original data ---------------------------------------------------------------------------
-    data_paths = list(data) if data else list(tm.get("data") or [])
+    if isinstance(data, (str, Path)):
+        data = [str(data)]
+    data_paths = [str(d) for d in data] if data else list(tm.get("data") or [])
     val_fraction = tm.get("val_fraction", cfg.data.val_fraction)
     split_salt = tm.get("split_salt", cfg.data.split_salt)
     orig_train = orig_val = None
@@ -502,3 +504,55 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
             "n_original": len(orig_train) if orig_train is not None else 0,
             "new_models": new_models, "history": history,
             "minutes": (time.time() - t0) / 60}
+
+
+# --------------------------------------------------------------------------------------------------
+# command line (``python -m training.update``; the same options suit ``neural-router update``)
+
+
+def add_arguments(p) -> None:
+    """Add the update options to an argparse parser."""
+    p.add_argument("--router", required=True, help="current router folder (trained, not ONNX)")
+    p.add_argument("--feedback", required=True, help="feedback store: SQLAlchemy URL or SQLite path")
+    p.add_argument("--output", required=True, help="parent folder of the new versioned router folder")
+    p.add_argument("--data", action="append", help="original training data (default: the router's)")
+    p.add_argument("--config", help="training YAML (default: the router's own training config)")
+    p.add_argument("--pool", help="pool YAML; models it adds start from the cold-start prior")
+    p.add_argument("--quality-weight", type=float, default=None)
+    p.add_argument("--cost-weight", type=float, default=None)
+    p.add_argument("--latency-weight", type=float, default=None)
+    p.add_argument("--min-improvement", type=float, default=0.0)
+    p.add_argument("--clip", type=float, default=10.0, help="clip of the 1/propensity weights")
+    p.add_argument("--holdout-fraction", type=float, default=0.3)
+    p.add_argument("--router-version", help="only decisions logged by this router version")
+    p.add_argument("--cold-start-prior", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--naive", action="store_true", help="no importance weights (for comparison)")
+
+
+def run_from_args(args) -> dict[str, Any]:
+    """Run an update from parsed :func:`add_arguments` options; preferences given on the command line
+    are fixed (unset weights take the defaults), none given = each request's logged preferences."""
+    weights = {k: getattr(args, k) for k in PREF_KEYS if getattr(args, k, None) is not None}
+    return run_update(args.router, args.feedback, args.output, data=args.data, config=args.config,
+                      preferences=weights or None, min_improvement=args.min_improvement,
+                      clip=args.clip, pool_file=args.pool, holdout_fraction=args.holdout_fraction,
+                      router_version=args.router_version, cold_start_prior=args.cold_start_prior,
+                      importance_weighting=not args.naive, overrides={"epochs": args.epochs})
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m training.update", description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    res = run_from_args(args)
+    print(json.dumps({k: res[k] for k in ("router_dir", "version", "parent_version", "promote")}, indent=2))
+    print(res["promotion"]["reason"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
