@@ -67,6 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_prefs(p)
 
+    p = sub.add_parser("score", help="score logged responses with a scorer; optionally record them as feedback")
+    p.add_argument("--input", required=True,
+                   help='JSONL lines {"prompt", "response", "reference"?, "request_id"?, "model"?, "latency_ms"?, "cost_usd"?}')
+    p.add_argument("--scorer", required=True,
+                   help='JSON spec, e.g. \'{"type": "numeric"}\', \'{"type": "multiple_choice"}\', or module:function')
+    p.add_argument("--output", help="JSONL with a score added to each line")
+    p.add_argument("--feedback", help="feedback store URL: attach each score to its request_id")
+
+    p = sub.add_parser("update", help="fine-tune a router from logged outcomes, with off-policy promotion check")
+    p.add_argument("--router", required=True)
+    p.add_argument("--feedback", required=True, help="feedback store URL (sqlite:///..., postgresql://...) or path")
+    p.add_argument("--output", required=True)
+    p.add_argument("--data", action="append", help="original training data to mix in (default: the router's)")
+    p.add_argument("--config", help="training YAML for the update")
+    p.add_argument("--cost-weight", type=float, default=0.3, help="preference at which policies are compared")
+    p.add_argument("--min-improvement", type=float, default=0.0)
+
     p = sub.add_parser("serve", help="run the router microservice")
     p.add_argument("--router", required=True)
     p.add_argument("--host", help="default from the config: 127.0.0.1")
@@ -184,6 +201,57 @@ def cmd_route(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from .scoring import load_scorer
+
+    spec = args.scorer if ":" in args.scorer and not args.scorer.lstrip().startswith("{") else json.loads(args.scorer)
+    scorer = load_scorer(spec)
+    rows = []
+    with open(args.input, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{args.input}, line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("response"), str):
+                raise ValueError(f"{args.input}, line {n}: expected an object with a string 'response'")
+            rec["score"] = float(scorer.score(rec.get("prompt", ""), rec["response"], rec.get("reference")))
+            rows.append(rec)
+    if args.output:
+        Path(args.output).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recorded = 0
+    if args.feedback:
+        from .feedback import FeedbackError, FeedbackStore
+
+        with FeedbackStore.from_url(args.feedback) as store:
+            for r in rows:
+                if not r.get("request_id"):
+                    continue
+                try:
+                    store.add_feedback(r["request_id"], r["score"], model=r.get("model"),
+                                       latency_ms=r.get("latency_ms"), cost_usd=r.get("cost_usd"),
+                                       response=r["response"])
+                    recorded += 1
+                except FeedbackError as e:
+                    print(f"request {r['request_id']}: not recorded: {e}", file=sys.stderr)
+    mean = sum(r["score"] for r in rows) / max(len(rows), 1)
+    print(f"scored {len(rows)} responses (mean {mean:.3f})" + (f", recorded {recorded} as feedback" if args.feedback else ""))
+    return 0
+
+
+def cmd_update(args) -> int:
+    from training.update import run_update
+
+    from .policy import Preferences
+
+    result = run_update(args.router, args.feedback, args.output, data=args.data, config=args.config,
+                        preferences=Preferences(1.0, args.cost_weight, 0.0), min_improvement=args.min_improvement)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from serving.app import serve
 
@@ -199,7 +267,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "predict": cmd_predict,
-            "route": cmd_route, "serve": cmd_serve, "demo": cmd_demo}
+            "route": cmd_route, "serve": cmd_serve, "score": cmd_score, "update": cmd_update, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
