@@ -139,8 +139,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-def read_jsonl(path: str) -> tuple[list, list[str]]:
-    ids, prompts = [], []
+def iter_jsonl(path: str, required: str):
+    """Yield (line number, record) for each non-empty line; each must be an object with a string ``required``."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -149,10 +149,18 @@ def read_jsonl(path: str) -> tuple[list, list[str]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
-                raise ValueError(f"{path}, line {n}: expected an object with a non-empty string 'prompt'")
-            ids.append(rec.get("id", n))
-            prompts.append(rec["prompt"])
+            if not isinstance(rec, dict) or not isinstance(rec.get(required), str):
+                raise ValueError(f"{path}, line {n}: expected an object with a string {required!r}")
+            yield n, rec
+
+
+def read_jsonl(path: str) -> tuple[list, list[str]]:
+    ids, prompts = [], []
+    for n, rec in iter_jsonl(path, "prompt"):
+        if not rec["prompt"].strip():
+            raise ValueError(f"{path}, line {n}: 'prompt' is empty")
+        ids.append(rec.get("id", n))
+        prompts.append(rec["prompt"])
     return ids, prompts
 
 
@@ -207,18 +215,9 @@ def cmd_score(args) -> int:
     spec = args.scorer if ":" in args.scorer and not args.scorer.lstrip().startswith("{") else json.loads(args.scorer)
     scorer = load_scorer(spec)
     rows = []
-    with open(args.input, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{args.input}, line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("response"), str):
-                raise ValueError(f"{args.input}, line {n}: expected an object with a string 'response'")
-            rec["score"] = float(scorer.score(rec.get("prompt", ""), rec["response"], rec.get("reference")))
-            rows.append(rec)
+    for _, rec in iter_jsonl(args.input, "response"):
+        rec["score"] = float(scorer.score(rec.get("prompt", ""), rec["response"], rec.get("reference")))
+        rows.append(rec)
     if args.output:
         Path(args.output).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     recorded = 0
