@@ -152,6 +152,9 @@ def test_logged_dataset_weights():
     assert ds.cost_usd[0, 0] == pytest.approx(0.01) and ds.output_tokens[0, 0] == 12
     _, naive, _ = logged_dataset(rows, ["big", "mid", "small"], pool, clip=10.0, importance_weighting=False)
     assert naive[0].tolist() == [1.0, 0.0, 1.0] and naive[1, 0] == 1.0
+    _, norm, _ = logged_dataset(rows, ["big", "mid", "small"], pool, clip=10.0, normalize=True)
+    assert np.isclose((norm[0, 0] + norm[1, 0]) / 2, 1.0) and np.isclose(norm[0, 0] / norm[1, 0], 8.0)
+    assert norm[0, 2] == 1.0
 
 
 def _preds(quality: np.ndarray, models: list[str]) -> Predictions:
@@ -195,6 +198,11 @@ def test_off_policy_comparison_and_verdict():
     assert abs(res["new"]["dr"]["value"] - value(truth)) < 0.04
     assert abs(res["logging"]["value"] - value(logged_q)) > 0.05    # the logger explored: not the same
     assert promotion_verdict(res, 0.0)[0] is True
+    # the DR reward model stays on the reward's scale when a router's cost estimates drift
+    drift = _preds(truth.astype(float), models)
+    drift.cost_usd *= 100                      # same choices (utility is scale-free in cost) ...
+    res_d = compare_on_logs(logged, models, bad, drift, pool, None, n_boot=0)
+    assert res_d["new"]["dr"]["value"] == pytest.approx(res["new"]["dr"]["value"], abs=1e-9)  # ... same value
     assert promotion_verdict(res, 10.0)[0] is False                      # min_improvement gates it
     back = compare_on_logs(logged, models, good, bad, pool, None, n_boot=200)
     assert promotion_verdict(back, 0.0)[0] is False
@@ -203,7 +211,7 @@ def test_off_policy_comparison_and_verdict():
 
 def _log_traffic(store: FeedbackStore, router_dir, n: int, epsilon: float, seed: int = 1):
     """Route synthetic prompts with the tiny router, epsilon-greedy, and add the true outcome."""
-    from neural_router import Preferences, Router
+    from neural_router import Router
     from neural_router.offpolicy import epsilon_greedy_probs, sample_actions, utilities
 
     rng = random.Random(seed)
@@ -249,7 +257,8 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert rc["models"] == ["big", "mid", "small", "newbie"] and rc["version"] == res["version"]
     tm = json.loads((out / "training_metrics.json").read_text())
     assert tm["parent_version"] == parent_version and tm["data"]          # original data carried on
-    assert tm["update"]["weights_of_chosen"]["max"] <= 10.0 + 1e-6
+    assert tm["update"]["normalize_weights"] is True
+    assert tm["update"]["weights_of_chosen"]["max"] > 1.0
     promo = json.loads((out / "promotion.json").read_text())
     assert promo["n"] == res["n_holdout"] and isinstance(promo["promote"], bool)
     for who in ("current", "new"):

@@ -41,7 +41,7 @@ import numpy as np
 
 from neural_router import offpolicy as op
 from neural_router.card import write_model_card
-from neural_router.data import DataConfig, RoutingDataset, load_routing_data, prompt_hash_unit
+from neural_router.data import RoutingDataset, load_routing_data, prompt_hash_unit
 from neural_router.feedback import FeedbackStore
 from neural_router.model import RouterModel
 from neural_router.policy import DEFAULT_OUTPUT_TOKENS, Preferences
@@ -88,11 +88,14 @@ def concat(parts: list[RoutingDataset]) -> RoutingDataset:
 
 
 def logged_dataset(rows: list[dict[str, Any]], models: list[str], pool: ModelPool, clip: float | None,
-                   importance_weighting: bool = True) -> tuple[RoutingDataset, np.ndarray, dict[str, int]]:
+                   importance_weighting: bool = True, normalize: bool = False
+                   ) -> tuple[RoutingDataset, np.ndarray, dict[str, int]]:
     """``export_long`` rows -> (one dataset row per request, per-cell weights [N, M], counts).
 
-    Chosen outcomes weigh ``min(1/propensity, clip)`` (1 without ``importance_weighting``); outcomes
-    of other models of the same request (e.g. shadow evaluations) weigh 1.
+    Chosen outcomes weigh ``min(1/propensity, clip)`` (1 without ``importance_weighting``); with
+    ``normalize`` these weights are divided by their mean (self-normalised: the logs keep the total
+    weight naive retraining gives them, importance weighting only redistributes it). Outcomes of
+    other models of the same request (e.g. shadow evaluations) weigh 1.
     """
     col = {m: j for j, m in enumerate(models)}
     by_id: dict[str, int] = {}
@@ -118,6 +121,7 @@ def logged_dataset(rows: list[dict[str, Any]], models: list[str], pool: ModelPoo
     n, m = len(prompts), len(models)
     arr = {k: np.full((n, m), np.nan, dtype=np.float32) for k in ("scores", "cost", "lat", "out")}
     weights = np.zeros((n, m), dtype=np.float32)
+    chosen_mask = np.zeros((n, m), dtype=bool)
     for i, cs in enumerate(cells):
         for j, r in cs:
             arr["scores"][i, j] = float(r["score"])
@@ -129,8 +133,11 @@ def logged_dataset(rows: list[dict[str, Any]], models: list[str], pool: ModelPoo
             if r.get("chosen") and p is not None and importance_weighting:
                 w = 1.0 / max(float(p), 1e-12)
                 weights[i, j] = min(w, clip) if clip is not None else w
+                chosen_mask[i, j] = True
             else:
                 weights[i, j] = 1.0
+    if normalize and chosen_mask.any():
+        weights[chosen_mask] /= weights[chosen_mask].mean()
     if any(skipped.values()):
         log.warning("logged outcomes skipped: %s", skipped)
     ds = RoutingDataset(prompts, list(models), arr["scores"], arr["cost"], arr["lat"], arr["out"],
@@ -232,9 +239,17 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
     reward = op.observed_reward(score, cost, lat, cmax, lmax, *weights)
     probs_cur = policy_probs(pred_current, models, pool, weights)
     probs_new = policy_probs(pred_new, models, pool, weights)
+    # reward model: the new router's predicted quality; cost and latency as logged with the decision
+    # (the new router's own estimate, capped at the logged maximum, for a model the logger lacked),
+    # so that the model stays on the reward's scale even if cost predictions moved
     cols = [pred_new.models.index(m) for m in models]
-    rhat = op.utilities(pred_new.quality[:, cols], pred_new.cost_usd[:, cols],
-                        pred_new.latency_ms[:, cols], *weights, cost_max=cmax, latency_max=lmax)
+    logged_est = {f: np.array([[d["predictions"].get(m, {}).get(f, np.nan) for m in models] for d in logged],
+                              dtype=np.float64) for f in ("cost_usd", "latency_ms")}
+    c_hat = np.where(np.isfinite(logged_est["cost_usd"]), logged_est["cost_usd"],
+                     np.minimum(pred_new.cost_usd[:, cols], cmax[:, None]))
+    l_hat = np.where(np.isfinite(logged_est["latency_ms"]), logged_est["latency_ms"],
+                     np.minimum(pred_new.latency_ms[:, cols], lmax[:, None]))
+    rhat = op.utilities(pred_new.quality[:, cols], c_hat, l_hat, *weights, cost_max=cmax, latency_max=lmax)
     cmp = op.compare_policies(chosen, prop, reward, probs_cur, probs_new, reward_model_b=rhat,
                               n_boot=n_boot, alpha=alpha, seed=seed)
     logged_models = [set(d["predictions"]) for d in logged]
@@ -336,7 +351,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                clip: float | None = 10.0, *, pool_file: str | Path | None = None,
                holdout_fraction: float = 0.3, original_sample: int | None = 2000,
                router_version: str | None = None, cold_start_prior: float | None = None,
-               importance_weighting: bool = True, log_val_fraction: float = 0.1,
+               importance_weighting: bool = True, normalize_weights: bool = True,
+               log_val_fraction: float = 0.1,
                overrides: dict | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
@@ -361,6 +377,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         router_version: only use decisions logged by this router version.
         cold_start_prior: prior quality of new models (default: mean quality of the known ones).
         importance_weighting: False = naive retraining (weight 1 on every logged outcome).
+        normalize_weights: divide the clipped 1/propensity weights by their mean, so the logs
+            weigh as much in total as in naive retraining (lower variance); False = raw weights.
         log_val_fraction: share of the (non-held-out) logged prompts used, with their weights,
             for early stopping, next to the original validation split.
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
@@ -406,7 +424,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     if not rows:
         raise ValueError(f"the feedback store {_safe_url(feedback_url)} has no logged outcomes with a "
                          "prompt" + (f" for router version {router_version!r}" if router_version else ""))
-    logs, weights, skipped = logged_dataset(rows, models, pool, clip, importance_weighting)
+    logs, weights, skipped = logged_dataset(rows, models, pool, clip, importance_weighting, normalize_weights)
     hold = np.array([is_holdout(p, holdout_fraction) for p in logs.prompts], dtype=bool)
     lval = np.array([prompt_hash_unit(p, LOG_VAL_SALT) < log_val_fraction for p in logs.prompts]) & ~hold
     logs_train, w_train = logs.subset(~hold & ~lval), weights[~hold & ~lval]
@@ -463,7 +481,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         "logged_train": len(logs_train), "logged_val": len(logs_val), "logged_holdout": int(hold.sum()),
         "holdout_fraction": holdout_fraction, "holdout_salt": HOLDOUT_SALT,
         "original_prompts": len(orig_train) if orig_train is not None else 0,
-        "importance_weighting": importance_weighting, "clip": clip,
+        "importance_weighting": importance_weighting, "normalize_weights": normalize_weights, "clip": clip,
         "weights_of_chosen": {"mean": float(w_train[w_train > 0].mean()) if (w_train > 0).any() else None,
                               "max": float(w_train.max()) if w_train.size else None},
         "new_models": new_models, "cold_start_prior": cold_start_prior, "skipped": skipped}
