@@ -14,8 +14,10 @@ Methods:
 
 * ``static``: no updates (the initial router throughout);
 * ``naive``: greedy routing (propensity 1) and retraining on the logs without importance weights;
-* ``ips``: exploration (epsilon-greedy or Thompson sampling, from ``neural_router.exploration``)
-  with logged propensities, and the update with clipped inverse-propensity weights;
+* ``ips``: exploration (``--exploration``: epsilon-greedy or Thompson sampling, from
+  ``neural_router.exploration``) with logged propensities, and the update with clipped
+  inverse-propensity weights (``--normalize-weights``: self-normalised);
+* ``ips_thompson`` (via ``--methods``): the same with Thompson sampling whatever ``--exploration``;
 * ``explore_noweight`` (with ``--ablation``): the same exploration, updated without weights;
 * ``full``: greedy routing, but the outcomes of *all* models on the same prompts are logged
   (the full-information ceiling).
@@ -71,6 +73,11 @@ def parse_args(argv=None):
     ap.add_argument("--holdout", type=float, default=0.25, help="share of logs held out for promotion")
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--ablation", action="store_true", help="also run exploration without weights")
+    ap.add_argument("--methods", help="comma-separated subset of static,naive,ips,ips_thompson,"
+                                      "explore_noweight,full (default: static,naive,ips,full; --ablation "
+                                      "adds explore_noweight)")
+    ap.add_argument("--normalize-weights", action="store_true",
+                    help="self-normalise the clipped 1/propensity weights (run_update normalize_weights)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -240,7 +247,7 @@ def main(argv=None) -> dict:
     from neural_router.pool import ModelPool
     from neural_router.trainer import ActivationCache
     from training.train import run_train
-    from training.update import run_update
+    from training.update import promotion_verdict, run_update
 
     t0 = time.time()
     torch.manual_seed(args.seed)
@@ -274,10 +281,16 @@ def main(argv=None) -> dict:
     cache = ActivationCache()
     evaluate = Evaluator(ev, pool, prefs, cache)
     methods = ["static", "naive", "ips"] + (["explore_noweight"] if args.ablation else []) + ["full"]
+    if args.methods:
+        methods = ["static"] + [m for m in args.methods.split(",") if m and m != "static"]
+        unknown = set(methods) - {"static", "naive", "ips", "ips_thompson", "explore_noweight", "full"}
+        if unknown:
+            raise SystemExit(f"unknown methods: {', '.join(sorted(unknown))}")
     explore_cfg = (ExplorationConfig(kind="epsilon_greedy", epsilon=args.epsilon)
                    if args.exploration == "epsilon_greedy"
                    else ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n))
     greedy_cfg = ExplorationConfig(kind="none")
+    thompson_cfg = ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n)
     base = evaluate(r0)
     log.info("round 0: utility %.4f, AIQ %.4f", base["utility"], base["aiq"])
     results = {m: [{"round": 0, **base}] for m in methods}
@@ -293,12 +306,14 @@ def main(argv=None) -> dict:
                 results[m].append({"round": rnd, **base})
                 continue
             t1 = time.time()
-            ecfg = explore_cfg if m in ("ips", "explore_noweight") else greedy_cfg
+            ecfg = (thompson_cfg if m == "ips_thompson" else explore_cfg if m in ("ips", "explore_noweight")
+                    else greedy_cfg)
             served = serve_round(m, current[m], traffic, idx, rnd, stores[m], pool, prefs, ecfg, rngs[m], cache)
             results[m][-1]["served_utility"] = served["served_utility"]
             results[m][-1]["explored_share"] = served["explored_share"]
             res = run_update(current[m], stores[m], out / m, preferences=prefs, clip=args.clip,
                              importance_weighting=(m not in ("naive", "explore_noweight")),
+                             normalize_weights=args.normalize_weights,
                              holdout_fraction=args.holdout, n_boot=args.n_boot, seed=rnd,
                              activation_cache=cache)
             new_dir = Path(res["router_dir"])
@@ -307,6 +322,7 @@ def main(argv=None) -> dict:
             pr = res["promotion"]
             results[m].append({
                 "round": rnd, **score, "router": new_dir.name, "promote": res["promote"],
+                "promote_ci": promotion_verdict(pr, 0.0, require_ci=True)[0],
                 "truly_better": score["utility"] > prev["utility"],
                 "ips_diff": pr.get("difference", {}).get("ips", {}).get("value"),
                 "dr_diff": pr.get("difference", {}).get("dr", {}).get("value"),
@@ -324,16 +340,26 @@ def main(argv=None) -> dict:
         s.close()
 
     final = {m: rows[-1] for m, rows in results.items()}
-    gap = final["full"]["utility"] - final["static"]["utility"]
+    gap = final["full"]["utility"] - final["static"]["utility"] if "full" in final else None
     summary = {
+        "final_utility": {m: r["utility"] for m, r in final.items()},
+        "final_aiq": {m: r["aiq"] for m, r in final.items()},
         "gap_full_minus_static": gap,
-        "closed_share": {m: (final[m]["utility"] - final["static"]["utility"]) / gap if gap > 0 else None
+        "closed_share": {m: (final[m]["utility"] - final["static"]["utility"]) / gap if gap else None
                          for m in methods},
-        "ips_beats_naive": final["ips"]["utility"] > final["naive"]["utility"],
-        "ips_monotone": all(b["utility"] >= a["utility"] - 1e-9
-                            for a, b in zip(results["ips"], results["ips"][1:])),
+        "ips_beats_naive": (final["ips"]["utility"] > final["naive"]["utility"]
+                            if {"ips", "naive"} <= set(final) else None),
+        "ips_monotone": (all(b["utility"] >= a["utility"] - 1e-9 for a, b in zip(results["ips"], results["ips"][1:]))
+                         if "ips" in results else None),
         "promotion_agreement": {m: float(np.mean([r["promote"] == r["truly_better"] for r in rows[1:]]))
                                 for m, rows in results.items() if m != "static"},
+        "promotion_agreement_require_ci": {
+            m: float(np.mean([r["promote_ci"] == r["truly_better"] for r in rows[1:]]))
+            for m, rows in results.items() if m != "static"},
+        "false_promotions": {m: sum(r["promote"] and not r["truly_better"] for r in rows[1:])
+                             for m, rows in results.items() if m != "static"},
+        "false_promotions_require_ci": {m: sum(r["promote_ci"] and not r["truly_better"] for r in rows[1:])
+                                        for m, rows in results.items() if m != "static"},
         "oracle_utility": float(evaluate.u.max(1).mean()),
         "best_single_utility": float(evaluate.u.mean(0).max()),
         "best_single_model": ev.models[int(evaluate.u.mean(0).argmax())],
@@ -344,7 +370,7 @@ def main(argv=None) -> dict:
     (out / "bench_feedback.json").write_text(json.dumps(report, indent=2, default=float))
     plot(results, out / "bench_feedback.png",
          f"RouterBench replay: {args.rounds} rounds x {args.per_round} prompts, cost_weight {args.cost_weight}, "
-         f"{explore_cfg.name} for ips")
+         f"{explore_cfg.name} for ips" + (", normalised weights" if args.normalize_weights else ""))
     print_table(results, summary)
     return report
 

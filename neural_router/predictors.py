@@ -21,7 +21,7 @@ import numpy as np
 from .model import RouterConfig
 from .pool import ModelPool
 from .predictions import Predictions, RequestFeatures
-from .text import encode, request_features
+from .text import length_buckets, pad, request_features, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,13 @@ class _Base:
             raise TypeError("predict() takes a list of prompts, not a single string")
         n, m = len(prompts), len(self.rc.models)
         quality, out_tok, lat = (np.zeros((n, m), dtype=np.float32) for _ in range(3))
-        in_tok, trunc = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
         feats_in = features or [RequestFeatures()] * n
-        order = np.argsort([len(p) for p in prompts], kind="stable")
-        for s in range(0, n, self.batch_size):
-            idx = order[s:s + self.batch_size]
-            batch = [prompts[i] for i in idx]
-            enc = encode(self.tokenizer, batch, self.rc.max_length, self.rc.head_tokens)
-            feats = request_features(batch, enc.input_tokens, [feats_in[i] for i in idx])
-            q, o, la = self._run(enc.input_ids, enc.attention_mask, feats)
+        rows, in_tok, trunc = tokenize(self.tokenizer, list(prompts), self.rc.max_length, self.rc.head_tokens)
+        feats = request_features(list(prompts), in_tok, feats_in)
+        for idx in length_buckets(np.array([len(r) for r in rows]), self.batch_size):
+            ids, mask = pad([rows[i] for i in idx], self.tokenizer.pad_token_id)
+            q, o, la = self._run(ids, mask, feats[idx])
             quality[idx], out_tok[idx], lat[idx] = q, o, la
-            in_tok[idx], trunc[idx] = enc.input_tokens, enc.truncated
         return finish(self.rc, self.pool, quality, out_tok, lat, in_tok, trunc)
 
 

@@ -43,23 +43,46 @@ def head_tail(ids: list[int], budget: int, head_tokens: int) -> list[int]:
     return ids[:head] + (ids[-tail:] if tail > 0 else [])
 
 
-def encode(tokenizer, prompts: list[str], max_length: int, head_tokens: int) -> Encoded:
+def tokenize(tokenizer, prompts: list[str], max_length: int, head_tokens: int
+             ) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """-> (token rows with special tokens, unpadded; full prompt token counts [N]; truncated [N])."""
     prefix, suffix = _special_affixes(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
         raise ValueError(f"max_length {max_length} leaves no room for text")
     raw = tokenizer(list(prompts), add_special_tokens=False, truncation=False,
-                    return_attention_mask=False)["input_ids"]
+                    return_attention_mask=False)["input_ids"] if prompts else []
     rows = [prefix + head_tail(ids, budget, head_tokens) + suffix for ids in raw]
-    T = max(len(r) for r in rows) if rows else 1
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = np.full((len(rows), T), pad, dtype=np.int64)
+    n_tokens = np.array([len(ids) for ids in raw], dtype=np.int64)
+    return rows, n_tokens, n_tokens > budget
+
+
+def pad(rows: list[list[int]], pad_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+    T = max((len(r) for r in rows), default=1)
+    input_ids = np.full((len(rows), T), pad_id if pad_id is not None else 0, dtype=np.int64)
     mask = np.zeros((len(rows), T), dtype=np.int64)
     for i, r in enumerate(rows):
         input_ids[i, : len(r)] = r
         mask[i, : len(r)] = 1
-    n_tokens = np.array([len(ids) for ids in raw], dtype=np.int64)
-    return Encoded(input_ids, mask, n_tokens, n_tokens > budget)
+    return input_ids, mask
+
+
+def length_buckets(lengths: np.ndarray, max_batch: int, slack: float = 1.3) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length (sorted ascending), so padding stays small:
+    a new batch starts when it is full or a row is more than ``slack`` x the batch's shortest + 8."""
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    for k in range(1, len(order) + 1):
+        if k == len(order) or k - start >= max_batch or lengths[order[k]] > slack * lengths[order[start]] + 8:
+            batches.append(order[start:k])
+            start = k
+    return batches
+
+
+def encode(tokenizer, prompts: list[str], max_length: int, head_tokens: int) -> Encoded:
+    rows, n_tokens, truncated = tokenize(tokenizer, prompts, max_length, head_tokens)
+    input_ids, mask = pad(rows, tokenizer.pad_token_id)
+    return Encoded(input_ids, mask, n_tokens, truncated)
 
 
 def non_ascii_fraction(text: str) -> float:

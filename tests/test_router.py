@@ -165,3 +165,14 @@ def test_demo_pipeline_end_to_end(tmp_path, tiny_data_file, tiny_pool_file, tiny
     assert (out / "router" / "cost_quality.png").is_file()
     assert (out / "onnx" / "router.onnx").is_file() and (out / "onnx" / "router.int8.onnx").is_file()
     assert "AIQ" in (out / "router" / "README.md").read_text()
+
+
+def test_length_buckets_bound_padding_and_cover_every_row():
+    from neural_router.text import length_buckets
+
+    lengths = np.array([5, 100, 6, 7, 50, 120, 9, 8])
+    batches = length_buckets(lengths, 3)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert all(len(b) <= 3 for b in batches)
+    for b in batches:  # no short prompt is padded to a long one
+        assert lengths[b].max() <= 1.3 * lengths[b].min() + 8

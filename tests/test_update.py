@@ -204,6 +204,9 @@ def test_off_policy_comparison_and_verdict():
     res_d = compare_on_logs(logged, models, bad, drift, pool, None, n_boot=0)
     assert res_d["new"]["dr"]["value"] == pytest.approx(res["new"]["dr"]["value"], abs=1e-9)  # ... same value
     assert promotion_verdict(res, 10.0)[0] is False                      # min_improvement gates it
+    assert promotion_verdict(res, 0.0, require_ci=True)[0] is True         # significant as well
+    wide = {"n": 10, "difference": {m: {"value": 0.05, "ci_low": -0.02} for m in ("ips", "dr")}}
+    assert promotion_verdict(wide, 0.0)[0] is True and promotion_verdict(wide, 0.0, require_ci=True)[0] is False
     back = compare_on_logs(logged, models, good, bad, pool, None, n_boot=200)
     assert promotion_verdict(back, 0.0)[0] is False
     assert promotion_verdict({"n": 0}, 0.0) == (False, "no held-out logged requests to evaluate on")
@@ -257,8 +260,8 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert rc["models"] == ["big", "mid", "small", "newbie"] and rc["version"] == res["version"]
     tm = json.loads((out / "training_metrics.json").read_text())
     assert tm["parent_version"] == parent_version and tm["data"]          # original data carried on
-    assert tm["update"]["normalize_weights"] is True
-    assert tm["update"]["weights_of_chosen"]["max"] > 1.0
+    assert tm["update"]["normalize_weights"] is False
+    assert 1.0 < tm["update"]["weights_of_chosen"]["max"] <= 10.0 + 1e-6
     promo = json.loads((out / "promotion.json").read_text())
     assert promo["n"] == res["n_holdout"] and isinstance(promo["promote"], bool)
     for who in ("current", "new"):

@@ -266,15 +266,19 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
             "exploration": sorted({d.get("exploration", "") for d in logged})}
 
 
-def promotion_verdict(comparison: dict[str, Any], min_improvement: float = 0.0) -> tuple[bool, str]:
-    """Promote only when new - current exceeds ``min_improvement`` under both IPS and DR."""
+def promotion_verdict(comparison: dict[str, Any], min_improvement: float = 0.0,
+                      require_ci: bool = False) -> tuple[bool, str]:
+    """Promote only when new - current exceeds ``min_improvement`` under both IPS and DR (point
+    estimates; with ``require_ci`` the lower ends of their confidence intervals)."""
     n = comparison.get("n", 0)
     if not n:
         return False, "no held-out logged requests to evaluate on"
-    d_ips = comparison["difference"]["ips"]["value"]
-    d_dr = comparison["difference"]["dr"]["value"]
+    key = "ci_low" if require_ci else "value"
+    d_ips = comparison["difference"]["ips"][key]
+    d_dr = comparison["difference"]["dr"][key]
     promote = bool(d_ips > min_improvement and d_dr > min_improvement)
-    return promote, (f"new - current: IPS {d_ips:+.4f}, DR {d_dr:+.4f} "
+    what = "lower CI bound of new - current" if require_ci else "new - current"
+    return promote, (f"{what}: IPS {d_ips:+.4f}, DR {d_dr:+.4f} "
                      f"({'both above' if promote else 'not both above'} min_improvement "
                      f"{min_improvement:g}) on {n} held-out logged requests")
 
@@ -348,10 +352,11 @@ def _version_dir(output_dir: Path, parent_version: str) -> tuple[str, Path]:
 def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore, output_dir: str | Path,
                data: list[str] | None = None, config: str | Path | TrainConfig | dict | None = None,
                preferences: Preferences | dict | None = None, min_improvement: float = 0.0,
-               clip: float | None = 10.0, *, pool_file: str | Path | None = None,
+               clip: float | None = 10.0, *, require_ci: bool = False,
+               pool_file: str | Path | None = None,
                holdout_fraction: float = 0.3, original_sample: int | None = 2000,
                router_version: str | None = None, cold_start_prior: float | None = None,
-               importance_weighting: bool = True, normalize_weights: bool = True,
+               importance_weighting: bool = True, normalize_weights: bool = False,
                log_val_fraction: float = 0.1,
                overrides: dict | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
@@ -370,6 +375,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         min_improvement: the new router must beat the current one by more than this, in policy
             value (utility per request), under both IPS and DR to be promoted.
         clip: clip of the inverse-propensity training weights (None: no clipping).
+        require_ci: stricter promotion: the lower ends of the (1 - alpha) bootstrap intervals of
+            the IPS and DR differences must exceed ``min_improvement``.
         pool_file: pool YAML; its models the router does not know are added (cold-start prior).
         holdout_fraction: share of logged prompts (by prompt hash) kept out of training for the
             promotion check.
@@ -378,7 +385,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         cold_start_prior: prior quality of new models (default: mean quality of the known ones).
         importance_weighting: False = naive retraining (weight 1 on every logged outcome).
         normalize_weights: divide the clipped 1/propensity weights by their mean, so the logs
-            weigh as much in total as in naive retraining (lower variance); False = raw weights.
+            weigh as much in total as in naive retraining; default False = the raw clipped weights.
         log_val_fraction: share of the (non-held-out) logged prompts used, with their weights,
             for early stopping, next to the original validation split.
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
@@ -503,14 +510,15 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
               for d, o in chosen_pairs if d.prompt in hold_prompts]
     promotion: dict[str, Any] = {"current_version": parent.config.version, "new_version": version,
                                  "preferences": asdict(prefs) if prefs is not None else "logged per request",
-                                 "min_improvement": min_improvement, "alpha": alpha, "n": len(logged)}
+                                 "min_improvement": min_improvement, "require_ci": require_ci,
+                                 "alpha": alpha, "n": len(logged)}
     if logged:
         prompts = [d["prompt"] for d in logged]
         pred_cur = predict_router(parent, tokenizer, pool, prompts, cfg, cache)
         pred_new = predict_router(model, tok, pool, prompts, cfg, cache)
         res = compare_on_logs(logged, models, pred_cur, pred_new, pool, prefs, n_boot, alpha, seed)
         promotion.update(res)
-        promotion["promote"], promotion["reason"] = promotion_verdict(res, min_improvement)
+        promotion["promote"], promotion["reason"] = promotion_verdict(res, min_improvement, require_ci)
     else:
         promotion.update({"promote": False, "reason": "no held-out logged requests to evaluate on"})
     (out / "promotion.json").write_text(json.dumps(promotion, indent=2, default=float))
@@ -540,6 +548,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cost-weight", type=float, default=None)
     p.add_argument("--latency-weight", type=float, default=None)
     p.add_argument("--min-improvement", type=float, default=0.0)
+    p.add_argument("--require-ci", action="store_true",
+                   help="promote only if the lower CI bounds of the IPS and DR gains exceed it")
     p.add_argument("--clip", type=float, default=10.0, help="clip of the 1/propensity weights")
     p.add_argument("--holdout-fraction", type=float, default=0.3)
     p.add_argument("--router-version", help="only decisions logged by this router version")
@@ -554,6 +564,7 @@ def run_from_args(args) -> dict[str, Any]:
     weights = {k: getattr(args, k) for k in PREF_KEYS if getattr(args, k, None) is not None}
     return run_update(args.router, args.feedback, args.output, data=args.data, config=args.config,
                       preferences=weights or None, min_improvement=args.min_improvement,
+                      require_ci=args.require_ci,
                       clip=args.clip, pool_file=args.pool, holdout_fraction=args.holdout_fraction,
                       router_version=args.router_version, cold_start_prior=args.cold_start_prior,
                       importance_weighting=not args.naive, overrides={"epochs": args.epochs})
