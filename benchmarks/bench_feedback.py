@@ -42,6 +42,7 @@ import logging
 import shutil
 import sys
 import time
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -296,7 +297,8 @@ def main(argv=None) -> dict:
     results = {m: [{"round": 0, **base}] for m in methods}
     current = {m: r0 for m in methods}
     stores = {m: FeedbackStore.from_url(out / "feedback" / f"{m}.db") for m in methods if m != "static"}
-    rngs = {m: np.random.default_rng(args.seed + 1 + k) for k, m in enumerate(methods)}
+    # one exploration stream per method, independent of which other methods run
+    rngs = {m: np.random.default_rng([args.seed, zlib.crc32(m.encode())]) for m in methods}
     for rnd in range(1, args.rounds + 1):
         idx = np.arange((rnd - 1) * args.per_round, rnd * args.per_round)
         for m in methods:
