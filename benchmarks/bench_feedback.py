@@ -2,7 +2,8 @@
 
     python benchmarks/bench_feedback.py [--data ../shared/data/routerbench] [--out runs/bench_feedback]
         [--rounds 5] [--per-round 300] [--init 150] [--eval 450] [--cost-weight 0.3]
-        [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--epochs 10] [--freeze-layers -1]
+        [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--clip 10] [--epochs 10]
+        [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -80,6 +81,8 @@ def parse_args(argv=None):
     ap.add_argument("--normalize-weights", action="store_true",
                     help="self-normalise the clipped 1/propensity weights (run_update normalize_weights)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", help="comma-separated seeds: one replay each (own split, initial router and "
+                                    "exploration draws) under OUT/seed<k>, plus mean/sd over seeds")
     return ap.parse_args(argv)
 
 
@@ -237,6 +240,72 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
+    if not args.seeds:
+        return run(args)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    base_out = Path(args.out)
+    reports = []
+    for seed in seeds:
+        log.info("===== seed %d =====", seed)
+        reports.append(run(argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None,
+                                                 "out": str(base_out / f"seed{seed}")})))
+    return aggregate(reports, seeds, base_out)
+
+
+def aggregate(reports: list[dict], seeds: list[int], out: Path) -> dict:
+    """Mean and standard deviation over seeds (each seed: its own data split, initial router,
+    exploration draws) of every method's per-round eval utility and AIQ."""
+    methods = list(reports[0]["results"])
+    rounds = len(reports[0]["results"][methods[0]])
+    agg: dict = {"seeds": seeds, "methods": {}}
+    import warnings
+
+    warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN columns (nothing served after the last round)
+    for m in methods:
+        agg["methods"][m] = {}
+        for key in ("utility", "aiq", "served_utility"):
+            vals = np.array([[r["results"][m][k].get(key, np.nan) if r["results"][m][k].get(key) is not None
+                              else np.nan for k in range(rounds)] for r in reports], dtype=float)
+            agg["methods"][m][key] = {"mean": np.nanmean(vals, 0).tolist() if np.isfinite(vals).any() else None,
+                                      "sd": np.nanstd(vals, 0, ddof=1).tolist() if len(seeds) > 1 and
+                                      np.isfinite(vals).any() else None,
+                                      "per_seed": vals.tolist()}
+    fin = {m: np.array([r["results"][m][-1]["utility"] for r in reports]) for m in methods}
+    if {"static", "full"} <= set(fin):
+        gap = fin["full"] - fin["static"]
+        agg["closed_share_of_mean_gap"] = {m: float((fin[m] - fin["static"]).mean() / gap.mean())
+                                           if gap.mean() > 0 else None for m in methods}
+    if {"ips", "naive"} <= set(fin):
+        agg["ips_beats_naive_seeds"] = int((fin["ips"] > fin["naive"]).sum())
+        agg["ips_minus_naive"] = {"mean": float((fin["ips"] - fin["naive"]).mean()),
+                                  "sd": float((fin["ips"] - fin["naive"]).std(ddof=1)) if len(seeds) > 1 else None}
+    promos = {m: [(x["promote"], x["truly_better"]) for r in reports for x in r["results"][m][1:]]
+              for m in methods if m != "static"}
+    agg["false_promotions"] = {m: sum(p and not t for p, t in v) for m, v in promos.items()}
+    agg["missed_improvements"] = {m: sum(t and not p for p, t in v) for m, v in promos.items()}
+    agg["updates"] = {m: len(v) for m, v in promos.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_feedback_seeds.json").write_text(json.dumps(agg, indent=2, default=float))
+    mean_results = {m: [{"round": k, **{key: (agg["methods"][m][key]["mean"] or [None] * rounds)[k]
+                                       for key in ("utility", "aiq", "served_utility")}}
+                        for k in range(rounds)] for m in methods}
+    plot(mean_results, out / "bench_feedback_seeds.png", f"mean over seeds {seeds}")
+    print(f"\nmean (sd) over seeds {seeds}: eval utility per round")
+    for m in methods:
+        u = agg["methods"][m]["utility"]
+        sd = u["sd"] or [0.0] * rounds
+        print(f"  {m:>16}: " + "  ".join(f"{a:.4f}({b:.3f})" for a, b in zip(u["mean"], sd)))
+    print("  AIQ:")
+    for m in methods:
+        a = agg["methods"][m]["aiq"]
+        sd = a["sd"] or [0.0] * rounds
+        print(f"  {m:>16}: " + "  ".join(f"{x:.4f}({y:.3f})" for x, y in zip(a["mean"], sd)))
+    print(json.dumps({k: v for k, v in agg.items() if k not in ("methods",)}, indent=2, default=float))
+    return agg
+
+
+def run(args) -> dict:
+    """One replay (one seed)."""
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
