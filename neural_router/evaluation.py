@@ -131,15 +131,3 @@ def evaluate(predictions: Predictions, train: RoutingDataset, test: RoutingDatas
         report["plot"] = str(plot_path)
     return report
 
-
-def summary_table(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    rows = [("best single models (hull)", f"{report['single_models_aiq']:.4f}", "", "")]
-    rows.append(("random", f"{report['random']['aiq']:.4f}", "", ""))
-    for name, r in report["routers"].items():
-        qo = r["quality_only"]["all"]
-        rows.append((name, f"{r['aiq']:.4f}", f"{r['quality_at_best_single_cost']:.4f}",
-                     f"{r['cost_to_match_best_single'] / r['best_single']['cost']:.0%}"
-                     if np.isfinite(r["cost_to_match_best_single"]) else "never"))
-        del qo
-    rows.append(("oracle", "", f"{report['oracle']['quality']:.4f}", ""))
-    return rows

@@ -32,7 +32,6 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,6 +83,7 @@ class Tensors:
     log_lat: torch.Tensor
     hidden: list[torch.Tensor] | None = None
     weights: torch.Tensor | None = None   # [N, M] per-cell loss weights; None = all 1
+    input_tokens: np.ndarray | None = None  # [N] full prompt length in tokens (before truncation)
 
 
 def set_seed(seed: int) -> None:
@@ -118,13 +118,14 @@ def build_router_config(ds: RoutingDataset, pool: ModelPool, cfg: TrainConfig,
         version=time.strftime("%Y%m%d-%H%M%S"))
 
 
-def to_tensors(ds: RoutingDataset, tokenizer, rc: RouterConfig) -> Tensors:
-    enc = encode(tokenizer, ds.prompts, rc.max_length, rc.head_tokens)
+def to_tensors(ds: RoutingDataset, tokenizer, max_length: int, head_tokens: int) -> Tensors:
+    enc = encode(tokenizer, ds.prompts, max_length, head_tokens)
     feats = request_features(ds.prompts, enc.input_tokens)
     return Tensors(enc.input_ids, enc.attention_mask, enc.attention_mask.sum(1),
                    torch.tensor(feats), torch.tensor(ds.scores, dtype=torch.float32),
                    torch.tensor(np.log1p(ds.output_tokens), dtype=torch.float32),
-                   torch.tensor(np.log(np.maximum(ds.latency_ms, 1e-3)), dtype=torch.float32))
+                   torch.tensor(np.log(np.maximum(ds.latency_ms, 1e-3)), dtype=torch.float32),
+                   input_tokens=enc.input_tokens)
 
 
 def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -412,8 +413,10 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         cfg = cfg.model_copy(update={"max_length": init_from.config.max_length,
                                      "head_tokens": init_from.config.head_tokens,
                                      "hidden": init_from.config.hidden})
-    enc_train = encode(tokenizer, train.prompts, cfg.max_length, cfg.head_tokens)
-    rc = build_router_config(train, pool, cfg, enc_train.input_tokens)
+    # tokenise each split once; the router config's cost calibration needs the train prompts' lengths
+    tr = to_tensors(train, tokenizer, cfg.max_length, cfg.head_tokens)
+    va = to_tensors(val, tokenizer, cfg.max_length, cfg.head_tokens) if val is not None and len(val) else None
+    rc = build_router_config(train, pool, cfg, tr.input_tokens)
     if init_from is not None:
         rc = _config_from_parent(rc, init_from.config, train)
         model = model_from_parent(rc, init_from, train, cold_start_prior)
@@ -422,10 +425,8 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     else:
         model = RouterModel.from_encoder(rc, cfg.encoder)
     model.freeze_lower(cfg.freeze_layers)
-    tr = to_tensors(train, tokenizer, rc)
     if sample_weights is not None:
         tr.weights = torch.tensor(sample_weights, dtype=torch.float32)
-    va = to_tensors(val, tokenizer, rc) if val is not None and len(val) else None
     if va is not None and val_sample_weights is not None:
         va.weights = torch.tensor(val_sample_weights, dtype=torch.float32)
 
@@ -455,10 +456,9 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     t0 = time.time()
     for epoch in range(cfg.epochs):
         model.train()
-        # frozen layers stay in eval mode (no dropout), as they were when cached
         raw = accelerator.unwrap_model(model)
-        if start_layer or cfg.freeze_layers:
-            raw.encoder.eval() if cfg.freeze_layers < 0 else None
+        if cfg.freeze_layers < 0:
+            raw.encoder.eval()  # a fully frozen encoder runs without dropout, as when it was cached
         running, seen = 0.0, 0
         bar = tqdm(bucket_batches(tr.lengths, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
