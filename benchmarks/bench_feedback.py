@@ -68,6 +68,8 @@ def parse_args(argv=None):
     ap.add_argument("--exploration", choices=["epsilon_greedy", "thompson"], default="epsilon_greedy")
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--thompson-n", type=float, default=20.0, help="Thompson pseudo count")
+    ap.add_argument("--margin", type=float, default=None,
+                    help="explore only among models within this utility of the greedy choice")
     ap.add_argument("--clip", type=float, default=10.0)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--freeze-layers", type=int, default=-1)
@@ -356,9 +358,10 @@ def run(args) -> dict:
         unknown = set(methods) - {"static", "naive", "ips", "ips_thompson", "explore_noweight", "full"}
         if unknown:
             raise SystemExit(f"unknown methods: {', '.join(sorted(unknown))}")
-    explore_cfg = (ExplorationConfig(kind="epsilon_greedy", epsilon=args.epsilon)
+    explore_cfg = (ExplorationConfig(kind="epsilon_greedy", epsilon=args.epsilon, margin=args.margin)
                    if args.exploration == "epsilon_greedy"
-                   else ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n))
+                   else ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n,
+                                          margin=args.margin))
     greedy_cfg = ExplorationConfig(kind="none")
     thompson_cfg = ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n)
     base = evaluate(r0)

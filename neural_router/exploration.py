@@ -22,6 +22,11 @@ Policies (``ExplorationConfig.kind``)
     choice. With K candidates the greedy model has propensity ``(1 - ε) + ε/K``, every other one
     ``ε/K``.
 
+    ``margin`` (either kind): candidates are further limited to the models whose policy utility is
+    within ``margin`` of the greedy choice's (boosted models always stay). Exploration is then
+    spent on near-ties, where an outcome can change a decision, and propensities stay large
+    (small importance weights). No near-tie: no exploration, propensity 1.
+
     ``thompson``: each candidate's quality is drawn from ``Beta(q·n, (1 − q)·n)`` (``q`` the
     predicted quality, ``n = thompson_pseudo_count``), utility is recomputed with the policy's own
     formula (:func:`neural_router.policy.utility`, cost and latency normalised among the eligible
@@ -62,6 +67,7 @@ class ExplorationConfig:
     boost_models: tuple[str, ...] = ()
     boost_epsilon: float = 0.2
     propensity_draws: int = 200
+    margin: float | None = None  # explore only among models within this utility of the best
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -79,6 +85,10 @@ class ExplorationConfig:
         if self.kind == "epsilon_greedy" and self.boost_models and self.epsilon + self.boost_epsilon > 1:
             raise ValueError(f"ExplorationConfig: epsilon + boost_epsilon must be <= 1, got "
                              f"{self.epsilon} + {self.boost_epsilon}")
+        m = self.margin
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float))
+                              or not (math.isfinite(m) and m >= 0)):
+            raise ValueError(f"ExplorationConfig.margin must be a finite number >= 0 or None, got {m!r}")
         if not isinstance(self.propensity_draws, int) or self.propensity_draws < 1:
             raise ValueError(f"ExplorationConfig.propensity_draws must be an integer >= 1, "
                              f"got {self.propensity_draws!r}")
@@ -90,6 +100,8 @@ class ExplorationConfig:
             return "greedy"
         base = (f"epsilon_greedy({self.epsilon:g})" if self.kind == "epsilon_greedy"
                 else f"thompson({self.thompson_pseudo_count:g})")
+        if self.margin is not None:
+            base += f"@margin({self.margin:g})"
         if self.boost_models and self.boost_epsilon > 0:
             base += f"+boost({self.boost_epsilon:g})"
         return base
@@ -149,8 +161,20 @@ def candidates(decision: Decision, models: Sequence[str], quality: np.ndarray, c
         feasible = [m for m in eligible if _meets(q[pos[m]], c[pos[m]], l[pos[m]], constraints)]
         if decision.model not in feasible:  # the policy's own check is authoritative
             feasible = sorted({*feasible, decision.model}, key=pos.__getitem__)
+        feasible = _near_best(decision, feasible, cfg)
         return feasible, len(feasible) < 2
-    return eligible, False
+    return _near_best(decision, eligible, cfg), False
+
+
+def _near_best(decision: Decision, cands: list[str], cfg: ExplorationConfig) -> list[str]:
+    """Keep the candidates whose policy utility is within ``cfg.margin`` of the greedy choice's (all
+    of them without a margin; boosted new models always stay). Exploring only near-ties spends the
+    exploration budget where the router's decision is uncertain, not on models it rightly rejects."""
+    if cfg.margin is None:
+        return cands
+    best = decision.utility[decision.model]
+    return [m for m in cands if m == decision.model or m in cfg.boost_models
+            or decision.utility[m] >= best - cfg.margin]
 
 
 def _boost_probs(cands: list[str], cfg: ExplorationConfig) -> tuple[float, np.ndarray]:

@@ -72,6 +72,10 @@ class ExplorationSettings(BaseModel):
         default=(), description="Cold start: pool models (names or aliases) that get extra traffic.")
     boost_epsilon: float = Field(default=0.2, ge=0, le=1, allow_inf_nan=False,
                                  description="Share of requests sent to a boosted model when one is eligible.")
+    margin: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False,
+        description="Explore only among models whose utility is within this margin of the greedy "
+                    "choice's (near-ties); None = all eligible models.")
     propensity_draws: int = Field(default=200, ge=1, le=100_000,
                                   description="thompson: Monte Carlo draws estimating the propensity.")
     seed: int | None = Field(default=None, description="Seed of the exploration RNG (None = random).")

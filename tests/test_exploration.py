@@ -137,7 +137,28 @@ def test_boost_gives_new_models_extra_traffic() -> None:
 @pytest.mark.parametrize("kwargs", [{"kind": "softmax"}, {"epsilon": 1.5}, {"epsilon": -0.1},
                                     {"thompson_pseudo_count": 0}, {"boost_models": "small"},
                                     {"kind": "epsilon_greedy", "epsilon": 0.9, "boost_models": ("a",),
-                                     "boost_epsilon": 0.2}, {"propensity_draws": 0}])
+                                     "boost_epsilon": 0.2}, {"propensity_draws": 0}, {"margin": -0.1},
+                                    {"margin": float("nan")}])
 def test_invalid_configs_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ExplorationConfig(**kwargs)
+
+
+def test_margin_limits_exploration_to_near_ties() -> None:
+    d = decide()
+    best = d.utility[d.model]
+    near = {m for m, u in d.utility.items() if u >= best - 0.1}
+    far = set(d.utility) - near
+    assert len(near) >= 2 and far, "the fixture must have near-ties and clear losers"
+    cfg = ExplorationConfig(kind="epsilon_greedy", epsilon=0.3, margin=0.1)
+    probs = action_probabilities(d, MODELS, Q, C, L, PREFS, cfg)
+    assert sum(probs.values()) == pytest.approx(1.0)
+    assert all(probs[m] == 0.0 for m in far)
+    assert probs[d.model] == pytest.approx(0.7 + 0.3 / len(near))
+    out = run(cfg, 2000, seed=3)
+    assert {e.model for e in out} == near
+    assert all(e.propensity == pytest.approx(probs[e.model]) for e in out)
+    assert cfg.name == "epsilon_greedy(0.3)@margin(0.1)"
+    # no near-tie at all: no exploration
+    solo = run(ExplorationConfig(kind="epsilon_greedy", epsilon=0.3, margin=0.0), 200, seed=4)
+    assert {(e.model, e.propensity, e.explored) for e in solo} == {(d.model, 1.0, False)}
