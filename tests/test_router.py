@@ -176,3 +176,30 @@ def test_length_buckets_bound_padding_and_cover_every_row():
     assert all(len(b) <= 3 for b in batches)
     for b in batches:  # no short prompt is padded to a long one
         assert lengths[b].max() <= 1.3 * lengths[b].min() + 8
+
+
+# ---- ONNX Runtime: IO binding and the fp16 model ---------------------------------------------------
+
+PROMPTS = [f"chat question {i}: hello movie friend" for i in range(5)] + ["code " * 200, "x"]
+
+
+def test_io_binding_gives_the_same_outputs_as_session_run(tiny_router_dir):
+    plain = OnnxPredictor(tiny_router_dir, device="cpu")
+    assert plain.io_binding is False  # CPU default: session.run
+    bound = OnnxPredictor(tiny_router_dir, device="cpu", io_binding=True)
+    assert bound.io_binding is True
+    runs = []
+    run = bound.session.run_with_iobinding
+    bound.session.run_with_iobinding = lambda binding, *a: (runs.append(1), run(binding, *a))[1]
+    bound.session.run = None  # the bound path must not fall back to session.run
+    a, b = plain.predict(PROMPTS), bound.predict(PROMPTS)
+    assert runs, "the IO-binding path was not used"
+    for name in ("quality", "output_tokens", "latency_ms", "cost_usd"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    # the raw network outputs too, for one padded batch
+    ids = np.full((2, 9), 1000, dtype=np.int64)
+    mask = np.ones((2, 9), dtype=np.int64)
+    mask[1, 5:] = 0
+    feats = np.random.default_rng(0).random((2, 6), dtype=np.float32)
+    for x, y in zip(plain._run(ids, mask, feats), bound._run(ids, mask, feats)):
+        assert x.dtype == y.dtype == np.float32 and np.array_equal(x, y)
