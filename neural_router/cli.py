@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--int8", action="store_true", help="also write a dynamic int8 model for CPU")
+    p.add_argument("--fp16", action="store_true",
+                   help="also write an fp16 model for GPU (router.fp16.onnx, used automatically on CUDA)")
 
     p = sub.add_parser("predict", help="per-model predictions for a JSONL file of prompts")
     p.add_argument("--router", required=True)
@@ -134,7 +136,7 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_onnx
 
-    report = export_onnx(args.router, args.output, int8=args.int8)
+    report = export_onnx(args.router, args.output, int8=args.int8, fp16=args.fp16)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -1,8 +1,10 @@
 """Export a trained router folder to ONNX (encoder + heads, dynamic batch and sequence axes).
 
 The exported folder holds ``router.onnx`` (fp32), optionally ``router.int8.onnx`` (dynamic int8
-quantisation for CPU), the tokenizer, ``router_config.json``, ``models.yaml``, the model card and
-``export_report.json`` with the parity check against PyTorch on real prompts.
+quantisation for CPU) and ``router.fp16.onnx`` (fp16 weights and compute with fp32 inputs and
+outputs, for CUDA: ``OnnxPredictor`` picks it there automatically), the tokenizer,
+``router_config.json``, ``models.yaml``, the model card and ``export_report.json`` with the parity
+check against PyTorch on real prompts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from .model import RouterModel
-from .predictors import ONNX_FILE, ONNX_INT8_FILE, OnnxPredictor, TorchPredictor
+from .predictors import ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, OnnxPredictor, TorchPredictor
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,84 @@ class _Exportable(nn.Module):
                 torch.exp(raw["log_latency"].clamp(max=14)))
 
 
+# the element-wise ops that turn the heads' logits into outputs (sigmoid, exp of the log-heads, clamps)
+_OUTPUT_TAIL_OPS = {"Sigmoid", "Exp", "Clip", "Sub", "Add", "Mul", "Div", "Identity", "Constant"}
+
+
+def _fp32_output_tail(graph) -> list[str]:
+    """Names of the nodes that must stay fp32 in the fp16 graph: the heads' projections and the
+    post-processing after them. ``exp`` of the log-token and log-latency heads overflows fp16 above
+    65504 (the exported clamps allow up to e^12 and e^14), and fp16 logits would cost ~0.4 % of
+    every token and latency estimate; these ops are tiny, so keeping them fp32 costs nothing."""
+    producer = {out: node for node in graph.node for out in node.output}
+    keep: list[str] = []
+    seen: set[str] = set()
+    todo = [o.name for o in graph.output]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in ("Gemm", "MatMul"):  # a head's projection: keep it, stop there
+            keep.append(node.name)
+        elif node.op_type in _OUTPUT_TAIL_OPS:
+            keep.append(node.name)
+            todo.extend(node.input)
+    return keep
+
+
+def convert_fp16(src: str | Path, dst: str | Path) -> list[str]:
+    """Write ``dst``: the fp32 ONNX graph ``src`` in fp16, inputs and outputs kept fp32/int64.
+
+    Returns the nodes kept in fp32 (see ``_fp32_output_tail``). Raises if the graph is invalid."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load(str(src))
+    keep = _fp32_output_tail(model.graph)
+    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
+    # the converter appends the casts of the graph inputs at the end of the node list
+    OnnxModel.graph_topological_sort(half.graph)
+    onnx.checker.check_model(half)
+    onnx.save(half, str(dst))
+    return keep
+
+
+def _fp16_report(out: Path, check: list[str], ref) -> dict:
+    """Size of ``router.fp16.onnx`` and its parity with PyTorch, run on the CPU provider when it can
+    run the fp16 graph (recent ONNX Runtime CPU builds do); otherwise parity is left to the GPU."""
+    path = out / ONNX_FP16_FILE
+    entry: dict = {"onnx": ONNX_FP16_FILE, "size_bytes": path.stat().st_size,
+                   "size_ratio_vs_fp32": round(path.stat().st_size / (out / ONNX_FILE).stat().st_size, 3)}
+    try:
+        got = OnnxPredictor(out, device="cpu", fp16=True).predict(check)
+    except Exception as e:  # noqa: BLE001 - missing fp16 CPU kernels surface as various ORT errors
+        log.warning("the CPU provider cannot run %s (%s): its parity is checked only on GPU", path.name, e)
+        entry.update(parity_provider=None,
+                     parity_note=f"not run: the CPU provider cannot run the fp16 graph ({type(e).__name__}: "
+                                 f"{str(e)[:200]}); check parity on GPU")
+        return entry
+    if not all(np.isfinite(a).all() for a in (got.quality, got.output_tokens, got.latency_ms)):
+        path.unlink()
+        raise RuntimeError(f"fp16 export gives non-finite outputs; {ONNX_FP16_FILE} was not written")
+    entry.update(
+        parity_provider="CPUExecutionProvider",
+        max_abs_diff_quality=float(np.max(np.abs(ref.quality - got.quality))),
+        max_rel_diff_out_tokens=float(np.max(np.abs(ref.output_tokens - got.output_tokens)
+                                             / np.maximum(ref.output_tokens, 1))),
+        same_argmax=bool(np.array_equal(ref.quality.argmax(1), got.quality.argmax(1))),
+        parity_note="computed with the CPU provider's fp16 kernels; CUDA's may differ slightly")
+    return entry
+
+
 def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = False,
-                prompts: list[str] | None = None, opset: int = 17) -> dict:
-    """Write the ONNX folder and return the parity report (raises if fp32 parity fails)."""
+                prompts: list[str] | None = None, opset: int = 17, fp16: bool = False) -> dict:
+    """Write the ONNX folder and return the parity report (raises if fp32 parity fails).
+
+    ``int8`` also writes ``router.int8.onnx`` (CPU), ``fp16`` also ``router.fp16.onnx`` (CUDA).
+    Model files of an earlier export into the same folder that this one does not rewrite are
+    removed, so the folder never mixes two exports (the fp16 file would be picked up on CUDA)."""
     src, out = Path(router_dir), Path(output_dir)
     torch_pred = TorchPredictor.from_pretrained(src, device="cpu")
     model = torch_pred.model.cpu().eval()
@@ -60,6 +137,9 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
         if (src / name).is_file() and src.resolve() != out.resolve():
             shutil.copy2(src / name, out / name)
     torch_pred.tokenizer.save_pretrained(str(out))
+    for name, wanted in ((ONNX_INT8_FILE, int8), (ONNX_FP16_FILE, fp16)):
+        if not wanted:
+            (out / name).unlink(missing_ok=True)
 
     from .text import N_FEATURES
 
@@ -83,7 +163,8 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
     tok_rel = float(np.max(np.abs(ref.output_tokens - got.output_tokens) / np.maximum(ref.output_tokens, 1)))
     report["fp32"] = {"max_abs_diff_quality": diff, "max_rel_diff_out_tokens": tok_rel,
                       "prompts": len(check), "same_argmax": bool(np.array_equal(
-                          ref.quality.argmax(1), got.quality.argmax(1)))}
+                          ref.quality.argmax(1), got.quality.argmax(1))),
+                      "size_bytes": (out / ONNX_FILE).stat().st_size}
     if diff > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX parity check failed: max |quality diff| {diff:.2e} > {PARITY_TOLERANCE:.0e}")
     if int8:
@@ -99,7 +180,11 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
         q8 = OnnxPredictor(out, device="cpu", int8=True).predict(check)
         report["int8"] = {"onnx": ONNX_INT8_FILE,
                           "max_abs_diff_quality": float(np.max(np.abs(ref.quality - q8.quality))),
-                          "same_argmax": bool(np.array_equal(ref.quality.argmax(1), q8.quality.argmax(1)))}
+                          "same_argmax": bool(np.array_equal(ref.quality.argmax(1), q8.quality.argmax(1))),
+                          "size_bytes": (out / ONNX_INT8_FILE).stat().st_size}
+    if fp16:
+        kept = convert_fp16(out / ONNX_FILE, out / ONNX_FP16_FILE)
+        report["fp16"] = {**_fp16_report(out, check, ref), "fp32_nodes": len(kept)}
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
     log.info("exported %s -> %s (fp32 max diff %.2e)", src, out, diff)
     return report

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ONNX_FILE = "router.onnx"
 ONNX_INT8_FILE = "router.int8.onnx"
+ONNX_FP16_FILE = "router.fp16.onnx"  # for CUDA; written by `neural-router export --fp16`
 
 
 class RouterLoadError(ValueError):
@@ -115,6 +116,7 @@ class TorchPredictor(_Base):
         self.model = model.eval().to(device)
         self.rc, self.tokenizer, self.pool, self.device = model.config, tokenizer, pool, device
         self.provider = f"torch-{device}"
+        self.model_file = "model.safetensors"
         self._torch = torch
 
     @classmethod
@@ -150,7 +152,11 @@ class TorchPredictor(_Base):
 
 
 class OnnxPredictor(_Base):
-    """Runs an exported router (``router.onnx``) in ONNX Runtime: CUDA when available, else CPU.
+    """Runs an exported router in ONNX Runtime: CUDA when available, else CPU.
+
+    The model file: ``router.int8.onnx`` when ``int8``; on CUDA ``router.fp16.onnx`` when the
+    export wrote one (``fp16=None``, the default; ``fp16=False`` keeps fp32, ``fp16=True`` insists
+    on it, on any provider); else ``router.onnx``. ``model_file`` names the file loaded.
 
     ``io_binding`` (default: on for CUDA) runs through an ONNX Runtime IO binding: the inputs are
     copied to the session's device up front, the outputs are allocated on it and copied back to
@@ -160,9 +166,12 @@ class OnnxPredictor(_Base):
     """
 
     def __init__(self, directory: str | Path, device: str = "auto", pool: ModelPool | None = None,
-                 int8: bool = False, threads: int | None = None, io_binding: bool | None = None):
+                 int8: bool = False, threads: int | None = None, io_binding: bool | None = None,
+                 fp16: bool | None = None):
         import onnxruntime as ort
 
+        if int8 and fp16:
+            raise ValueError("choose int8 or fp16, not both")
         d = Path(directory)
         self.rc, self.pool, self.tokenizer = _read_common(d, pool)
         available = ort.get_available_providers()
@@ -172,14 +181,26 @@ class OnnxPredictor(_Base):
         self.cuda_fallback = want_cuda and providers[0] != "CUDAExecutionProvider"
         if device == "cuda" and self.cuda_fallback:
             log.warning("CUDA requested but onnxruntime has no CUDAExecutionProvider here: using CPU")
-        name = ONNX_INT8_FILE if int8 else ONNX_FILE
+        # fp16 is for the GPU: picked automatically only when CUDA is the provider and it exists
+        auto_fp16 = (fp16 is None and not int8 and providers[0] == "CUDAExecutionProvider"
+                     and (d / ONNX_FP16_FILE).is_file())
+        name = ONNX_INT8_FILE if int8 else ONNX_FP16_FILE if (fp16 or auto_fp16) else ONNX_FILE
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or int(os.environ.get("NEURAL_ROUTER_THREADS", "0")) or 0
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # idle threads must not spin: on a small shared CPU spinning halves throughput
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = self._open(d, name, so, providers, int8=int8)
+        self.session = self._open(d, name, so, providers, int8=int8, fp16=bool(fp16))
         self.provider = self.session.get_providers()[0]
+        if auto_fp16 and self.provider != "CUDAExecutionProvider":
+            # the CUDA provider failed to initialise (e.g. missing CUDA/cuDNN libraries) and ONNX
+            # Runtime fell back to CPU: fp16 is slow or unsupported there, so use the fp32 graph
+            log.warning("CUDAExecutionProvider did not initialise; loading %s instead of %s on %s",
+                        ONNX_FILE, ONNX_FP16_FILE, self.provider)
+            name = ONNX_FILE
+            self.session = self._open(d, name, so, providers, int8=False, fp16=False)
+            self.provider = self.session.get_providers()[0]
+        self.model_file = name
         self._ort = ort
         self._output_names = [o.name for o in self.session.get_outputs()]
         on_cuda = self.provider == "CUDAExecutionProvider"
@@ -191,13 +212,13 @@ class OnnxPredictor(_Base):
             self._device_id = int(opts.get("device_id", 0) or 0)
 
     @staticmethod
-    def _open(d: Path, name: str, so, providers: list[str], *, int8: bool):
+    def _open(d: Path, name: str, so, providers: list[str], *, int8: bool, fp16: bool):
         import onnxruntime as ort
 
         path = d / name
         if not path.is_file():
-            raise RouterLoadError(f"{d}: {name} is missing; run `neural-router export"
-                                  f"{' --int8' if int8 else ''}`")
+            flag = " --int8" if int8 else " --fp16" if fp16 else ""
+            raise RouterLoadError(f"{d}: {name} is missing; run `neural-router export{flag}`")
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # noqa: BLE001
