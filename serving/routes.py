@@ -171,6 +171,7 @@ async def healthz(request: Request) -> HealthResponse:
     return HealthResponse(status="ok", router_version=state.version, provider=str(state.predictor.provider),
                           device=device, requested_device=svc.settings.device, device_fallback=fallback,
                           models=len(state.models), max_length=getattr(state.predictor, "max_length", None),
+                          model_file=getattr(state.predictor, "model_file", None),
                           previous_router_version=svc.previous.version if svc.previous else None,
                           exploration=state.exploration.name, feedback=request.app.state.feedback.enabled)
 

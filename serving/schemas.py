@@ -214,6 +214,9 @@ class HealthResponse(BaseModel):
     device_fallback: bool = Field(description="CUDA was wanted (auto/cuda) but CPU is used.")
     models: int
     max_length: int | None = Field(description="Router tokens kept per prompt.")
+    model_file: str | None = Field(
+        default=None, description="Model file loaded, e.g. router.onnx, router.fp16.onnx (CUDA), "
+                                  "router.int8.onnx or model.safetensors (PyTorch).")
     previous_router_version: str | None = Field(
         default=None, description="The router /admin/rollback would restore.")
     exploration: str = Field(default="greedy", description="Exploration policy in force.")

@@ -267,9 +267,13 @@ def test_models_health_ready(client: TestClient) -> None:
     assert client.get("/readyz").json() == {"ready": True, "detail": "ready"}
     with make_client(device="cpu") as c:
         assert c.get("/healthz").json()["device_fallback"] is False
-    with make_client(StubPredictor(provider="CUDAExecutionProvider")) as c:
+    assert h["model_file"] is None  # the stand-in has no model file
+    cuda = StubPredictor(provider="CUDAExecutionProvider")
+    cuda.model_file = "router.fp16.onnx"  # type: ignore[attr-defined]
+    with make_client(cuda) as c:
         assert c.get("/healthz").json()["device"] == "cuda"
         assert c.get("/healthz").json()["device_fallback"] is False
+        assert c.get("/healthz").json()["model_file"] == "router.fp16.onnx"
 
 
 def test_failed_warm_up_keeps_the_service_up_but_not_ready() -> None:

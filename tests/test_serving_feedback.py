@@ -118,7 +118,8 @@ def test_route_feedback_round_trip_and_error_codes(predictor: Any, version: str,
         assert metric(text, 'router_feedback_received_total{source="api",status="ok"}') == 2
         assert metric(text, 'router_feedback_received_total{source="api",status="duplicate"}') == 1
         assert metric(text, 'router_decisions_logged_total{status="ok"}') == 4
-        assert c.get("/healthz").json()["feedback"] is True
+        health = c.get("/healthz").json()
+        assert health["feedback"] is True and health["model_file"] == "router.onnx"
 
         spec = c.get("/openapi.json").json()
         op = spec["paths"]["/v1/feedback"]["post"]
