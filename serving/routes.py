@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -12,9 +12,10 @@ from neural_router.policy import Constraints, NoEligibleModelError, Preferences
 from neural_router.predictions import Predictions
 
 from serving.metrics import CONTENT_TYPE
-from serving.schemas import (BatchRouteRequest, BatchRouteResponse, ErrorResponse, HealthResponse,
-                             ModelInfo, ModelPrediction, ModelsResponse, PredictRequest,
-                             PredictResponse, PresetInfo, ReadyResponse, RouteRequest, RouteResponse)
+from serving.schemas import (BatchItemError, BatchItemErrorInfo, BatchRouteRequest,
+                             BatchRouteResponse, ErrorResponse, HealthResponse, ModelInfo,
+                             ModelPrediction, ModelsResponse, PredictRequest, PredictResponse,
+                             PresetInfo, ReadyResponse, RouteRequest, RouteResponse)
 from serving.feedback import DecisionRecord, FeedbackLog
 from serving.service import (Choice, InputError, PreparedPrompt, RouterService, RouterState,
                              device_info)
@@ -28,6 +29,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {**_ERR, "description": "Queue full; retry after the Retry-After header's seconds."},
     503: {**_ERR, "description": "The router is starting or shutting down."},
     504: {**_ERR, "description": "No prediction within request_timeout_s."},
+}
+BATCH_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    422: {**_ERR, "description": "Malformed body or more items than max_batch_requests (an item "
+                                 "that cannot be routed is answered in place, with 200)."},
 }
 router = APIRouter()  # needs the API key when one is configured
 health_router = APIRouter()  # /healthz and /readyz: always open (probes)
@@ -75,34 +81,51 @@ def decision_record(request_id: str, state: RouterState, prompt: PreparedPrompt,
                           exploration=choice.exploration.policy, input_tokens=int(row.input_tokens[0]))
 
 
-async def _route_many(svc: RouterService, fb: FeedbackLog, reqs: list[RouteRequest],
-                      batch: bool) -> list[RouteResponse]:
+ItemResult = RouteResponse | InputError | NoEligibleModelError
+
+
+async def _route_many(svc: RouterService, fb: FeedbackLog, reqs: list[RouteRequest]) -> list[ItemResult]:
+    """Route each request; an item that cannot be routed gets its error (not raised) in its place.
+
+    Only the routable items are predicted and logged. Errors of the call as a whole (too many
+    items, queue full, timeout) are raised."""
     _check_count(svc, len(reqs), "requests")
     state = svc.state  # one router for the whole call, even if /admin/reload swaps it meanwhile
-    prepared, policies = [], []
+    out: list[ItemResult | None] = [None] * len(reqs)
+    todo: list[tuple[int, PreparedPrompt, Preferences, Constraints]] = []
     for i, r in enumerate(reqs):
         try:
-            prepared.append(_prepare(svc, r))
-            policies.append((svc.preferences(r.preset, r.preferences), svc.constraints(r.constraints, state=state)))
+            todo.append((i, _prepare(svc, r), svc.preferences(r.preset, r.preferences),
+                         svc.constraints(r.constraints, state=state)))
         except InputError as e:
-            raise InputError(f"requests[{i}]: {e}" if batch else str(e)) from None
-    rows = await svc.predict(prepared, state)
-    out, records = [], []
-    for i, (p, row, (prefs, cons)) in enumerate(zip(prepared, rows, policies)):
+            out[i] = e
+    rows = await svc.predict([p for _, p, _, _ in todo], state) if todo else []
+    records = []
+    for (i, p, prefs, cons), row in zip(todo, rows, strict=True):
         try:
             choice = svc.choose(row, p, prefs, cons, state)
         except NoEligibleModelError as e:
-            raise InputError(f"requests[{i}]: {e}" if batch else str(e)) from None
+            out[i] = e
+            continue
         request_id = uuid.uuid4().hex
         records.append(decision_record(request_id, state, p, row, choice, prefs, cons))
-        out.append(RouteResponse(
+        out[i] = RouteResponse(
             request_id=request_id, model=choice.model, predictions=_prediction_map(row),
             fallbacks=choice.fallbacks, reason=choice.reason, router_version=state.version,
             truncated=bool(row.truncated[0]) if len(row.truncated) else False,
             feasible=choice.decision.feasible, violated=list(choice.decision.violated),
-            propensity=choice.propensity, exploration=choice.exploration.policy))
-    await fb.log_decisions(records)
-    return out
+            propensity=choice.propensity, exploration=choice.exploration.policy)
+    if records:
+        await fb.log_decisions(records)
+    return cast(list[ItemResult], out)  # every item got a response or an error above
+
+
+def _item_error(svc: RouterService, index: int, e: Exception) -> BatchItemError:
+    """A batch item's error, as /v1/route would have answered it (422 ``detail``), named by index."""
+    svc.metrics.rejected.labels("input").inc()  # as the 422 handler counts a refused /v1/route
+    kind: Literal["invalid_request", "no_eligible_model"] = \
+        "no_eligible_model" if isinstance(e, NoEligibleModelError) else "invalid_request"
+    return BatchItemError(index=index, error=BatchItemErrorInfo(type=kind, message=f"requests[{index}]: {e}"))
 
 
 async def get_feedback(request: Request) -> FeedbackLog:
@@ -120,16 +143,25 @@ async def route_one(body: RouteRequest, svc: RouterService = Depends(get_service
     With exploration on, ``model`` may be another eligible model than the greedy choice
     (``propensity`` < 1, ``reason`` says so). With feedback on, the decision is logged under
     ``request_id`` before the answer: report the outcome to ``POST /v1/feedback``."""
-    return (await _route_many(svc, fb, [body], batch=False))[0]
+    result = (await _route_many(svc, fb, [body]))[0]
+    if isinstance(result, Exception):
+        raise InputError(str(result)) from None  # 422
+    return result
 
 
-@router.post("/v1/route/batch", response_model=BatchRouteResponse, responses=ERROR_RESPONSES,
+@router.post("/v1/route/batch", response_model=BatchRouteResponse, responses=BATCH_ERROR_RESPONSES,
              tags=["routing"], summary="Route several requests in one call")
 async def route_batch(body: BatchRouteRequest, svc: RouterService = Depends(get_service),
                       fb: FeedbackLog = Depends(get_feedback)) -> BatchRouteResponse:
-    """Results follow the order of ``requests``. Any invalid item fails the call with 422 naming it.
-    Each item is logged (and explored) like a ``/v1/route`` call."""
-    return BatchRouteResponse(results=await _route_many(svc, fb, body.requests, batch=True))
+    """Results follow the order of ``requests``; each item is routed, logged (and explored) like a
+    ``/v1/route`` call. An item that cannot be routed (unknown model or preset, empty prompt after
+    flattening ``messages``, no eligible model, ...) gets an error object ``{"index", "error":
+    {"type", "message"}}`` in its place and the others are still routed: the answer is 200 as long
+    as the body itself is valid. A malformed body (wrong types, an empty prompt string, too many
+    items) fails the whole call with 422."""
+    results = await _route_many(svc, fb, body.requests)
+    return BatchRouteResponse(results=[_item_error(svc, i, r) if isinstance(r, Exception) else r
+                                       for i, r in enumerate(results)])
 
 
 @router.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,

@@ -170,8 +170,27 @@ class RouteResponse(BaseModel):
                                          '"epsilon_greedy(0.05)".')
 
 
+class BatchItemErrorInfo(BaseModel):
+    type: Literal["invalid_request", "no_eligible_model"] = Field(
+        description="invalid_request: the item cannot be routed as given (e.g. unknown model or "
+                    "preset, empty prompt); no_eligible_model: no pool model can serve it.")
+    message: str = Field(description='Names the item, e.g. "requests[2]: constraints.allowed_models: '
+                                     'unknown model ...".')
+
+
+class BatchItemError(BaseModel):
+    """A batch item that could not be routed; the other items are routed normally."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, description="Position of the item in ``requests``.")
+    error: BatchItemErrorInfo
+
+
 class BatchRouteResponse(BaseModel):
-    results: list[RouteResponse]
+    results: list[RouteResponse | BatchItemError] = Field(
+        description="One entry per item of ``requests``, in order: the routing decision, or an "
+                    "error object (``index``, ``error``) for an item that cannot be routed.")
 
 
 class PredictResponse(BaseModel):

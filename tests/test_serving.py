@@ -233,11 +233,67 @@ def test_batch_route_keeps_order_and_names_bad_item(client: TestClient) -> None:
     models = [x["model"] for x in r.json()["results"]]
     assert models[1:] == ["big", "small"] and len(set(x["request_id"] for x in r.json()["results"])) == 3
     r = client.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}, {"prompt": " "}]})
-    assert r.status_code == 422 and "requests[1]" in r.json()["detail"]
+    assert r.status_code == 200 and r.json()["results"][1] == {
+        "index": 1, "error": {"type": "invalid_request", "message": "requests[1]: prompt is empty"}}
+    # a malformed body is still a 422 for the whole call
     r = client.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}, {"prompt": ""}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["body", "requests", 1]
+    r = client.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}, {"prompt": 7}]})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["body", "requests", 1]
     r = client.post("/v1/route/batch", json={"requests": []})
     assert r.status_code == 422
+    with make_client(max_batch_requests=2) as c:
+        r = c.post("/v1/route/batch", json={"requests": [{"prompt": "a"}] * 3})
+        assert r.status_code == 422 and "max_batch_requests" in r.json()["detail"]
+
+
+def test_batch_route_answers_bad_items_in_place_and_routes_the_others() -> None:
+    stub = StubPredictor()
+    with make_client(stub) as c:
+        reqs = [{"prompt": "good one", "preferences": {"quality_weight": 1}},
+                {"prompt": "bad", "constraints": {"allowed_models": ["gpt-17"]}},
+                {"prompt": "good two", "preferences": {"quality_weight": 0.01, "cost_weight": 1}}]
+        served_before = sum(stub.batches)
+        r = c.post("/v1/route/batch", json={"requests": reqs})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert len(results) == 3
+        assert results[0]["model"] == "big" and results[2]["model"] == "small"
+        assert results[0]["request_id"] != results[2]["request_id"]
+        assert set(results[1]) == {"index", "error"} and results[1]["index"] == 1
+        assert results[1]["error"]["type"] == "invalid_request"
+        assert results[1]["error"]["message"].startswith(
+            "requests[1]: constraints.allowed_models: unknown model 'gpt-17'")
+        assert sum(stub.batches) - served_before == 2  # only the routable items are predicted
+
+        # every kind of per-item error; the same request alone is a 422 with the same message
+        bad = [({"prompt": "x", "preset": "no-such-preset"}, "invalid_request", "unknown preset"),
+               ({"messages": [{"role": "user", "content": "  "}]}, "invalid_request", "messages is empty"),
+               ({"messages": [{"role": "user", "content": [  # no model accepts audio
+                   {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]},
+                "no_eligible_model", "audio"),
+               ({"prompt": "x", "constraints": {"denied_models": ["big", "mid", "small"]}},
+                "no_eligible_model", ""),
+               ({"prompt": "x", "preferences": {"quality_weight": 0, "cost_weight": 0}},
+                "invalid_request", "")]
+        r = c.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}] + [b for b, _, _ in bad]})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert "model" in results[0]
+        for i, (item, kind, words) in enumerate(bad, start=1):
+            assert results[i]["index"] == i and results[i]["error"]["type"] == kind, (item, results[i])
+            message = results[i]["error"]["message"]
+            assert message.startswith(f"requests[{i}]: ") and words in message, (item, message)
+            single = c.post("/v1/route", json=item)
+            assert single.status_code == 422 and single.json()["detail"] == message.split(": ", 1)[1]
+
+        # nothing routable: still 200, nothing predicted
+        served_before = sum(stub.batches)
+        r = c.post("/v1/route/batch", json={"requests": [{"prompt": " "}, {"prompt": "x", "preset": "nope"}]})
+        assert r.status_code == 200 and [x["index"] for x in r.json()["results"]] == [0, 1]
+        assert sum(stub.batches) == served_before
+        text = c.get("/metrics").text
+        assert 'router_http_requests_total{endpoint="/v1/route/batch",method="POST",status="200"} 3.0' in text
 
 
 def test_predict_endpoint(client: TestClient) -> None:
@@ -330,6 +386,13 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
         assert path in spec["paths"], path
     route = spec["paths"]["/v1/route"]["post"]
     assert {"200", "422", "429", "504", "413"} <= set(route["responses"])
+    results = spec["components"]["schemas"]["BatchRouteResponse"]["properties"]["results"]["items"]
+    assert {x["$ref"] for x in results["anyOf"]} == {"#/components/schemas/RouteResponse",
+                                                    "#/components/schemas/BatchItemError"}
+    item_error = spec["components"]["schemas"]["BatchItemError"]
+    assert set(item_error["required"]) == {"index", "error"} and item_error["additionalProperties"] is False
+    assert set(spec["components"]["schemas"]["BatchItemErrorInfo"]["properties"]["type"]["enum"]) == {
+        "invalid_request", "no_eligible_model"}
     req = spec["components"]["schemas"]["RouteRequest"]
     assert req["additionalProperties"] is False and "oneOf" in req
     assert spec["components"]["schemas"]["PreferencesIn"]["properties"]["cost_weight"]["minimum"] == 0

@@ -110,10 +110,11 @@ def test_route_feedback_round_trip_and_error_codes(predictor: Any, version: str,
         r = c.post("/v1/feedback", json={"request_id": rid, "score": 2, "model": "big-alias" if other == "big" else other})
         assert r.status_code == 200 and r.json()["model"] == other
 
-        # batch items are logged one by one
-        r = c.post("/v1/route/batch", json={"requests": [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}]})
-        ids = [x["request_id"] for x in r.json()["results"]]
-        assert len(set(ids)) == 3
+        # batch items are logged one by one; an item that cannot be routed is not logged
+        r = c.post("/v1/route/batch", json={"requests": [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"},
+                                                         {"prompt": "d", "preset": "no-such-preset"}]})
+        ids = [x["request_id"] for x in r.json()["results"][:3]]
+        assert len(set(ids)) == 3 and r.json()["results"][3]["index"] == 3
         text = c.get("/metrics").text
         assert metric(text, 'router_feedback_received_total{source="api",status="ok"}') == 2
         assert metric(text, 'router_feedback_received_total{source="api",status="duplicate"}') == 1
