@@ -21,13 +21,14 @@ import logging
 import math
 import numbers
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import (CheckConstraint, Column, DateTime, Engine, Float, ForeignKey, Integer,
-                        MetaData, String, Table, Text, UniqueConstraint, create_engine, event, select)
+                        MetaData, String, Table, Text, UniqueConstraint, create_engine, event, inspect,
+                        select, text)
 from sqlalchemy.engine import Connection, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import JSON
@@ -84,6 +85,10 @@ class Decision:
     preferences: dict[str, float]
     exploration: str                           # name of the exploration policy, e.g. "greedy"
     input_tokens: int | None = None
+    # what else the policy saw: request features (has_image, has_audio, has_tools,
+    # max_output_tokens) and constraints (min_quality, max_cost_usd, max_latency_ms, allowed_models,
+    # denied_models); off-policy estimates replay the policy with them
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ def _tables(metadata: MetaData) -> tuple[Table, Table]:
         Column("preferences", JSON, nullable=False),
         Column("exploration", String(128), nullable=False),
         Column("input_tokens", Integer, nullable=True),
+        Column("context", JSON, nullable=True),
         CheckConstraint("retention IN ('full', 'hash')", name="ck_decisions_retention"),
         CheckConstraint("propensity > 0 AND propensity <= 1", name="ck_decisions_propensity"),
     )
@@ -189,6 +195,15 @@ class FeedbackStore:
         self.metadata = MetaData()
         self.decisions, self.outcomes = _tables(self.metadata)
         self.metadata.create_all(engine)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns that later versions introduced to a store created by an earlier one."""
+        have = {c["name"] for c in inspect(self.engine).get_columns("decisions")}
+        if "context" not in have:
+            log.info("feedback store: adding the decisions.context column (written by an older version)")
+            with self.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE decisions ADD COLUMN context JSON"))
 
     @classmethod
     def from_url(cls, url: str | Path, retention: Retention = "full") -> "FeedbackStore":
@@ -224,7 +239,8 @@ class FeedbackStore:
                      router_version: str, propensity: float = 1.0,
                      preferences: Mapping[str, float] | None = None,
                      exploration: str = "greedy", input_tokens: int | None = None,
-                     created_at: datetime | None = None) -> Decision:
+                     created_at: datetime | None = None,
+                     context: Mapping[str, Any] | None = None) -> Decision:
         """Record what the router chose for one request. ``predictions`` is the per-model mapping
         of ``Predictions.as_dicts()`` (or a one-row ``Predictions``); ``propensity`` is the
         probability with which ``model`` was picked (1.0 for a deterministic policy)."""
@@ -239,6 +255,11 @@ class FeedbackStore:
         prefs = {str(k): float(v) for k, v in (preferences or {}).items()}
         if input_tokens is not None and input_tokens < 0:
             raise InvalidDecisionError(f"input_tokens {input_tokens} is negative")
+        ctx = dict(context or {})
+        try:
+            json.dumps(ctx, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise InvalidDecisionError(f"context must be JSON (no NaN): {e}") from None
         decision = Decision(
             request_id=request_id, created_at=_utc(created_at or datetime.now(timezone.utc)),
             router_version=router_version,
@@ -246,7 +267,7 @@ class FeedbackStore:
             prompt_sha256=prompt_sha256(prompt), retention=self.retention, model=model,
             propensity=float(propensity), predictions=preds, preferences=prefs,
             exploration=exploration,
-            input_tokens=int(input_tokens) if input_tokens is not None else None)
+            input_tokens=int(input_tokens) if input_tokens is not None else None, context=ctx)
         try:
             with self.engine.begin() as conn:
                 if self._decision_row(conn, request_id) is not None:
@@ -402,7 +423,8 @@ class FeedbackStore:
                         prompt_sha256=row["prompt_sha256"], retention=row["retention"],
                         model=row["model"], propensity=float(row["propensity"]),
                         predictions=dict(row["predictions"]), preferences=dict(row["preferences"]),
-                        exploration=row["exploration"], input_tokens=row["input_tokens"])
+                        exploration=row["exploration"], input_tokens=row["input_tokens"],
+                        context=dict(row["context"] or {}))
 
     @staticmethod
     def _outcome(row: Mapping[Any, Any]) -> Outcome:

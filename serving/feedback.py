@@ -20,7 +20,7 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
@@ -63,6 +63,7 @@ class DecisionRecord:
     preferences: dict[str, float]
     exploration: str
     input_tokens: int
+    context: dict = field(default_factory=dict)   # request features and constraints (see routes)
 
 
 def safe_url(url: str) -> str:
@@ -133,7 +134,8 @@ class FeedbackLog:
                 self.store.log_decision(
                     request_id=r.request_id, prompt=r.prompt, model=r.model, predictions=r.predictions,
                     router_version=r.router_version, propensity=r.propensity,
-                    preferences=r.preferences, exploration=r.exploration, input_tokens=r.input_tokens)
+                    preferences=r.preferences, exploration=r.exploration, input_tokens=r.input_tokens,
+                    context=r.context)
             except Exception as e:  # noqa: BLE001 - logging must never fail routing
                 self.metrics.decisions_logged.labels("error").inc()
                 log.error("could not log decision %s: %s: %s", r.request_id, type(e).__name__, e)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from neural_router.policy import Constraints, NoEligibleModelError, Preferences
-from neural_router.predictions import Predictions
+from neural_router.predictions import Predictions, RequestFeatures
 
 from serving.metrics import CONTENT_TYPE
 from serving.schemas import (BatchItemError, BatchItemErrorInfo, BatchRouteRequest,
@@ -78,7 +79,18 @@ def decision_record(request_id: str, state: RouterState, prompt: PreparedPrompt,
     return DecisionRecord(request_id=request_id, prompt=prompt.text, model=choice.model, predictions=row,
                           router_version=state.version, propensity=choice.propensity,
                           preferences=logged_preferences(prefs, cons),
-                          exploration=choice.exploration.policy, input_tokens=int(row.input_tokens[0]))
+                          exploration=choice.exploration.policy, input_tokens=int(row.input_tokens[0]),
+                          context=decision_context(prompt.features, cons))
+
+
+def decision_context(features: RequestFeatures, cons: Constraints) -> dict:
+    """What the policy saw besides predictions and weights, so that off-policy estimates can replay
+    it exactly: the request's features (capability limits) and its constraints."""
+    ctx: dict = {k: v for k, v in asdict(features).items() if v}
+    limits = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cons).items() if v}
+    if limits:
+        ctx["constraints"] = limits
+    return ctx
 
 
 ItemResult = RouteResponse | InputError | NoEligibleModelError

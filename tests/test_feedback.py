@@ -332,3 +332,30 @@ def test_acknowledged_writes_survive_sigkill(tmp_path):
     [out] = store.get_outcomes("crash-1")
     assert out.model == "a" and out.score == 1.0 and out.latency_ms == 12.0
     store.close()
+
+
+def test_context_round_trips_and_old_stores_gain_the_column(tmp_path):
+    """The request's features and constraints are logged with the decision (off-policy estimates
+    replay the policy with them); a store written before the column existed is migrated in place."""
+    path = tmp_path / "old.db"
+    old = create_engine(f"sqlite:///{path}")
+    with old.begin() as conn:  # the decisions table as version 1 wrote it, with one row
+        conn.execute(text(
+            "CREATE TABLE decisions (request_id VARCHAR(128) PRIMARY KEY, created_at DATETIME NOT NULL, "
+            "router_version VARCHAR(256) NOT NULL, prompt TEXT, prompt_sha256 VARCHAR(64) NOT NULL, "
+            "retention VARCHAR(8) NOT NULL, model VARCHAR(256) NOT NULL, propensity FLOAT NOT NULL, "
+            "predictions JSON NOT NULL, preferences JSON NOT NULL, exploration VARCHAR(128) NOT NULL, "
+            "input_tokens INTEGER)"))
+        conn.execute(text(
+            "INSERT INTO decisions VALUES ('old', '2025-01-01 00:00:00.000000', 'v1', 'hi', 'x', 'full', "
+            "'mid', 1.0, :p, '{}', 'greedy', 3)"), {"p": json.dumps(PREDS)})
+    old.dispose()
+    store = FeedbackStore.from_url(path)
+    ctx = {"has_image": True, "max_output_tokens": 256,
+           "constraints": {"max_cost_usd": 0.01, "denied_models": ["small"]}}
+    log(store, "new", model="big", context=ctx)
+    assert store.get_decision("new").context == ctx
+    assert store.get_decision("old").context == {} and store.get_decision("old").model == "mid"
+    with pytest.raises(InvalidDecisionError, match="context"):
+        log(store, "bad", context={"x": float("nan")})
+    store.close()

@@ -473,3 +473,22 @@ def test_acknowledged_decision_and_feedback_survive_kill_9(live_service: dict[st
         assert d.model == model and d.prompt == "durable?" and math.isclose(d.propensity, propensity)
         (o,) = store.get_outcomes(rid)
         assert (o.model, o.score, o.latency_ms) == (model, 0.25, 120.0)
+
+
+def test_decision_log_keeps_what_the_policy_saw(predictor: Any, tmp_path: Path) -> None:
+    """Image parts, requested output tokens and constraints are logged with the decision, so that
+    off-policy estimates replay the policy with the same capability limits."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with client(predictor, tmp_path) as c:
+        r = c.post("/v1/route", json={"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is in this picture?"}, image]}], "max_tokens": 64,
+            "constraints": {"denied_models": ["small"], "max_latency_ms": 60000}})
+        assert r.status_code == 200, r.text
+        rid = r.json()["request_id"]
+        plain = c.post("/v1/route", json={"prompt": "hello"}).json()["request_id"]
+    with FeedbackStore.from_url(db_url(tmp_path)) as store:
+        assert store.get_decision(rid).context == {
+            "has_image": True, "max_output_tokens": 64,
+            "constraints": {"denied_models": ["small"], "max_latency_ms": 60000.0}}
+        assert store.get_decision(rid).model == "big"   # the only model that takes images
+        assert store.get_decision(plain).context == {}

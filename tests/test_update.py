@@ -18,8 +18,8 @@ from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
 from neural_router.trainer import (ActivationCache, TrainConfig, masked_losses, model_from_parent,
                                    train_router)
-from training.update import (compare_on_logs, logged_dataset, predict_router, promotion_verdict,
-                             run_update)
+from training.update import (compare_on_logs, logged_dataset, policy_probs, predict_router,
+                             promotion_verdict, run_update)
 
 from conftest import TINY_POOL, TOPICS, WORDS, tiny_encoder_config
 
@@ -162,6 +162,21 @@ def _preds(quality: np.ndarray, models: list[str]) -> Predictions:
     return Predictions(models, quality, np.tile([0.02, 0.002, 0.0002], (n, 1)),
                        np.tile([900.0, 400.0, 150.0], (n, 1)), np.full((n, m), 50.0),
                        np.full(n, 20), np.zeros(n, bool))
+
+
+def test_policy_replay_honours_logged_modalities_and_constraints():
+    """Off-policy estimates replay the router's policy with what each request carried: an image goes
+    only to a model that takes images, denied/allowed models and soft limits apply as they did live."""
+    models = ["big", "mid", "small"]
+    pool = ModelPool.model_validate(TINY_POOL)
+    pred = _preds(np.tile([0.5, 0.9, 0.8], (5, 1)), models)   # mid: best quality
+    w = (np.ones(5), np.zeros(5), np.zeros(5))
+    ctx = [{}, {"has_image": True}, {"constraints": {"denied_models": ["mid"]}},
+           {"constraints": {"allowed_models": ["big", "unknown-model"]}},
+           {"constraints": {"max_cost_usd": 0.001}}]
+    chosen = [models[j] for j in policy_probs(pred, models, pool, w, ctx).argmax(1)]
+    assert chosen == ["mid", "big", "small", "big", "small"]
+    assert [models[j] for j in policy_probs(pred, models, pool, w).argmax(1)] == ["mid"] * 5
 
 
 def test_off_policy_comparison_and_verdict():

@@ -44,7 +44,7 @@ from neural_router.card import write_model_card
 from neural_router.data import RoutingDataset, load_routing_data, prompt_hash_unit
 from neural_router.feedback import FeedbackStore
 from neural_router.model import RouterModel
-from neural_router.policy import DEFAULT_OUTPUT_TOKENS, Preferences
+from neural_router.policy import Preferences
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
 from neural_router.trainer import ActivationCache, TrainConfig, frozen_layer_count, train_router
@@ -198,32 +198,55 @@ def _pref_weights(prefs: Preferences | None, logged: list[dict[str, float]]) -> 
     return tuple(np.array([float(d.get(k, defaults[k])) for d in logged]) for k in PREF_KEYS)
 
 
-def policy_probs(pred: Predictions, models: list[str], pool: ModelPool, weights: tuple[np.ndarray, ...]
-                 ) -> np.ndarray:
-    """[N, len(models)] one-hot of the router's greedy choice (its own utility, as the policy computes
-    it: cost/latency normalised among its eligible models; context windows respected; ties to the
-    cheaper model). Models the router does not know get probability 0."""
-    qw, cw, lw = weights
-    cols = [pred.models.index(m) for m in models if m in pred.models]
-    where = [j for j, m in enumerate(models) if m in pred.models]
-    windows = pool.subset([models[j] for j in where]).context_windows()
-    need = pred.input_tokens[:, None] + DEFAULT_OUTPUT_TOKENS
-    eligible = windows[None, :] >= need
-    eligible[~eligible.any(axis=1)] = True   # nothing fits: fall back to every model (never seen live)
-    c = np.where(eligible, pred.cost_usd[:, cols], 0.0)
-    lat = np.where(eligible, pred.latency_ms[:, cols], 0.0)
-    u = op.utilities(pred.quality[:, cols], c, lat, qw, cw, lw)
-    probs_sub = op.greedy_probs(u, eligible, tie_break=pred.cost_usd[:, cols])
+def policy_probs(pred: Predictions, models: list[str], pool: ModelPool, weights: tuple[np.ndarray, ...],
+                 contexts: list[dict[str, Any]] | None = None) -> np.ndarray:
+    """[N, len(models)] one-hot of the router's greedy choice, replayed through the service's own
+    policy (:func:`neural_router.policy.route`) with each request's preferences (``weights``) and,
+    where logged, its ``contexts`` (request features and constraints, see ``Decision.context``):
+    capabilities such as context windows and modalities, allowed/denied models and soft constraints
+    apply exactly as they did live. Models the router does not know get probability 0."""
+    from neural_router.policy import Capabilities, route
+
+    routed = list(pred.models)
+    caps = Capabilities.from_pool(pool.subset(routed))
+    col = {m: j for j, m in enumerate(models)}
     probs = np.zeros((len(pred), len(models)))
-    probs[:, where] = probs_sub
+    for i in range(len(pred)):
+        ctx = (contexts[i] if contexts is not None else None) or {}
+        prefs = Preferences(*(float(w[i]) for w in weights))
+        features, constraints = _replay_context(ctx, routed)
+        d = route(routed, pred.quality[i], pred.cost_usd[i], pred.latency_ms[i], prefs, constraints, caps,
+                  features, int(pred.input_tokens[i]))
+        if d.model in col:
+            probs[i, col[d.model]] = 1.0
     return probs
+
+
+def _replay_context(ctx: dict[str, Any], known: list[str]):
+    """(RequestFeatures, Constraints) of a logged request; model names the router does not know are
+    dropped from allowed/denied lists (an allowed list left empty means: no such limit)."""
+    from neural_router.policy import Constraints
+    from neural_router.predictions import RequestFeatures
+
+    mot = ctx.get("max_output_tokens")
+    features = RequestFeatures(has_image=bool(ctx.get("has_image")), has_audio=bool(ctx.get("has_audio")),
+                               has_tools=bool(ctx.get("has_tools")),
+                               max_output_tokens=int(mot) if mot is not None else None)
+    c = ctx.get("constraints") or {}
+    allowed = [m for m in (c.get("allowed_models") or []) if m in known]
+    constraints = Constraints(min_quality=c.get("min_quality"), max_cost_usd=c.get("max_cost_usd"),
+                              max_latency_ms=c.get("max_latency_ms"),
+                              allowed_models=tuple(allowed) if allowed else None,
+                              denied_models=tuple(m for m in (c.get("denied_models") or []) if m in known))
+    return features, constraints
 
 
 def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_current: Predictions,
                     pred_new: Predictions, pool: ModelPool, prefs: Preferences | None,
                     n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
     """IPS / SNIPS / DR values of the current and the new router's greedy policies on logged requests
-    (``logged``: dicts with model, propensity, score, cost_usd, latency_ms, predictions, preferences)."""
+    (``logged``: dicts with model, propensity, score, cost_usd, latency_ms, predictions, preferences
+    and, optionally, context)."""
     n = len(logged)
     weights = _pref_weights(prefs, [d["preferences"] for d in logged])
     col = {m: j for j, m in enumerate(models)}
@@ -237,8 +260,9 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
                     else d["predictions"][d["model"]]["latency_ms"] for d in logged], dtype=np.float64)
     score = np.array([d["score"] for d in logged], dtype=np.float64)
     reward = op.observed_reward(score, cost, lat, cmax, lmax, *weights)
-    probs_cur = policy_probs(pred_current, models, pool, weights)
-    probs_new = policy_probs(pred_new, models, pool, weights)
+    contexts = [d.get("context") or {} for d in logged]
+    probs_cur = policy_probs(pred_current, models, pool, weights, contexts)
+    probs_new = policy_probs(pred_new, models, pool, weights, contexts)
     # reward model: the new router's predicted quality; cost and latency as logged with the decision
     # (the new router's own estimate, capped at the logged maximum, for a model the logger lacked),
     # so that the model stays on the reward's scale even if cost predictions moved
@@ -506,7 +530,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     logged = [{"prompt": d.prompt, "model": pool.resolve(d.model) or d.model, "propensity": d.propensity,
                "score": o.score, "cost_usd": o.cost_usd, "latency_ms": o.latency_ms,
                "predictions": {(pool.resolve(k) or k): v for k, v in d.predictions.items()},
-               "preferences": d.preferences, "exploration": d.exploration}
+               "preferences": d.preferences, "exploration": d.exploration, "context": d.context}
               for d, o in chosen_pairs if d.prompt in hold_prompts]
     promotion: dict[str, Any] = {"current_version": parent.config.version, "new_version": version,
                                  "preferences": asdict(prefs) if prefs is not None else "logged per request",
