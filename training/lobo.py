@@ -22,7 +22,7 @@ from neural_router.data import load_routing_data
 from neural_router.evaluation import evaluate
 from neural_router.pool import ModelPool
 from neural_router.predictors import TorchPredictor
-from neural_router.trainer import train_router
+from neural_router.trainer import ActivationCache, train_router
 from training.train import default_config_path, load_train_config
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def run_lobo(data: list[str], output: str | Path, config: str | None = None, onl
     pool = ModelPool.from_yaml(default_config_path("models.yaml"))
     ds = load_routing_data(data, pool, cfg.data)
     results = {}
+    cache = ActivationCache()  # frozen-layer activations are the same in every fold: compute them once
     for bench in sorted(set(ds.sources)):
         if only and bench not in only:
             continue
@@ -43,7 +44,7 @@ def run_lobo(data: list[str], output: str | Path, config: str | None = None, onl
         train, test = ds.subset(~held), ds.subset(held)
         test = test.select_models([m for m in ds.models if np.isfinite(test.scores[:, ds.models.index(m)]).any()])
         fit, val = train.split(cfg.data.val_fraction, cfg.data.split_salt)
-        model, tok, hist = train_router(fit, val, pool, cfg, progress=False)
+        model, tok, hist = train_router(fit, val, pool, cfg, progress=False, activation_cache=cache)
         pred = TorchPredictor(model, tok, pool).predict(test.prompts)
         q1 = np.nanmean(test.scores, axis=0)
         pair = (("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat") if "gpt-4-1106-preview" in test.models
