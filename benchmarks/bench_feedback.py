@@ -4,6 +4,7 @@
         [--rounds 5] [--per-round 300] [--init 150] [--eval 450] [--cost-weight 0.3]
         [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
+        [--margin 0.1] [--gate]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -29,8 +30,10 @@ quality and cost, and AIQ (RouterBench's area under the cost-quality hull). Also
 utility actually served during the round (exploration has a price) and the promotion verdict of
 ``run_update`` next to whether the new router really was better on the evaluation split.
 
-Every method adopts its new router each round (so the curves show what each update learns); the
-promotion verdict is recorded, not enforced. Writes ``bench_feedback.json`` and ``bench_feedback.png``.
+By default every method adopts its new router each round (so the curves show what each update
+learns) and the promotion verdict is only recorded. With ``--gate`` the exploring methods adopt a new
+router only when the off-policy check promotes it (as ``neural-router update`` + ``/admin/reload`` do
+in production); their curve is then the utility of the router actually serving after each round. Writes ``bench_feedback.json`` and ``bench_feedback.png``.
 Cheap on CPU: the encoder is frozen (heads only, ``--freeze-layers -1``) and its activations are
 computed once per prompt and shared by all routers (``ActivationCache``).
 """
@@ -53,6 +56,7 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_feedback")
+EXPLORING = ("ips", "ips_thompson", "explore_noweight")  # the methods that log propensities < 1
 
 
 def parse_args(argv=None):
@@ -71,6 +75,9 @@ def parse_args(argv=None):
     ap.add_argument("--margin", type=float, default=None,
                     help="explore only among models within this utility of the greedy choice")
     ap.add_argument("--clip", type=float, default=10.0)
+    ap.add_argument("--gate", action="store_true",
+                    help="exploring methods adopt a new router only when run_update's off-policy check "
+                         "promotes it (safe promotion, as in production); naive and full always adopt")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--freeze-layers", type=int, default=-1)
     ap.add_argument("--max-length", type=int, default=128)
@@ -394,8 +401,12 @@ def run(args) -> dict:
             score = evaluate(new_dir)
             prev = results[m][-1]
             pr = res["promotion"]
+            gated = args.gate and m in EXPLORING
+            adopt = res["promote"] or not gated
+            serving = score if adopt else {k: prev[k] for k in score}
             results[m].append({
-                "round": rnd, **score, "router": new_dir.name, "promote": res["promote"],
+                "round": rnd, **serving, "router": (new_dir if adopt else current[m]).name,
+                "candidate_utility": score["utility"], "adopted": adopt, "promote": res["promote"],
                 "promote_ci": promotion_verdict(pr, 0.0, require_ci=True)[0],
                 "truly_better": score["utility"] > prev["utility"],
                 "ips_diff": pr.get("difference", {}).get("ips", {}).get("value"),
@@ -404,12 +415,16 @@ def run(args) -> dict:
                                pr.get("difference", {}).get("dr", {}).get("ci_high")],
                 "n_holdout": res["n_holdout"], "n_logged_train": res["n_logged_train"],
                 "epochs": len(res["history"]), "update_minutes": (time.time() - t1) / 60})
-            if current[m] != r0:
-                _drop_weights(current[m])
-            current[m] = new_dir
-            log.info("round %d %-16s utility %.4f AIQ %.4f (served %.4f) promote=%s truly better=%s [%.1f min]",
+            if adopt:
+                if current[m] != r0:
+                    _drop_weights(current[m])
+                current[m] = new_dir
+            else:
+                _drop_weights(new_dir)
+            log.info("round %d %-16s utility %.4f AIQ %.4f (served %.4f) promote=%s truly better=%s%s [%.1f min]",
                      rnd, m, score["utility"], score["aiq"], served["served_utility"], res["promote"],
-                     score["utility"] > prev["utility"], (time.time() - t1) / 60)
+                     score["utility"] > prev["utility"], "" if adopt else " (not adopted)",
+                     (time.time() - t1) / 60)
     for s in stores.values():
         s.close()
 
