@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--encoder", help="HF encoder path or hub id (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--freeze-layers", type=int,
+                   help="encoder layers kept frozen (default from the config: 5 of MiniLM's 6); "
+                        "-1 = heads only, the fastest")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation written into the model card")
 
     p = sub.add_parser("eval", help="evaluate a router and the baselines on the validation split")
@@ -116,7 +119,8 @@ def cmd_train(args) -> int:
     from training.train import run_train
 
     out = run_train(args.data, args.output, args.config, args.pool,
-                    {"epochs": args.epochs, "encoder": args.encoder, "seed": args.seed})
+                    {"epochs": args.epochs, "encoder": args.encoder, "seed": args.seed,
+                     "freeze_layers": args.freeze_layers})
     if not args.no_eval:
         run_eval(out, None, None, args.pool, baselines=False)
     print(f"router saved to {out}")

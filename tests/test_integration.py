@@ -77,3 +77,33 @@ def test_eval_report_on_real_slice(real_router, tmp_path):
     assert 0 < rep["routers"]["neural-router"]["aiq"] <= 1
     assert (tmp_path / "cost_quality.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "eval_report.json").read_text())["n_test"] == rep["n_test"]
+
+
+def test_cli_train_heads_only_leaves_the_encoder_untouched(real_slice, tmp_path):
+    """`neural-router train --freeze-layers -1` (heads only, the fastest) through the real CLI: the
+    saved encoder weights are MiniLM's own, the heads are trained, and the folder routes."""
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from neural_router.model import resolve_encoder
+
+    out = tmp_path / "heads"
+    r = subprocess.run([sys.executable, "-m", "neural_router.cli", "train", "--data", str(real_slice),
+                        "--output", str(out), "--freeze-layers", "-1", "--epochs", "1", "--no-eval"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((out / "training_metrics.json").read_text())["config"]
+    assert cfg["freeze_layers"] == -1 and cfg["epochs"] == 1
+    saved = load_file(str(out / "model.safetensors"))
+    base = AutoModel.from_pretrained(resolve_encoder("default")).state_dict()
+    key = "encoder.encoder.layer.5.attention.self.query.weight"
+    assert torch.equal(saved[key], base[key.removeprefix("encoder.")])
+    assert Router.from_pretrained(out, device="cpu").route("What is 2 + 2?").model in cfg_models(out)
+
+
+def cfg_models(router_dir):
+    return json.loads((router_dir / "router_config.json").read_text())["models"]
