@@ -87,7 +87,8 @@ def decision_context(features: RequestFeatures, cons: Constraints) -> dict:
     """What the policy saw besides predictions and weights, so that off-policy estimates can replay
     it exactly: the request's features (capability limits) and its constraints."""
     ctx: dict = {k: v for k, v in asdict(features).items() if v}
-    limits = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cons).items() if v}
+    limits = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cons).items()
+              if v is not None and v != ()}  # a limit of 0 (e.g. max_cost_usd 0) is a limit too
     if limits:
         ctx["constraints"] = limits
     return ctx

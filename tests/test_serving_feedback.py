@@ -486,9 +486,12 @@ def test_decision_log_keeps_what_the_policy_saw(predictor: Any, tmp_path: Path) 
         assert r.status_code == 200, r.text
         rid = r.json()["request_id"]
         plain = c.post("/v1/route", json={"prompt": "hello"}).json()["request_id"]
+        free = c.post("/v1/route", json={"prompt": "hello", "constraints": {"max_cost_usd": 0}})
+        assert free.status_code == 200, free.text
     with FeedbackStore.from_url(db_url(tmp_path)) as store:
         assert store.get_decision(rid).context == {
             "has_image": True, "max_output_tokens": 64,
             "constraints": {"denied_models": ["small"], "max_latency_ms": 60000.0}}
         assert store.get_decision(rid).model == "big"   # the only model that takes images
         assert store.get_decision(plain).context == {}
+        assert store.get_decision(free.json()["request_id"]).context == {"constraints": {"max_cost_usd": 0.0}}
