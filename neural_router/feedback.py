@@ -21,7 +21,7 @@ import logging
 import math
 import numbers
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +34,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import JSON
 
 from .data import estimate_tokens
-from .predictions import Predictions
+from .policy import Constraints
+from .predictions import Predictions, RequestFeatures
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,37 @@ class Decision:
     preferences: dict[str, float]
     exploration: str                           # name of the exploration policy, e.g. "greedy"
     input_tokens: int | None = None
-    # what else the policy saw: request features (has_image, has_audio, has_tools,
-    # max_output_tokens) and constraints (min_quality, max_cost_usd, max_latency_ms, allowed_models,
-    # denied_models); off-policy estimates replay the policy with them
+    # what else the policy saw (see decision_context); off-policy estimates replay the policy with it
     context: dict[str, Any] = field(default_factory=dict)
+
+
+def decision_context(features: RequestFeatures, constraints: Constraints) -> dict[str, Any]:
+    """What the policy saw besides predictions and weights, as logged in ``Decision.context``: the
+    request's features that are set (has_image, has_audio, has_tools, max_output_tokens) and, under
+    ``"constraints"``, the constraints that are set (a limit of 0, e.g. max_cost_usd 0, is kept)."""
+    ctx: dict[str, Any] = {k: v for k, v in asdict(features).items() if v}
+    limits = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(constraints).items()
+              if v is not None and v != ()}
+    if limits:
+        ctx["constraints"] = limits
+    return ctx
+
+
+def replay_context(ctx: Mapping[str, Any], known: list[str]) -> tuple[RequestFeatures, Constraints]:
+    """The inverse of :func:`decision_context`, for a router that knows the models ``known``: names
+    it does not know are dropped from allowed/denied lists (an allowed list left empty means no such
+    limit)."""
+    mot = ctx.get("max_output_tokens")
+    features = RequestFeatures(has_image=bool(ctx.get("has_image")), has_audio=bool(ctx.get("has_audio")),
+                               has_tools=bool(ctx.get("has_tools")),
+                               max_output_tokens=int(mot) if mot is not None else None)
+    c = ctx.get("constraints") or {}
+    allowed = [m for m in (c.get("allowed_models") or []) if m in known]
+    constraints = Constraints(min_quality=c.get("min_quality"), max_cost_usd=c.get("max_cost_usd"),
+                              max_latency_ms=c.get("max_latency_ms"),
+                              allowed_models=tuple(allowed) if allowed else None,
+                              denied_models=tuple(m for m in (c.get("denied_models") or []) if m in known))
+    return features, constraints
 
 
 @dataclass(frozen=True)

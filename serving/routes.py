@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
 from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from neural_router.policy import Constraints, NoEligibleModelError, Preferences
-from neural_router.predictions import Predictions, RequestFeatures
+from neural_router.feedback import decision_context
+from neural_router.predictions import Predictions
 
 from serving.metrics import CONTENT_TYPE
 from serving.schemas import (BatchItemError, BatchItemErrorInfo, BatchRouteRequest,
@@ -81,17 +81,6 @@ def decision_record(request_id: str, state: RouterState, prompt: PreparedPrompt,
                           preferences=logged_preferences(prefs, cons),
                           exploration=choice.exploration.policy, input_tokens=int(row.input_tokens[0]),
                           context=decision_context(prompt.features, cons))
-
-
-def decision_context(features: RequestFeatures, cons: Constraints) -> dict:
-    """What the policy saw besides predictions and weights, so that off-policy estimates can replay
-    it exactly: the request's features (capability limits) and its constraints."""
-    ctx: dict = {k: v for k, v in asdict(features).items() if v}
-    limits = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cons).items()
-              if v is not None and v != ()}  # a limit of 0 (e.g. max_cost_usd 0) is a limit too
-    if limits:
-        ctx["constraints"] = limits
-    return ctx
 
 
 ItemResult = RouteResponse | InputError | NoEligibleModelError

@@ -359,3 +359,20 @@ def test_context_round_trips_and_old_stores_gain_the_column(tmp_path):
     with pytest.raises(InvalidDecisionError, match="context"):
         log(store, "bad", context={"x": float("nan")})
     store.close()
+
+
+def test_decision_context_round_trips_through_replay():
+    """What the service logs (decision_context) is what off-policy replay reads back (replay_context)."""
+    from neural_router.feedback import decision_context, replay_context
+    from neural_router.policy import Constraints
+    from neural_router.predictions import RequestFeatures
+
+    features = RequestFeatures(has_image=True, max_output_tokens=64)
+    cons = Constraints(max_cost_usd=0.0, min_quality=0.5, allowed_models=("big", "mid"), denied_models=("small",))
+    ctx = decision_context(features, cons)
+    assert json.loads(json.dumps(ctx)) == ctx
+    assert replay_context(ctx, ["big", "mid", "small"]) == (features, cons)
+    assert decision_context(RequestFeatures(), Constraints()) == {}
+    # models the replaying router does not know are dropped
+    _, known = replay_context(ctx, ["big", "small"])
+    assert known.allowed_models == ("big",) and known.denied_models == ("small",)

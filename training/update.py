@@ -42,7 +42,7 @@ import numpy as np
 from neural_router import offpolicy as op
 from neural_router.card import write_model_card
 from neural_router.data import RoutingDataset, load_routing_data, prompt_hash_unit
-from neural_router.feedback import FeedbackStore
+from neural_router.feedback import FeedbackStore, replay_context
 from neural_router.model import RouterModel
 from neural_router.policy import Preferences
 from neural_router.pool import ModelPool
@@ -214,31 +214,12 @@ def policy_probs(pred: Predictions, models: list[str], pool: ModelPool, weights:
     for i in range(len(pred)):
         ctx = (contexts[i] if contexts is not None else None) or {}
         prefs = Preferences(*(float(w[i]) for w in weights))
-        features, constraints = _replay_context(ctx, routed)
+        features, constraints = replay_context(ctx, routed)
         d = route(routed, pred.quality[i], pred.cost_usd[i], pred.latency_ms[i], prefs, constraints, caps,
                   features, int(pred.input_tokens[i]))
         if d.model in col:
             probs[i, col[d.model]] = 1.0
     return probs
-
-
-def _replay_context(ctx: dict[str, Any], known: list[str]):
-    """(RequestFeatures, Constraints) of a logged request; model names the router does not know are
-    dropped from allowed/denied lists (an allowed list left empty means: no such limit)."""
-    from neural_router.policy import Constraints
-    from neural_router.predictions import RequestFeatures
-
-    mot = ctx.get("max_output_tokens")
-    features = RequestFeatures(has_image=bool(ctx.get("has_image")), has_audio=bool(ctx.get("has_audio")),
-                               has_tools=bool(ctx.get("has_tools")),
-                               max_output_tokens=int(mot) if mot is not None else None)
-    c = ctx.get("constraints") or {}
-    allowed = [m for m in (c.get("allowed_models") or []) if m in known]
-    constraints = Constraints(min_quality=c.get("min_quality"), max_cost_usd=c.get("max_cost_usd"),
-                              max_latency_ms=c.get("max_latency_ms"),
-                              allowed_models=tuple(allowed) if allowed else None,
-                              denied_models=tuple(m for m in (c.get("denied_models") or []) if m in known))
-    return features, constraints
 
 
 def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_current: Predictions,
