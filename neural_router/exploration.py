@@ -49,7 +49,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from neural_router.policy import Constraints, Decision, Preferences, utility
+from neural_router.policy import Constraints, Decision, Preferences, _check_number, utility
 
 ExplorationKind = Literal["none", "epsilon_greedy", "thompson"]
 KINDS: tuple[str, ...] = ("none", "epsilon_greedy", "thompson")
@@ -85,10 +85,7 @@ class ExplorationConfig:
         if self.kind == "epsilon_greedy" and self.boost_models and self.epsilon + self.boost_epsilon > 1:
             raise ValueError(f"ExplorationConfig: epsilon + boost_epsilon must be <= 1, got "
                              f"{self.epsilon} + {self.boost_epsilon}")
-        m = self.margin
-        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float))
-                              or not (math.isfinite(m) and m >= 0)):
-            raise ValueError(f"ExplorationConfig.margin must be a finite number >= 0 or None, got {m!r}")
+        _check_number("ExplorationConfig.margin", self.margin, optional=True)
         if not isinstance(self.propensity_draws, int) or self.propensity_draws < 1:
             raise ValueError(f"ExplorationConfig.propensity_draws must be an integer >= 1, "
                              f"got {self.propensity_draws!r}")

@@ -93,6 +93,14 @@ def convert_fp16(src: str | Path, dst: str | Path) -> list[str]:
     return keep
 
 
+def _parity(ref, got) -> dict:
+    """How far an exported model's predictions are from PyTorch's on the same prompts."""
+    return {"max_abs_diff_quality": float(np.max(np.abs(ref.quality - got.quality))),
+            "max_rel_diff_out_tokens": float(np.max(np.abs(ref.output_tokens - got.output_tokens)
+                                                    / np.maximum(ref.output_tokens, 1))),
+            "same_argmax": bool(np.array_equal(ref.quality.argmax(1), got.quality.argmax(1)))}
+
+
 def _fp16_report(out: Path, check: list[str], ref) -> dict:
     """Size of ``router.fp16.onnx`` and its parity with PyTorch, run on the CPU provider when it can
     run the fp16 graph (recent ONNX Runtime CPU builds do); otherwise parity is left to the GPU."""
@@ -110,13 +118,8 @@ def _fp16_report(out: Path, check: list[str], ref) -> dict:
     if not all(np.isfinite(a).all() for a in (got.quality, got.output_tokens, got.latency_ms)):
         path.unlink()
         raise RuntimeError(f"fp16 export gives non-finite outputs; {ONNX_FP16_FILE} was not written")
-    entry.update(
-        parity_provider="CPUExecutionProvider",
-        max_abs_diff_quality=float(np.max(np.abs(ref.quality - got.quality))),
-        max_rel_diff_out_tokens=float(np.max(np.abs(ref.output_tokens - got.output_tokens)
-                                             / np.maximum(ref.output_tokens, 1))),
-        same_argmax=bool(np.array_equal(ref.quality.argmax(1), got.quality.argmax(1))),
-        parity_note="computed with the CPU provider's fp16 kernels; CUDA's may differ slightly")
+    entry.update(parity_provider="CPUExecutionProvider", **_parity(ref, got),
+                 parity_note="computed with the CPU provider's fp16 kernels; CUDA's may differ slightly")
     return entry
 
 
@@ -157,14 +160,9 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
                           "features": {0: "batch"}, "quality": {0: "batch"}, "out_tokens": {0: "batch"},
                           "latency": {0: "batch"}})
     report: dict = {"onnx": ONNX_FILE, "opset": opset, "tolerance": PARITY_TOLERANCE}
-    onnx_pred = OnnxPredictor(out, device="cpu")
-    got = onnx_pred.predict(check)
-    diff = float(np.max(np.abs(ref.quality - got.quality)))
-    tok_rel = float(np.max(np.abs(ref.output_tokens - got.output_tokens) / np.maximum(ref.output_tokens, 1)))
-    report["fp32"] = {"max_abs_diff_quality": diff, "max_rel_diff_out_tokens": tok_rel,
-                      "prompts": len(check), "same_argmax": bool(np.array_equal(
-                          ref.quality.argmax(1), got.quality.argmax(1))),
+    report["fp32"] = {**_parity(ref, OnnxPredictor(out, device="cpu").predict(check)), "prompts": len(check),
                       "size_bytes": (out / ONNX_FILE).stat().st_size}
+    diff = report["fp32"]["max_abs_diff_quality"]
     if diff > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX parity check failed: max |quality diff| {diff:.2e} > {PARITY_TOLERANCE:.0e}")
     if int8:
@@ -178,9 +176,7 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
         finally:
             root.setLevel(level)
         q8 = OnnxPredictor(out, device="cpu", int8=True).predict(check)
-        report["int8"] = {"onnx": ONNX_INT8_FILE,
-                          "max_abs_diff_quality": float(np.max(np.abs(ref.quality - q8.quality))),
-                          "same_argmax": bool(np.array_equal(ref.quality.argmax(1), q8.quality.argmax(1))),
+        report["int8"] = {"onnx": ONNX_INT8_FILE, **_parity(ref, q8),
                           "size_bytes": (out / ONNX_INT8_FILE).stat().st_size}
     if fp16:
         kept = convert_fp16(out / ONNX_FILE, out / ONNX_FP16_FILE)
