@@ -33,7 +33,8 @@ utility actually served during the round (exploration has a price) and the promo
 By default every method adopts its new router each round (so the curves show what each update
 learns) and the promotion verdict is only recorded. With ``--gate`` the exploring methods adopt a new
 router only when the off-policy check promotes it (as ``neural-router update`` + ``/admin/reload`` do
-in production); their curve is then the utility of the router actually serving after each round. Writes ``bench_feedback.json`` and ``bench_feedback.png``.
+in production); their curve is then the utility of the router actually serving after each round.
+Writes ``bench_feedback.json`` and ``bench_feedback.png``.
 Cheap on CPU: the encoder is frozen (heads only, ``--freeze-layers -1``) and its activations are
 computed once per prompt and shared by all routers (``ActivationCache``).
 """
@@ -434,7 +435,8 @@ def run(args) -> dict:
         "final_utility": {m: r["utility"] for m, r in final.items()},
         "final_aiq": {m: r["aiq"] for m, r in final.items()},
         "gap_full_minus_static": gap,
-        "closed_share": {m: (final[m]["utility"] - final["static"]["utility"]) / gap if gap else None
+        "closed_share": {m: (final[m]["utility"] - final["static"]["utility"]) / gap
+                         if gap is not None and gap > 0 else None
                          for m in methods},
         "ips_beats_naive": (final["ips"]["utility"] > final["naive"]["utility"]
                             if {"ips", "naive"} <= set(final) else None),
