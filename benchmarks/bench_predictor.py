@@ -4,7 +4,8 @@ bert-base-sized router (the size of RouteLLM's BERT router) in ONNX fp32 as the 
     python benchmarks/bench_predictor.py [--router EXPORTED_DIR --trained TRAINED_DIR] [--threads 2] [--out bench.json]
 
 Without --router a MiniLM router with untrained heads is built and exported (speed does not depend on
-the weights). Reports p50/p90 latency of one 64-token prompt and batched throughput at 64 tokens.
+the weights). With a trained folder the same router is also exported without the transformer fusions
+(`export --no-optimize`) and timed in the same run, for the fused-vs-plain ratio. Reports p50/p90 latency of one 64-token prompt and batched throughput at 64 tokens.
 Medians of repeated runs; the machine is shared, so compare rows of the same run only.
 """
 
@@ -82,6 +83,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--no-bert-base", action="store_true")
+    ap.add_argument("--no-unfused", action="store_true",
+                    help="skip the rows of the plain graph (export --no-optimize) next to the fused one")
     ap.add_argument("--out", default="benchmarks/results/bench_predictor.json")
     args = ap.parse_args()
 
@@ -89,6 +92,7 @@ def main() -> None:
     from transformers import BertConfig
     from transformers import logging as hf_logging
 
+    from neural_router.export import export_onnx
     from neural_router.predictors import OnnxPredictor, TorchPredictor
 
     hf_logging.set_verbosity_error()
@@ -101,6 +105,12 @@ def main() -> None:
     candidates = {}
     if (trained_dir / "model.safetensors").is_file():
         candidates["MiniLM-L6 PyTorch fp32"] = lambda: TorchPredictor.from_pretrained(trained_dir, device="cpu")
+    if (trained_dir / "model.safetensors").is_file() and not args.no_unfused:
+        plain_dir = tmp / "unfused"
+        export_onnx(trained_dir, plain_dir, int8=True, optimize=False)
+        candidates["MiniLM-L6 ONNX fp32, unfused"] = lambda: OnnxPredictor(plain_dir, "cpu", threads=args.threads)
+        candidates["MiniLM-L6 ONNX int8, unfused"] = lambda: OnnxPredictor(plain_dir, "cpu", int8=True,
+                                                                            threads=args.threads)
     candidates["MiniLM-L6 ONNX fp32"] = lambda: OnnxPredictor(onnx_dir, "cpu", threads=args.threads)
     candidates["MiniLM-L6 ONNX int8"] = lambda: OnnxPredictor(onnx_dir, "cpu", int8=True, threads=args.threads)
     if not args.no_bert_base:

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also write a dynamic int8 model for CPU")
     p.add_argument("--fp16", action="store_true",
                    help="also write an fp16 model for GPU (router.fp16.onnx, used automatically on CUDA)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="write the plain traced graph, without ONNX Runtime's transformer fusions (contrib ops)")
 
     p = sub.add_parser("predict", help="per-model predictions for a JSONL file of prompts")
     p.add_argument("--router", required=True)
@@ -140,7 +142,8 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_onnx
 
-    report = export_onnx(args.router, args.output, int8=args.int8, fp16=args.fp16)
+    report = export_onnx(args.router, args.output, int8=args.int8, fp16=args.fp16,
+                         optimize=not args.no_optimize)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -5,6 +5,14 @@ quantisation for CPU) and ``router.fp16.onnx`` (fp16 weights and compute with fp
 outputs, for CUDA: ``OnnxPredictor`` picks it there automatically), the tokenizer,
 ``router_config.json``, ``models.yaml``, the model card and ``export_report.json`` with the parity
 check against PyTorch on real prompts.
+
+``router.onnx`` is, by default, the graph after ONNX Runtime's transformer fusions (one ``Attention``
+op per layer, ``EmbedLayerNormalization``, ``SkipLayerNormalization``, ``BiasGelu``: contrib ops that
+every ONNX Runtime build runs), and the int8 file is quantised from it (``QAttention``). The fused
+graph passes the same parity check as the plain one; if an encoder's graph cannot be fused or the
+fused one fails parity, the plain graph is written instead and the report says why.
+``optimize=False`` (``--no-optimize``) writes the plain graph, for runtimes without those ops. The
+fp16 file is converted from the plain graph.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -123,11 +132,74 @@ def _fp16_report(out: Path, check: list[str], ref) -> dict:
     return entry
 
 
+def fuse_transformer(src: str | Path, dst: str | Path, encoder_config) -> dict[str, int]:
+    """Write ``dst``: ``src`` after ONNX Runtime's offline BERT fusions; returns the fused-op counts.
+
+    Attention fusion matches the graph traced with eager attention (the traced SDPA graph has a
+    pattern the fuser does not recognise)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the optimizer logs every fusion pass at INFO on the root logger
+    try:
+        fused = optimize_model(str(src), model_type="bert", opt_level=0,
+                               num_heads=getattr(encoder_config, "num_attention_heads", 0),
+                               hidden_size=getattr(encoder_config, "hidden_size", 0))
+        fused.save_model_to_file(str(dst))
+        return {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+    finally:
+        root.setLevel(level)
+
+
+def _fuse_checked(plain: Path, out: Path, model: RouterModel, check: list[str], ref) -> dict:
+    """Fuse ``plain`` into ``out/router.onnx`` if the fused graph passes parity; say what happened."""
+    try:
+        ops = fuse_transformer(plain, out / ONNX_FILE, model.encoder.config)
+        got = _parity(ref, OnnxPredictor(out, device="cpu").predict(check))
+    except Exception as e:  # noqa: BLE001 - the fuser and ORT raise many types on graphs they do not know
+        log.warning("graph fusion failed (%s: %s); writing the plain graph", type(e).__name__, e)
+        return {"used": False, "note": f"fusion failed: {type(e).__name__}: {str(e)[:200]}"}
+    if got["max_abs_diff_quality"] > PARITY_TOLERANCE:
+        log.warning("the fused graph fails parity (%.2e); writing the plain graph", got["max_abs_diff_quality"])
+        return {"used": False, "fused_ops": ops, "note": f"fused graph failed parity: {got}"}
+    return {"used": True, "fused_ops": ops}
+
+
+def _trace(model: RouterModel, path: Path, opset: int) -> None:
+    from .text import N_FEATURES
+
+    # the dummy batch must contain padding: with an all-ones mask the encoder skips masking and the
+    # traced graph would ignore attention_mask altogether
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 9:] = 0
+    dummy = (torch.full((2, 16), 1000, dtype=torch.long), mask, torch.zeros(2, N_FEATURES, dtype=torch.float32))
+    with torch.no_grad():
+        torch.onnx.export(
+            _Exportable(model), dummy, str(path), dynamo=False, opset_version=opset,
+            input_names=["input_ids", "attention_mask", "features"],
+            output_names=["quality", "out_tokens", "latency"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                          "features": {0: "batch"}, "quality": {0: "batch"}, "out_tokens": {0: "batch"},
+                          "latency": {0: "batch"}})
+
+
+def _set_eager_attention(model: RouterModel) -> None:
+    """Eager attention: the same math as SDPA, traced into the pattern the attention fuser knows."""
+    try:
+        model.encoder.set_attn_implementation("eager")
+    except (AttributeError, ValueError) as e:
+        log.info("cannot switch %s to eager attention (%s): attention may stay unfused",
+                 type(model.encoder).__name__, e)
+
+
 def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = False,
-                prompts: list[str] | None = None, opset: int = 17, fp16: bool = False) -> dict:
+                prompts: list[str] | None = None, opset: int = 17, fp16: bool = False,
+                optimize: bool = True) -> dict:
     """Write the ONNX folder and return the parity report (raises if fp32 parity fails).
 
-    ``int8`` also writes ``router.int8.onnx`` (CPU), ``fp16`` also ``router.fp16.onnx`` (CUDA).
+    ``int8`` also writes ``router.int8.onnx`` (CPU), ``fp16`` also ``router.fp16.onnx`` (CUDA);
+    ``optimize`` fuses the transformer ops (see the module docstring).
     Model files of an earlier export into the same folder that this one does not rewrite are
     removed, so the folder never mixes two exports (the fp16 file would be picked up on CUDA)."""
     src, out = Path(router_dir), Path(output_dir)
@@ -144,43 +216,40 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
         if not wanted:
             (out / name).unlink(missing_ok=True)
 
-    from .text import N_FEATURES
-
-    # the dummy batch must contain padding: with an all-ones mask the encoder skips masking and the
-    # traced graph would ignore attention_mask altogether
-    mask = torch.ones(2, 16, dtype=torch.long)
-    mask[1, 9:] = 0
-    dummy = (torch.full((2, 16), 1000, dtype=torch.long), mask, torch.zeros(2, N_FEATURES, dtype=torch.float32))
-    with torch.no_grad():
-        torch.onnx.export(
-            _Exportable(model), dummy, str(out / ONNX_FILE), dynamo=False, opset_version=opset,
-            input_names=["input_ids", "attention_mask", "features"],
-            output_names=["quality", "out_tokens", "latency"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                          "features": {0: "batch"}, "quality": {0: "batch"}, "out_tokens": {0: "batch"},
-                          "latency": {0: "batch"}})
     report: dict = {"onnx": ONNX_FILE, "opset": opset, "tolerance": PARITY_TOLERANCE}
-    report["fp32"] = {**_parity(ref, OnnxPredictor(out, device="cpu").predict(check)), "prompts": len(check),
-                      "size_bytes": (out / ONNX_FILE).stat().st_size}
-    diff = report["fp32"]["max_abs_diff_quality"]
-    if diff > PARITY_TOLERANCE:
-        raise RuntimeError(f"ONNX parity check failed: max |quality diff| {diff:.2e} > {PARITY_TOLERANCE:.0e}")
+    with tempfile.TemporaryDirectory(prefix="nr-export-") as tmp:
+        plain = Path(tmp) / "plain.onnx"
+        if optimize:
+            _set_eager_attention(model)
+        _trace(model, plain, opset)
+        if optimize:
+            report["fusion"] = _fuse_checked(plain, out, model, check, ref)
+        if not report.get("fusion", {}).get("used"):
+            shutil.copy2(plain, out / ONNX_FILE)
+        report["fp32"] = {**_parity(ref, OnnxPredictor(out, device="cpu").predict(check)), "prompts": len(check),
+                          "size_bytes": (out / ONNX_FILE).stat().st_size}
+        diff = report["fp32"]["max_abs_diff_quality"]
+        if diff > PARITY_TOLERANCE:
+            raise RuntimeError(f"ONNX parity check failed: max |quality diff| {diff:.2e} > {PARITY_TOLERANCE:.0e}")
+        if fp16:
+            kept = convert_fp16(plain, out / ONNX_FP16_FILE)
+            report["fp16"] = {**_fp16_report(out, check, ref), "fp32_nodes": len(kept)}
     if int8:
+        from onnx import TensorProto
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.WARNING)  # the quantizer logs every tensor at INFO on the root logger
         try:
-            quantize_dynamic(str(out / ONNX_FILE), str(out / ONNX_INT8_FILE), weight_type=QuantType.QInt8)
+            # the fused graph's contrib ops have no ONNX shape inference; their outputs are float
+            quantize_dynamic(str(out / ONNX_FILE), str(out / ONNX_INT8_FILE), weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
         finally:
             root.setLevel(level)
         q8 = OnnxPredictor(out, device="cpu", int8=True).predict(check)
         report["int8"] = {"onnx": ONNX_INT8_FILE, **_parity(ref, q8),
                           "size_bytes": (out / ONNX_INT8_FILE).stat().st_size}
-    if fp16:
-        kept = convert_fp16(out / ONNX_FILE, out / ONNX_FP16_FILE)
-        report["fp16"] = {**_fp16_report(out, check, ref), "fp32_nodes": len(kept)}
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
     log.info("exported %s -> %s (fp32 max diff %.2e)", src, out, diff)
     return report

@@ -293,6 +293,40 @@ def test_fp16_is_for_cuda_only(fp16_router_dir, tmp_path, monkeypatch):
     assert OnnxPredictor(plain, device="cuda").model_file == "router.onnx"  # no fp16 file: fp32
 
 
+def test_export_fuses_attention_and_no_optimize_keeps_the_plain_graph(tiny_trained_dir, tiny_router_dir, tmp_path):
+    import onnx
+
+    from neural_router.export import export_onnx
+
+    report = json.loads((tiny_router_dir / "export_report.json").read_text())
+    assert report["fusion"]["used"] is True
+    assert report["fusion"]["fused_ops"]["Attention"] == 2  # one per layer of the tiny 2-layer encoder
+    fused_ops = {n.op_type for n in onnx.load(str(tiny_router_dir / "router.onnx")).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= fused_ops
+    assert "QAttention" in {n.op_type for n in onnx.load(str(tiny_router_dir / "router.int8.onnx")).graph.node}
+
+    plain = export_onnx(tiny_trained_dir, tmp_path / "plain", optimize=False)
+    assert "fusion" not in plain and plain["fp32"]["max_abs_diff_quality"] < 1e-4
+    plain_ops = {n.op_type for n in onnx.load(str(tmp_path / "plain" / "router.onnx")).graph.node}
+    assert not plain_ops & {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"}
+    prompts = ["chat question: hello movie friend", "code " * 200]
+    fused_q = OnnxPredictor(tiny_router_dir, device="cpu").predict(prompts).quality
+    plain_q = OnnxPredictor(tmp_path / "plain", device="cpu").predict(prompts).quality
+    assert np.abs(fused_q - plain_q).max() < 1e-5
+
+
+def test_export_writes_the_plain_graph_when_fusion_fails(tiny_trained_dir, tmp_path, monkeypatch):
+    import neural_router.export as export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fusion for this graph")
+
+    monkeypatch.setattr(export, "fuse_transformer", broken)
+    report = export.export_onnx(tiny_trained_dir, tmp_path / "onnx")
+    assert report["fusion"]["used"] is False and "no fusion for this graph" in report["fusion"]["note"]
+    assert report["fp32"]["max_abs_diff_quality"] < 1e-4
+
+
 def test_reexport_without_fp16_removes_the_stale_fp16_model(tiny_trained_dir, fp16_router_dir, tmp_path):
     import shutil
 
