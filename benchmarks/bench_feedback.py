@@ -4,7 +4,7 @@
         [--rounds 5] [--per-round 300] [--init 150] [--eval 450] [--cost-weight 0.3]
         [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
-        [--margin 0.1] [--gate]
+        [--margin 0.1] [--gate] [--new-model zero-one-ai/Yi-34B-Chat]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -34,6 +34,13 @@ By default every method adopts its new router each round (so the curves show wha
 learns) and the promotion verdict is only recorded. With ``--gate`` the exploring methods adopt a new
 router only when the off-policy check promotes it (as ``neural-router update`` + ``/admin/reload`` do
 in production); their curve is then the utility of the router actually serving after each round.
+With ``--new-model NAME`` the replay is a cold-start scenario: NAME is not in the pool when the
+initial router is trained (its outcomes are left out of the initial slice) and joins it after round 1:
+every update from then on passes the full pool (``run_update(pool_file=...)``), so NAME starts from
+the cold-start prior, and the exploring methods boost it (``ExplorationConfig.boost_models``, as
+``exploration.boost_models`` does in the service). Naive retraining routes greedily, so it sees NAME
+only where the prior beats every other prediction. Utility and AIQ are computed over the models each
+router can route to.
 Writes ``bench_feedback.json`` and ``bench_feedback.png``.
 Cheap on CPU: the encoder is frozen (heads only, ``--freeze-layers -1``) and its activations are
 computed once per prompt and shared by all routers (``ActivationCache``).
@@ -90,6 +97,8 @@ def parse_args(argv=None):
                                       "adds explore_noweight)")
     ap.add_argument("--normalize-weights", action="store_true",
                     help="self-normalise the clipped 1/propensity weights (run_update normalize_weights)")
+    ap.add_argument("--new-model", help="cold-start scenario: this model joins the pool after round 1 "
+                                        "(left out of the initial slice and router)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", help="comma-separated seeds: one replay each (own split, initial router and "
                                     "exploration draws) under OUT/seed<k>, plus mean/sd over seeds")
@@ -108,11 +117,14 @@ def load_data(path: str, pool):
     return ds.subset(complete)
 
 
-def write_long(ds, path: Path) -> Path:
-    """A RoutingDataset slice as a long-format JSONL file (what run_train and run_update read)."""
+def write_long(ds, path: Path, skip: tuple[str, ...] = ()) -> Path:
+    """A RoutingDataset slice as a long-format JSONL file (what run_train and run_update read),
+    without the outcomes of the models in ``skip``."""
     with path.open("w", encoding="utf-8") as f:
         for i, p in enumerate(ds.prompts):
             for j, m in enumerate(ds.models):
+                if m in skip:
+                    continue
                 f.write(json.dumps({"prompt": p, "model": m, "score": float(ds.scores[i, j]),
                                     "cost_usd": float(ds.cost_usd[i, j]),
                                     "output_tokens": None if not np.isfinite(ds.output_tokens[i, j])
@@ -143,15 +155,17 @@ class Evaluator:
 
         model, tok, cfg = load_router(router_dir)
         pred = predict(model, tok, self.pool, self.ds.prompts, cfg, self.cache)
-        cols = [pred.models.index(m) for m in self.ds.models]
+        # the models this router can route to (all of them, except before a new model joined)
+        known = [j for j, m in enumerate(self.ds.models) if m in pred.models]
+        cols = [pred.models.index(self.ds.models[j]) for j in known]
         n = len(self.ds)
         w = (np.ones(n), np.full(n, self.prefs.cost_weight), np.zeros(n))
         choice = policy_probs(pred, self.ds.models, self.pool, w).argmax(1)
         rows = np.arange(n)
-        rep = self.M.router_report("r", self.ds.scores, self.ds.cost_usd, pred.quality[:, cols],
-                                   pred.cost_usd[:, cols], self.lambdas)
-        q = pred.quality[:, cols]
-        brier = float(np.mean((q - self.ds.scores) ** 2))
+        scores, costs = self.ds.scores[:, known], self.ds.cost_usd[:, known]
+        lambdas = self.lambdas if len(known) == len(self.ds.models) else self.M.lambda_grid(costs, n=80)
+        rep = self.M.router_report("r", scores, costs, pred.quality[:, cols], pred.cost_usd[:, cols], lambdas)
+        brier = float(np.mean((pred.quality[:, cols] - scores) ** 2))
         return {"utility": float(self.u[rows, choice].mean()),
                 "quality": float(self.ds.scores[rows, choice].mean()),
                 "cost": float(self.ds.cost_usd[rows, choice].mean()), "aiq": float(rep["aiq"]),
@@ -347,7 +361,14 @@ def run(args) -> dict:
     ev = ds.subset(order[: args.eval])
     init = ds.subset(order[args.eval: args.eval + args.init])
     traffic = ds.subset(order[args.eval + args.init: need])
-    init_file = write_long(init, out / "init.jsonl")
+    new = (args.new_model,) if args.new_model else ()
+    if args.new_model and args.new_model not in ds.models:
+        raise SystemExit(f"--new-model {args.new_model!r} is not in the data's models: {', '.join(ds.models)}")
+    init_file = write_long(init, out / "init.jsonl", skip=new)
+    init_pool = out / "pool.yaml"
+    if new:
+        init_pool = out / "pool_initial.yaml"
+        pool.subset([m for m in ds.models if m not in new]).to_yaml(init_pool)
     prefs = Preferences(cost_weight=args.cost_weight)
     cfg_file = out / "train.yaml"
     cfg_file.write_text(json.dumps({"max_length": args.max_length, "head_tokens": 16,
@@ -355,7 +376,7 @@ def run(args) -> dict:
                                     "patience": 2, "seed": args.seed, "data": {"val_fraction": 0.2}}))
     log.info("data: %d eval, %d initial, %d traffic prompts, %d models", len(ev), len(init), len(traffic),
              len(ds.models))
-    r0 = run_train([str(init_file)], out / "r0", cfg_file, out / "pool.yaml", progress=False)
+    r0 = run_train([str(init_file)], out / "r0", cfg_file, init_pool, progress=False)
     log.info("initial router trained (%.1f min)", (time.time() - t0) / 60)
 
     cache = ActivationCache()
@@ -366,12 +387,13 @@ def run(args) -> dict:
         unknown = set(methods) - {"static", "naive", "ips", "ips_thompson", "explore_noweight", "full"}
         if unknown:
             raise SystemExit(f"unknown methods: {', '.join(sorted(unknown))}")
-    explore_cfg = (ExplorationConfig(kind="epsilon_greedy", epsilon=args.epsilon, margin=args.margin)
+    explore_cfg = (ExplorationConfig(kind="epsilon_greedy", epsilon=args.epsilon, margin=args.margin,
+                                     boost_models=new)
                    if args.exploration == "epsilon_greedy"
                    else ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n,
-                                          margin=args.margin))
+                                          margin=args.margin, boost_models=new))
     greedy_cfg = ExplorationConfig(kind="none")
-    thompson_cfg = ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n)
+    thompson_cfg = ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n, boost_models=new)
     base = evaluate(r0)
     log.info("round 0: utility %.4f, AIQ %.4f", base["utility"], base["aiq"])
     results = {m: [{"round": 0, **base}] for m in methods}
@@ -397,7 +419,7 @@ def run(args) -> dict:
                              importance_weighting=(m not in ("naive", "explore_noweight")),
                              normalize_weights=args.normalize_weights,
                              holdout_fraction=args.holdout, n_boot=args.n_boot, seed=rnd,
-                             activation_cache=cache)
+                             activation_cache=cache, pool_file=(out / "pool.yaml") if new else None)
             new_dir = Path(res["router_dir"])
             score = evaluate(new_dir)
             prev = results[m][-1]
@@ -451,6 +473,9 @@ def run(args) -> dict:
                              for m, rows in results.items() if m != "static"},
         "false_promotions_require_ci": {m: sum(r["promote_ci"] and not r["truly_better"] for r in rows[1:])
                                         for m, rows in results.items() if m != "static"},
+        "new_model": args.new_model,
+        "new_model_eval_choices": ({m: rows[-1]["choices"].get(args.new_model, 0) for m, rows in results.items()}
+                                   if args.new_model else None),
         "oracle_utility": float(evaluate.u.max(1).mean()),
         "best_single_utility": float(evaluate.u.mean(0).max()),
         "best_single_model": ev.models[int(evaluate.u.mean(0).argmax())],
@@ -461,7 +486,8 @@ def run(args) -> dict:
     (out / "bench_feedback.json").write_text(json.dumps(report, indent=2, default=float))
     plot(results, out / "bench_feedback.png",
          f"RouterBench replay: {args.rounds} rounds x {args.per_round} prompts, cost_weight {args.cost_weight}, "
-         f"{explore_cfg.name} for ips" + (", normalised weights" if args.normalize_weights else ""))
+         f"{explore_cfg.name} for ips" + (", normalised weights" if args.normalize_weights else "")
+         + (f", {args.new_model} joins after round 1" if args.new_model else ""))
     print_table(results, summary)
     return report
 
