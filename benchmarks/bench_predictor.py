@@ -2,6 +2,7 @@
 bert-base-sized router (the size of RouteLLM's BERT router) in ONNX fp32 as the reference.
 
     python benchmarks/bench_predictor.py [--router EXPORTED_DIR --trained TRAINED_DIR] [--threads 2] [--out bench.json]
+        [--compare LABEL=EXPORTED_DIR ...]
 
 Without --router a MiniLM router with untrained heads is built and exported (speed does not depend on
 the weights). With a trained folder the same router is also exported without the transformer fusions
@@ -82,6 +83,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=EXPORTED_DIR",
+                    help="also time another exported router (fp32 and int8) in the same run, e.g. "
+                         "'MiniLM 4 layers=runs/rb_l4_onnx' (repeatable)")
     ap.add_argument("--no-bert-base", action="store_true")
     ap.add_argument("--no-unfused", action="store_true",
                     help="skip the rows of the plain graph (export --no-optimize) next to the fused one")
@@ -113,6 +117,14 @@ def main() -> None:
                                                                             threads=args.threads)
     candidates["MiniLM-L6 ONNX fp32"] = lambda: OnnxPredictor(onnx_dir, "cpu", threads=args.threads)
     candidates["MiniLM-L6 ONNX int8"] = lambda: OnnxPredictor(onnx_dir, "cpu", int8=True, threads=args.threads)
+    for spec in args.compare:
+        label, sep, path = spec.partition("=")
+        if not sep or not (Path(path) / "router.onnx").is_file():
+            raise SystemExit(f"--compare {spec!r}: expected LABEL=EXPORTED_DIR with a router.onnx in it")
+        candidates[f"{label} ONNX fp32"] = lambda d=Path(path): OnnxPredictor(d, "cpu", threads=args.threads)
+        if (Path(path) / "router.int8.onnx").is_file():
+            candidates[f"{label} ONNX int8"] = lambda d=Path(path): OnnxPredictor(d, "cpu", int8=True,
+                                                                                   threads=args.threads)
     if not args.no_bert_base:
         bert_dir = make_router(tmp / "bert-base", BertConfig())  # bert-base: 12 layers, 768 hidden
         candidates["bert-base ONNX fp32 (reference)"] = lambda: OnnxPredictor(bert_dir, "cpu", threads=args.threads)
@@ -126,7 +138,7 @@ def main() -> None:
         thr = time_batched(pred, batch_prompts, max(3, args.repeats // 5))
         rows.append({"predictor": name, "p50_ms_single": statistics.median(lat),
                      "p90_ms_single": float(np.percentile(lat, 90)), "prompts_per_s_batched": statistics.median(thr)})
-        print(f"{name:34s} p50 {rows[-1]['p50_ms_single']:7.2f} ms   p90 {rows[-1]['p90_ms_single']:7.2f} ms   "
+        print(f"{name:40s} p50 {rows[-1]['p50_ms_single']:7.2f} ms   p90 {rows[-1]['p90_ms_single']:7.2f} ms   "
               f"batched {rows[-1]['prompts_per_s_batched']:8.1f} prompts/s", flush=True)
     base = next((r for r in rows if r["predictor"] == "MiniLM-L6 ONNX fp32"), None)
     if base:

@@ -140,6 +140,18 @@ class RouterModel(nn.Module):
             for p in layer.parameters():
                 p.requires_grad_(False)
 
+    def truncate_encoder(self, n_layers: int) -> None:
+        """Keep only the encoder's first ``n_layers`` layers (its config says so too, so the saved
+        folder loads as the smaller encoder). Each layer dropped from MiniLM-L6 saves a sixth of the
+        encoder's compute."""
+        have = self.num_layers()
+        if not self.supports_layer_cache():
+            raise ValueError(f"cannot truncate a {type(self.encoder).__name__}: it has no encoder.layer list")
+        if not 1 <= n_layers <= have:
+            raise ValueError(f"encoder_layers must be between 1 and the encoder's {have} layers, got {n_layers}")
+        self.encoder.encoder.layer = self.encoder.encoder.layer[:n_layers]
+        self.encoder.config.num_hidden_layers = n_layers
+
     def num_layers(self) -> int:
         return int(getattr(self.encoder.config, "num_hidden_layers", 0))
 

@@ -52,6 +52,9 @@ class TrainConfig(BaseModel):
     encoder: str = DEFAULT_ENCODER
     max_length: int = Field(default=128, ge=8)
     head_tokens: int = Field(default=16, ge=0)
+    encoder_layers: int | None = Field(
+        default=None, ge=1, description="keep only the encoder's first N layers (a smaller, faster router); "
+                                        "None = all")
     freeze_layers: int = Field(default=5, description="embeddings + this many lower layers frozen; -1 = all")
     cache_activations: bool = True
     hidden: int = 256
@@ -424,6 +427,8 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         model = RouterModel.from_encoder_config(rc, encoder_config)
     else:
         model = RouterModel.from_encoder(rc, cfg.encoder)
+    if cfg.encoder_layers is not None and init_from is None:
+        model.truncate_encoder(cfg.encoder_layers)
     model.freeze_lower(cfg.freeze_layers)
     if sample_weights is not None:
         tr.weights = torch.tensor(sample_weights, dtype=torch.float32)

@@ -336,3 +336,31 @@ def test_reexport_without_fp16_removes_the_stale_fp16_model(tiny_trained_dir, fp
     shutil.copytree(fp16_router_dir, out)
     report = export_onnx(tiny_trained_dir, out)
     assert "fp16" not in report and not (out / "router.fp16.onnx").exists()
+
+
+def test_encoder_layers_trains_a_smaller_router_that_saves_loads_and_exports(
+        tiny_data_file, tiny_pool_file, tiny_train_config, tmp_path):
+    """``encoder_layers`` keeps only the encoder's first layers: the saved folder loads as the smaller
+    encoder, routes, and exports with one fused attention per kept layer."""
+    from neural_router.export import export_onnx
+    from neural_router.model import RouterModel
+    from training.train import run_train
+
+    out = run_train([str(tiny_data_file)], tmp_path / "small", tiny_train_config, tiny_pool_file,
+                    overrides={"encoder_layers": 1, "freeze_layers": 0},
+                    encoder_config=tiny_encoder_config(), progress=False)
+    model = RouterModel.from_pretrained(out)
+    assert model.num_layers() == 1 and len(model.encoder.encoder.layer) == 1
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    assert Router.from_pretrained(out).route("python function loop").model in ("big", "mid", "small")
+    report = export_onnx(out, tmp_path / "onnx")
+    assert report["fusion"]["fused_ops"]["Attention"] == 1 and report["fp32"]["max_abs_diff_quality"] < 1e-4
+
+
+def test_encoder_layers_beyond_the_encoder_is_a_clear_error(tiny_data_file, tiny_pool_file, tiny_train_config,
+                                                           tmp_path):
+    from training.train import run_train
+
+    with pytest.raises(ValueError, match="encoder_layers must be between 1 and the encoder's 2 layers, got 3"):
+        run_train([str(tiny_data_file)], tmp_path / "bad", tiny_train_config, tiny_pool_file,
+                  overrides={"encoder_layers": 3}, encoder_config=tiny_encoder_config(), progress=False)
