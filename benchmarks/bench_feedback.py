@@ -4,7 +4,7 @@
         [--rounds 5] [--per-round 300] [--init 150] [--eval 450] [--cost-weight 0.3]
         [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
-        [--margin 0.1] [--gate] [--new-model zero-one-ai/Yi-34B-Chat]
+        [--margin 0.1] [--gate] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -18,7 +18,8 @@ Methods:
 * ``naive``: greedy routing (propensity 1) and retraining on the logs without importance weights;
 * ``ips``: exploration (``--exploration``: epsilon-greedy or Thompson sampling, from
   ``neural_router.exploration``) with logged propensities, and the update with clipped
-  inverse-propensity weights (``--normalize-weights``: self-normalised);
+  inverse-propensity weights, self-normalised as ``neural-router update`` does by default
+  (``--raw-weights``: the raw clipped weights);
 * ``ips_thompson`` (via ``--methods``): the same with Thompson sampling whatever ``--exploration``;
 * ``explore_noweight`` (with ``--ablation``): the same exploration, updated without weights;
 * ``full``: greedy routing, but the outcomes of *all* models on the same prompts are logged
@@ -95,8 +96,9 @@ def parse_args(argv=None):
     ap.add_argument("--methods", help="comma-separated subset of static,naive,ips,ips_thompson,"
                                       "explore_noweight,full (default: static,naive,ips,full; --ablation "
                                       "adds explore_noweight)")
-    ap.add_argument("--normalize-weights", action="store_true",
-                    help="self-normalise the clipped 1/propensity weights (run_update normalize_weights)")
+    ap.add_argument("--raw-weights", action="store_true",
+                    help="raw clipped 1/propensity weights instead of self-normalised ones (run_update "
+                         "normalize_weights=False)")
     ap.add_argument("--new-model", help="cold-start scenario: this model joins the pool after round 1 "
                                         "(left out of the initial slice and router)")
     ap.add_argument("--seed", type=int, default=0)
@@ -417,7 +419,7 @@ def run(args) -> dict:
             results[m][-1]["explored_share"] = served["explored_share"]
             res = run_update(current[m], stores[m], out / m, preferences=prefs, clip=args.clip,
                              importance_weighting=(m not in ("naive", "explore_noweight")),
-                             normalize_weights=args.normalize_weights,
+                             normalize_weights=not args.raw_weights,
                              holdout_fraction=args.holdout, n_boot=args.n_boot, seed=rnd,
                              activation_cache=cache, pool_file=(out / "pool.yaml") if new else None)
             new_dir = Path(res["router_dir"])
@@ -486,7 +488,7 @@ def run(args) -> dict:
     (out / "bench_feedback.json").write_text(json.dumps(report, indent=2, default=float))
     plot(results, out / "bench_feedback.png",
          f"RouterBench replay: {args.rounds} rounds x {args.per_round} prompts, cost_weight {args.cost_weight}, "
-         f"{explore_cfg.name} for ips" + (", normalised weights" if args.normalize_weights else "")
+         f"{explore_cfg.name} for ips" + (", raw weights" if args.raw_weights else "")
          + (f", {args.new_model} joins after round 1" if args.new_model else ""))
     print_table(results, summary)
     return report

@@ -24,6 +24,30 @@ def _add_prefs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image", action="store_true", help="the request carries an image")
 
 
+def add_update_arguments(p) -> None:
+    """The options of `neural-router update` and `python -m training.update`."""
+    p.add_argument("--router", required=True, help="current router folder (trained, not ONNX)")
+    p.add_argument("--feedback", required=True, help="feedback store: SQLAlchemy URL or SQLite path")
+    p.add_argument("--output", required=True, help="parent folder of the new versioned router folder")
+    p.add_argument("--data", action="append", help="original training data (default: the router's)")
+    p.add_argument("--config", help="training YAML (default: the router's own training config)")
+    p.add_argument("--pool", help="pool YAML; models it adds start from the cold-start prior")
+    p.add_argument("--quality-weight", type=float, default=None)
+    p.add_argument("--cost-weight", type=float, default=None)
+    p.add_argument("--latency-weight", type=float, default=None)
+    p.add_argument("--min-improvement", type=float, default=0.0)
+    p.add_argument("--require-ci", action="store_true",
+                   help="promote only if the lower CI bounds of the IPS and DR gains exceed it")
+    p.add_argument("--clip", type=float, default=10.0, help="clip of the 1/propensity weights")
+    p.add_argument("--holdout-fraction", type=float, default=0.3)
+    p.add_argument("--router-version", help="only decisions logged by this router version")
+    p.add_argument("--cold-start-prior", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--naive", action="store_true", help="no importance weights (for comparison)")
+    p.add_argument("--raw-weights", action="store_true",
+                   help="use the raw clipped 1/propensity weights instead of self-normalised ones")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="neural-router", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -40,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-layers", type=int,
                    help="encoder layers kept frozen (default from the config: 5 of MiniLM's 6); "
                         "-1 = heads only, the fastest")
+    p.add_argument("--encoder-layers", type=int,
+                   help="keep only the encoder's first N layers: a smaller, faster router (default: all)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation written into the model card")
 
     p = sub.add_parser("eval", help="evaluate a router and the baselines on the validation split")
@@ -83,13 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feedback", help="feedback store URL: attach each score to its request_id")
 
     p = sub.add_parser("update", help="fine-tune a router from logged outcomes, with off-policy promotion check")
-    p.add_argument("--router", required=True)
-    p.add_argument("--feedback", required=True, help="feedback store URL (sqlite:///..., postgresql://...) or path")
-    p.add_argument("--output", required=True)
-    p.add_argument("--data", action="append", help="original training data to mix in (default: the router's)")
-    p.add_argument("--config", help="training YAML for the update")
-    p.add_argument("--cost-weight", type=float, default=0.3, help="preference at which policies are compared")
-    p.add_argument("--min-improvement", type=float, default=0.0)
+    add_update_arguments(p)
 
     p = sub.add_parser("serve", help="run the router microservice")
     p.add_argument("--router", required=True)
@@ -122,7 +142,7 @@ def cmd_train(args) -> int:
 
     out = run_train(args.data, args.output, args.config, args.pool,
                     {"epochs": args.epochs, "encoder": args.encoder, "seed": args.seed,
-                     "freeze_layers": args.freeze_layers})
+                     "freeze_layers": args.freeze_layers, "encoder_layers": args.encoder_layers})
     if not args.no_eval:
         run_eval(out, None, None, args.pool, baselines=False)
     print(f"router saved to {out}")
@@ -250,13 +270,9 @@ def cmd_score(args) -> int:
 
 
 def cmd_update(args) -> int:
-    from training.update import run_update
+    from training.update import run_from_args
 
-    from .policy import Preferences
-
-    result = run_update(args.router, args.feedback, args.output, data=args.data, config=args.config,
-                        preferences=Preferences(1.0, args.cost_weight, 0.0), min_improvement=args.min_improvement)
-    print(json.dumps(result, indent=2, default=str))
+    print(json.dumps(run_from_args(args), indent=2, default=str))
     return 0
 
 

@@ -275,8 +275,8 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert rc["models"] == ["big", "mid", "small", "newbie"] and rc["version"] == res["version"]
     tm = json.loads((out / "training_metrics.json").read_text())
     assert tm["parent_version"] == parent_version and tm["data"]          # original data carried on
-    assert tm["update"]["normalize_weights"] is False
-    assert 1.0 < tm["update"]["weights_of_chosen"]["max"] <= 10.0 + 1e-6
+    assert tm["update"]["normalize_weights"] is True  # the default: self-normalised weights
+    assert tm["update"]["weights_of_chosen"]["max"] > 1.0
     promo = json.loads((out / "promotion.json").read_text())
     assert promo["n"] == res["n_holdout"] and isinstance(promo["promote"], bool)
     for who in ("current", "new"):
@@ -318,3 +318,15 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
         run_update(tmp_path, tmp_path / "empty.db", tmp_path / "out")
     with pytest.raises(ValueError, match="holdout_fraction"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", holdout_fraction=1.0)
+
+
+def test_neural_router_update_has_the_same_options_as_training_update():
+    """`neural-router update` and `python -m training.update` share one option set (pool for new
+    models, weights, promotion settings), and each option reaches run_update."""
+    from neural_router.cli import build_parser
+
+    args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
+                                      "--pool", "p.yaml", "--raw-weights", "--clip", "3", "--require-ci"])
+    assert (args.pool, args.raw_weights, args.clip, args.require_ci) == ("p.yaml", True, 3.0, True)
+    args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o"])
+    assert args.raw_weights is False and args.cost_weight is None  # default: self-normalised, logged prefs
