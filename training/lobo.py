@@ -67,10 +67,12 @@ def main() -> None:
     ap.add_argument("--only", action="append")
     ap.add_argument("--freeze-layers", type=int, help="override (e.g. -1: heads only, fastest)")
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--encoder-layers", type=int, help="keep only the encoder's first N layers (e.g. 4)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     res = run_lobo(args.data, args.output, args.config, args.only,
-                   {"freeze_layers": args.freeze_layers, "epochs": args.epochs})
+                   {"freeze_layers": args.freeze_layers, "epochs": args.epochs,
+                    "encoder_layers": args.encoder_layers})
     print(f"{'benchmark':16s} {'n':>5s} {'router':>7s} {'best1':>7s} {'gain':>7s} {'APGR':>6s}  pair")
     for b, r in res.items():
         q, t = r["quality_only"], r["two_model"]
