@@ -1,4 +1,4 @@
-"""Predictor speed, side by side in one run: PyTorch vs ONNX fp32 vs ONNX int8 (MiniLM-L6 router), and a
+"""Predictor speed, side by side in one run: PyTorch vs ONNX fp32 vs ONNX int8 (the MiniLM router), and a
 bert-base-sized router (the size of RouteLLM's BERT router) in ONNX fp32 as the reference.
 
     python benchmarks/bench_predictor.py [--router EXPORTED_DIR --trained TRAINED_DIR] [--threads 2] [--out bench.json]
@@ -107,16 +107,19 @@ def main() -> None:
     trained_dir = Path(args.trained) if args.trained else (
         onnx_dir if (onnx_dir / "model.safetensors").is_file() else tmp / "minilm" / "trained")
     candidates = {}
+    enc_cfg = trained_dir / "config.json"
+    layers = json.loads(enc_cfg.read_text()).get("num_hidden_layers") if enc_cfg.is_file() else None
+    name = f"MiniLM {layers}-layer router" if layers else "MiniLM router"
     if (trained_dir / "model.safetensors").is_file():
-        candidates["MiniLM-L6 PyTorch fp32"] = lambda: TorchPredictor.from_pretrained(trained_dir, device="cpu")
+        candidates[f"{name} PyTorch fp32"] = lambda: TorchPredictor.from_pretrained(trained_dir, device="cpu")
     if (trained_dir / "model.safetensors").is_file() and not args.no_unfused:
         plain_dir = tmp / "unfused"
         export_onnx(trained_dir, plain_dir, int8=True, optimize=False)
-        candidates["MiniLM-L6 ONNX fp32, unfused"] = lambda: OnnxPredictor(plain_dir, "cpu", threads=args.threads)
-        candidates["MiniLM-L6 ONNX int8, unfused"] = lambda: OnnxPredictor(plain_dir, "cpu", int8=True,
+        candidates[f"{name} ONNX fp32, unfused"] = lambda: OnnxPredictor(plain_dir, "cpu", threads=args.threads)
+        candidates[f"{name} ONNX int8, unfused"] = lambda: OnnxPredictor(plain_dir, "cpu", int8=True,
                                                                             threads=args.threads)
-    candidates["MiniLM-L6 ONNX fp32"] = lambda: OnnxPredictor(onnx_dir, "cpu", threads=args.threads)
-    candidates["MiniLM-L6 ONNX int8"] = lambda: OnnxPredictor(onnx_dir, "cpu", int8=True, threads=args.threads)
+    candidates[f"{name} ONNX fp32"] = lambda: OnnxPredictor(onnx_dir, "cpu", threads=args.threads)
+    candidates[f"{name} ONNX int8"] = lambda: OnnxPredictor(onnx_dir, "cpu", int8=True, threads=args.threads)
     for spec in args.compare:
         label, sep, path = spec.partition("=")
         if not sep or not (Path(path) / "router.onnx").is_file():
@@ -140,7 +143,7 @@ def main() -> None:
                      "p90_ms_single": float(np.percentile(lat, 90)), "prompts_per_s_batched": statistics.median(thr)})
         print(f"{name:40s} p50 {rows[-1]['p50_ms_single']:7.2f} ms   p90 {rows[-1]['p90_ms_single']:7.2f} ms   "
               f"batched {rows[-1]['prompts_per_s_batched']:8.1f} prompts/s", flush=True)
-    base = next((r for r in rows if r["predictor"] == "MiniLM-L6 ONNX fp32"), None)
+    base = next((r for r in rows if r["predictor"] == f"{name} ONNX fp32"), None)
     if base:
         for r in rows:
             r["speedup_vs_onnx_fp32_batched"] = r["prompts_per_s_batched"] / base["prompts_per_s_batched"]

@@ -62,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", help="HF encoder path or hub id (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--seed", type=int)
     p.add_argument("--freeze-layers", type=int,
-                   help="encoder layers kept frozen (default from the config: 5 of MiniLM's 6); "
+                   help="encoder layers kept frozen (default from the config: 3 of the 4 kept); "
                         "-1 = heads only, the fastest")
     p.add_argument("--encoder-layers", type=int,
-                   help="keep only the encoder's first N layers: a smaller, faster router (default: all)")
+                   help="keep only the encoder's first N layers, a smaller and faster router (default from the "
+                        "config: 4 of MiniLM's 6; 0 = all)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation written into the model card")
 
     p = sub.add_parser("eval", help="evaluate a router and the baselines on the validation split")

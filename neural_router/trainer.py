@@ -53,8 +53,8 @@ class TrainConfig(BaseModel):
     max_length: int = Field(default=128, ge=8)
     head_tokens: int = Field(default=16, ge=0)
     encoder_layers: int | None = Field(
-        default=None, ge=1, description="keep only the encoder's first N layers (a smaller, faster router); "
-                                        "None = all")
+        default=None, ge=0, description="keep only the encoder's first N layers (a smaller, faster router); "
+                                        "None or 0 = all (configs/train.yaml sets 4)")
     freeze_layers: int = Field(default=5, description="embeddings + this many lower layers frozen; -1 = all")
     cache_activations: bool = True
     hidden: int = 256
@@ -427,7 +427,10 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         model = RouterModel.from_encoder_config(rc, encoder_config)
     else:
         model = RouterModel.from_encoder(rc, cfg.encoder)
-    if cfg.encoder_layers is not None and init_from is None:
+    if cfg.encoder_layers and init_from is None and cfg.encoder_layers != model.num_layers():
+        level = logging.INFO if cfg.encoder == DEFAULT_ENCODER else logging.WARNING
+        log.log(level, "keeping the first %d of the encoder's %d layers (encoder_layers; 0 keeps all)",
+                cfg.encoder_layers, model.num_layers())
         model.truncate_encoder(cfg.encoder_layers)
     model.freeze_lower(cfg.freeze_layers)
     if sample_weights is not None:

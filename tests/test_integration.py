@@ -80,8 +80,9 @@ def test_eval_report_on_real_slice(real_router, tmp_path):
 
 
 def test_cli_train_heads_only_leaves_the_encoder_untouched(real_slice, tmp_path):
-    """`neural-router train --freeze-layers -1` (heads only, the fastest) through the real CLI: the
-    saved encoder weights are MiniLM's own, the heads are trained, and the folder routes."""
+    """`neural-router train --freeze-layers -1` (heads only, the fastest) through the real CLI with the
+    default config: the saved encoder is MiniLM's first four layers, unchanged, the heads are trained,
+    and the folder routes."""
     import subprocess
     import sys
 
@@ -98,10 +99,13 @@ def test_cli_train_heads_only_leaves_the_encoder_untouched(real_slice, tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((out / "training_metrics.json").read_text())["config"]
     assert cfg["freeze_layers"] == -1 and cfg["epochs"] == 1
+    assert cfg["encoder_layers"] == 4  # configs/train.yaml: MiniLM's first four layers
     saved = load_file(str(out / "model.safetensors"))
     base = AutoModel.from_pretrained(resolve_encoder("default")).state_dict()
-    key = "encoder.encoder.layer.5.attention.self.query.weight"
+    key = "encoder.encoder.layer.3.attention.self.query.weight"
     assert torch.equal(saved[key], base[key.removeprefix("encoder.")])
+    assert not any(k.startswith("encoder.encoder.layer.4.") for k in saved)
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
     assert Router.from_pretrained(out, device="cpu").route("What is 2 + 2?").model in cfg_models(out)
 
 
