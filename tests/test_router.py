@@ -352,6 +352,7 @@ def test_encoder_layers_trains_a_smaller_router_that_saves_loads_and_exports(
     model = RouterModel.from_pretrained(out)
     assert model.num_layers() == 1 and len(model.encoder.encoder.layer) == 1
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    assert "1 layer," in (out / "README.md").read_text()  # the model card says how many layers it kept
     assert Router.from_pretrained(out).route("python function loop").model in ("big", "mid", "small")
     report = export_onnx(out, tmp_path / "onnx")
     assert report["fusion"]["fused_ops"]["Attention"] == 1 and report["fp32"]["max_abs_diff_quality"] < 1e-4
