@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,18 @@ def _fp16_report(out: Path, check: list[str], ref) -> dict:
     return entry
 
 
+@contextmanager
+def _root_log_level(level: int):
+    """ONNX Runtime's optimizer and quantizer log every pass / tensor at INFO on the root logger."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(before)
+
+
 def fuse_transformer(src: str | Path, dst: str | Path, encoder_config) -> dict[str, int]:
     """Write ``dst``: ``src`` after ONNX Runtime's offline BERT fusions; returns the fused-op counts.
 
@@ -139,31 +152,27 @@ def fuse_transformer(src: str | Path, dst: str | Path, encoder_config) -> dict[s
     pattern the fuser does not recognise)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.WARNING)  # the optimizer logs every fusion pass at INFO on the root logger
-    try:
+    with _root_log_level(logging.WARNING):
         fused = optimize_model(str(src), model_type="bert", opt_level=0,
                                num_heads=getattr(encoder_config, "num_attention_heads", 0),
                                hidden_size=getattr(encoder_config, "hidden_size", 0))
         fused.save_model_to_file(str(dst))
         return {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
-    finally:
-        root.setLevel(level)
 
 
-def _fuse_checked(plain: Path, out: Path, model: RouterModel, check: list[str], ref) -> dict:
-    """Fuse ``plain`` into ``out/router.onnx`` if the fused graph passes parity; say what happened."""
+def _fuse_checked(plain: Path, out: Path, model: RouterModel, check: list[str], ref) -> tuple[dict, dict | None]:
+    """Fuse ``plain`` into ``out/router.onnx``; returns what happened and, when the fused graph is kept
+    (it passed parity), its parity (else None: the caller writes the plain graph)."""
     try:
         ops = fuse_transformer(plain, out / ONNX_FILE, model.encoder.config)
         got = _parity(ref, OnnxPredictor(out, device="cpu").predict(check))
     except Exception as e:  # noqa: BLE001 - the fuser and ORT raise many types on graphs they do not know
         log.warning("graph fusion failed (%s: %s); writing the plain graph", type(e).__name__, e)
-        return {"used": False, "note": f"fusion failed: {type(e).__name__}: {str(e)[:200]}"}
+        return {"used": False, "note": f"fusion failed: {type(e).__name__}: {str(e)[:200]}"}, None
     if got["max_abs_diff_quality"] > PARITY_TOLERANCE:
         log.warning("the fused graph fails parity (%.2e); writing the plain graph", got["max_abs_diff_quality"])
-        return {"used": False, "fused_ops": ops, "note": f"fused graph failed parity: {got}"}
-    return {"used": True, "fused_ops": ops}
+        return {"used": False, "fused_ops": ops, "note": f"fused graph failed parity: {got}"}, None
+    return {"used": True, "fused_ops": ops}, got
 
 
 def _trace(model: RouterModel, path: Path, opset: int) -> None:
@@ -222,12 +231,13 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
         if optimize:
             _set_eager_attention(model)
         _trace(model, plain, opset)
+        parity = None
         if optimize:
-            report["fusion"] = _fuse_checked(plain, out, model, check, ref)
-        if not report.get("fusion", {}).get("used"):
+            report["fusion"], parity = _fuse_checked(plain, out, model, check, ref)
+        if parity is None:  # not fused (or fusion rejected): the plain graph, checked the same way
             shutil.copy2(plain, out / ONNX_FILE)
-        report["fp32"] = {**_parity(ref, OnnxPredictor(out, device="cpu").predict(check)), "prompts": len(check),
-                          "size_bytes": (out / ONNX_FILE).stat().st_size}
+            parity = _parity(ref, OnnxPredictor(out, device="cpu").predict(check))
+        report["fp32"] = {**parity, "prompts": len(check), "size_bytes": (out / ONNX_FILE).stat().st_size}
         diff = report["fp32"]["max_abs_diff_quality"]
         if diff > PARITY_TOLERANCE:
             raise RuntimeError(f"ONNX parity check failed: max |quality diff| {diff:.2e} > {PARITY_TOLERANCE:.0e}")
@@ -238,15 +248,10 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
         from onnx import TensorProto
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.WARNING)  # the quantizer logs every tensor at INFO on the root logger
-        try:
+        with _root_log_level(logging.WARNING):
             # the fused graph's contrib ops have no ONNX shape inference; their outputs are float
             quantize_dynamic(str(out / ONNX_FILE), str(out / ONNX_INT8_FILE), weight_type=QuantType.QInt8,
                              extra_options={"DefaultTensorType": TensorProto.FLOAT})
-        finally:
-            root.setLevel(level)
         q8 = OnnxPredictor(out, device="cpu", int8=True).predict(check)
         report["int8"] = {"onnx": ONNX_INT8_FILE, **_parity(ref, q8),
                           "size_bytes": (out / ONNX_INT8_FILE).stat().st_size}
