@@ -6,7 +6,8 @@ bert-base-sized router (the size of RouteLLM's BERT router) in ONNX fp32 as the 
 
 Without --router a MiniLM router with untrained heads is built and exported (speed does not depend on
 the weights). With a trained folder the same router is also exported without the transformer fusions
-(`export --no-optimize`) and timed in the same run, for the fused-vs-plain ratio. Reports p50/p90 latency of one 64-token prompt and batched throughput at 64 tokens.
+(`export --no-optimize`) and timed in the same run, for the fused-vs-plain ratio. Reports p50/p90
+latency of one 64-token prompt and batched throughput at 64 tokens.
 Medians of repeated runs; the machine is shared, so compare rows of the same run only.
 """
 
