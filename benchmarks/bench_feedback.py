@@ -4,7 +4,7 @@
         [--rounds 5] [--per-round 300] [--init 150] [--eval 450] [--cost-weight 0.3]
         [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
-        [--margin 0.1] [--gate] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
+        [--margin 0.1] [--gate] [--promote-on ips,dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -90,6 +90,8 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--freeze-layers", type=int, default=-1)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--promote-on", default="ips,dr",
+                    help="estimators that must all show a gain for promotion (run_update promote_on)")
     ap.add_argument("--holdout", type=float, default=0.25, help="share of logs held out for promotion")
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--ablation", action="store_true", help="also run exploration without weights")
@@ -419,7 +421,7 @@ def run(args) -> dict:
             results[m][-1]["explored_share"] = served["explored_share"]
             res = run_update(current[m], stores[m], out / m, preferences=prefs, clip=args.clip,
                              importance_weighting=(m not in ("naive", "explore_noweight")),
-                             normalize_weights=not args.raw_weights,
+                             normalize_weights=not args.raw_weights, promote_on=args.promote_on,
                              holdout_fraction=args.holdout, n_boot=args.n_boot, seed=rnd,
                              activation_cache=cache, pool_file=(out / "pool.yaml") if new else None)
             new_dir = Path(res["router_dir"])
@@ -432,9 +434,10 @@ def run(args) -> dict:
             results[m].append({
                 "round": rnd, **serving, "router": (new_dir if adopt else current[m]).name,
                 "candidate_utility": score["utility"], "adopted": adopt, "promote": res["promote"],
-                "promote_ci": promotion_verdict(pr, 0.0, require_ci=True)[0],
+                "promote_ci": promotion_verdict(pr, 0.0, require_ci=True, promote_on=args.promote_on)[0],
                 "truly_better": score["utility"] > prev["utility"],
                 "ips_diff": pr.get("difference", {}).get("ips", {}).get("value"),
+                "snips_diff": pr.get("difference", {}).get("snips", {}).get("value"),
                 "dr_diff": pr.get("difference", {}).get("dr", {}).get("value"),
                 "dr_diff_ci": [pr.get("difference", {}).get("dr", {}).get("ci_low"),
                                pr.get("difference", {}).get("dr", {}).get("ci_high")],

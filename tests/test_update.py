@@ -225,6 +225,18 @@ def test_off_policy_comparison_and_verdict():
     back = compare_on_logs(logged, models, good, bad, pool, None, n_boot=200)
     assert promotion_verdict(back, 0.0)[0] is False
     assert promotion_verdict({"n": 0}, 0.0) == (False, "no held-out logged requests to evaluate on")
+    # the DR reward model is shared (the mean of both routers' predictions): swapping the routers
+    # flips the sign of the DR difference, so neither router is judged by its own predictions
+    assert back["difference"]["dr"]["value"] == pytest.approx(-res["difference"]["dr"]["value"], abs=1e-9)
+    # promote_on picks the estimators that must all agree
+    split = {"n": 10, "difference": {"ips": {"value": -0.01, "ci_low": -0.1}, "snips": {"value": 0.02, "ci_low": -0.1},
+                                     "dr": {"value": 0.03, "ci_low": 0.01}}}
+    assert promotion_verdict(split, 0.0)[0] is False                                  # default: IPS and DR
+    ok, why = promotion_verdict(split, 0.0, promote_on="dr")
+    assert ok and "DR +0.0300" in why and "IPS" not in why
+    assert promotion_verdict(split, 0.0, require_ci=True, promote_on=("snips", "dr"))[0] is False
+    with pytest.raises(ValueError, match="promote_on: 'dm' must name one or more of ips, snips, dr"):
+        promotion_verdict(split, 0.0, promote_on="dm")
 
 
 def _log_traffic(store: FeedbackStore, router_dir, n: int, epsilon: float, seed: int = 1):
@@ -303,7 +315,7 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
                  "--min-improvement", "1e9", "--epochs", "1", "--cost-weight", "0.3"]) == 0
     printed = capsys.readouterr().out
     res2 = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
-    assert "not both above" in printed
+    assert "not all above" in printed
     assert res2["parent_version"] == res["version"] and res2["promote"] is False
     promo2 = json.loads((tmp_path / "routers" / res2["version"] / "promotion.json").read_text())
     assert promo2["min_improvement"] == 1e9 and promo2["preferences"]["cost_weight"] == 0.3
@@ -318,6 +330,8 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
         run_update(tmp_path, tmp_path / "empty.db", tmp_path / "out")
     with pytest.raises(ValueError, match="holdout_fraction"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", holdout_fraction=1.0)
+    with pytest.raises(ValueError, match="promote_on: 'ips,foo'"):   # before any training starts
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", promote_on="ips,foo")
 
 
 def test_neural_router_update_has_the_same_options_as_training_update():
@@ -326,7 +340,8 @@ def test_neural_router_update_has_the_same_options_as_training_update():
     from neural_router.cli import build_parser
 
     args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
-                                      "--pool", "p.yaml", "--raw-weights", "--clip", "3", "--require-ci"])
-    assert (args.pool, args.raw_weights, args.clip, args.require_ci) == ("p.yaml", True, 3.0, True)
+                                      "--pool", "p.yaml", "--raw-weights", "--clip", "3", "--require-ci",
+                                      "--promote-on", "dr"])
+    assert (args.pool, args.raw_weights, args.clip, args.require_ci, args.promote_on) == ("p.yaml", True, 3.0, True, "dr")
     args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o"])
     assert args.raw_weights is False and args.cost_weight is None  # default: self-normalised, logged prefs

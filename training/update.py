@@ -16,10 +16,11 @@ logged propensities the bias can be corrected. The update:
    router does not know are added, starting from a cold-start prior;
 5. writes a new versioned folder ``<output_dir>/<root version>+<timestamp>`` (``parent_version`` in
    its ``training_metrics.json``);
-6. estimates on the held-out logs, with IPS and doubly robust estimators (bootstrap CIs), the value of
-   the current and of the new router's greedy policy at the given preferences, and writes
+6. estimates on the held-out logs, with IPS, SNIPS and doubly robust estimators (bootstrap CIs), the
+   value of the current and of the new router's greedy policy at the given preferences, and writes
    ``promotion.json``: ``promote`` is true only when the new router is better by more than
-   ``min_improvement`` under both IPS and DR.
+   ``min_improvement`` under every estimator in ``promote_on`` (default IPS and DR). The DR reward
+   model is the mean of the two routers' predictions, so that neither is judged by its own.
 
 The reward of a logged request is its utility, ``qw*score - cw*cost/max_cost - lw*latency/max_latency``
 with the maxima taken from the predictions logged with the decision (fixed per request, so both
@@ -244,17 +245,26 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
     contexts = [d.get("context") or {} for d in logged]
     probs_cur = policy_probs(pred_current, models, pool, weights, contexts)
     probs_new = policy_probs(pred_new, models, pool, weights, contexts)
-    # reward model: the new router's predicted quality; cost and latency as logged with the decision
-    # (the new router's own estimate, capped at the logged maximum, for a model the logger lacked),
-    # so that the model stays on the reward's scale even if cost predictions moved
+    # reward model of the doubly robust estimate, shared by both policies: the mean of the two
+    # routers' predicted qualities (the new router's alone for a model the current one lacks). With
+    # one router's own predictions the direct-method part always favours that router's greedy choice
+    # (it is the argmax of those very predictions), so the check would mostly grade its own homework.
+    # Cost and latency as logged with the decision (the new router's own estimate, capped at the
+    # logged maximum, for a model the logger lacked), so that the model stays on the reward's scale
+    # even if cost predictions moved.
     cols = [pred_new.models.index(m) for m in models]
+    q_new = pred_new.quality[:, cols].astype(np.float64)
+    q_cur = q_new.copy()
+    for j, m in enumerate(models):
+        if m in pred_current.models:
+            q_cur[:, j] = pred_current.quality[:, pred_current.models.index(m)]
     logged_est = {f: np.array([[d["predictions"].get(m, {}).get(f, np.nan) for m in models] for d in logged],
                               dtype=np.float64) for f in ("cost_usd", "latency_ms")}
     c_hat = np.where(np.isfinite(logged_est["cost_usd"]), logged_est["cost_usd"],
                      np.minimum(pred_new.cost_usd[:, cols], cmax[:, None]))
     l_hat = np.where(np.isfinite(logged_est["latency_ms"]), logged_est["latency_ms"],
                      np.minimum(pred_new.latency_ms[:, cols], lmax[:, None]))
-    rhat = op.utilities(pred_new.quality[:, cols], c_hat, l_hat, *weights, cost_max=cmax, latency_max=lmax)
+    rhat = op.utilities((q_new + q_cur) / 2, c_hat, l_hat, *weights, cost_max=cmax, latency_max=lmax)
     cmp = op.compare_policies(chosen, prop, reward, probs_cur, probs_new, reward_model_b=rhat,
                               n_boot=n_boot, alpha=alpha, seed=seed)
     logged_models = [set(d["predictions"]) for d in logged]
@@ -271,21 +281,37 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
             "exploration": sorted({d.get("exploration", "") for d in logged})}
 
 
+PROMOTE_ON = ("ips", "snips", "dr")
+
+
+def parse_promote_on(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"ips,dr"`` -> ``("ips", "dr")``, checked against the estimators the comparison computes."""
+    names = tuple(x.strip().lower() for x in (value.split(",") if isinstance(value, str) else value) if x.strip())
+    bad = [x for x in names if x not in PROMOTE_ON]
+    if not names or bad:
+        raise ValueError(f"promote_on: {value!r} must name one or more of {', '.join(PROMOTE_ON)} "
+                         f"(comma-separated), e.g. 'dr' or 'ips,dr'")
+    return names
+
+
 def promotion_verdict(comparison: dict[str, Any], min_improvement: float = 0.0,
-                      require_ci: bool = False) -> tuple[bool, str]:
-    """Promote only when new - current exceeds ``min_improvement`` under both IPS and DR (point
-    estimates; with ``require_ci`` the lower ends of their confidence intervals)."""
+                      require_ci: bool = False, promote_on: str | tuple[str, ...] = ("ips", "dr")
+                      ) -> tuple[bool, str]:
+    """Promote only when new - current exceeds ``min_improvement`` under every estimator named in
+    ``promote_on`` (point estimates; with ``require_ci`` the lower ends of their confidence
+    intervals)."""
+    names = parse_promote_on(promote_on)
     n = comparison.get("n", 0)
     if not n:
         return False, "no held-out logged requests to evaluate on"
     key = "ci_low" if require_ci else "value"
-    d_ips = comparison["difference"]["ips"][key]
-    d_dr = comparison["difference"]["dr"][key]
-    promote = bool(d_ips > min_improvement and d_dr > min_improvement)
+    diffs = {m: comparison["difference"][m][key] for m in names}
+    promote = bool(all(d > min_improvement for d in diffs.values()))
     what = "lower CI bound of new - current" if require_ci else "new - current"
-    return promote, (f"{what}: IPS {d_ips:+.4f}, DR {d_dr:+.4f} "
-                     f"({'both above' if promote else 'not both above'} min_improvement "
-                     f"{min_improvement:g}) on {n} held-out logged requests")
+    verdict = ("above" if promote else "not above") if len(names) == 1 else \
+        ("all above" if promote else "not all above")
+    return promote, (f"{what}: " + ", ".join(f"{m.upper()} {d:+.4f}" for m, d in diffs.items())
+                     + f" ({verdict} min_improvement {min_improvement:g}) on {n} held-out logged requests")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,6 +384,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                data: list[str] | None = None, config: str | Path | TrainConfig | dict | None = None,
                preferences: Preferences | dict | None = None, min_improvement: float = 0.0,
                clip: float | None = 10.0, *, require_ci: bool = False,
+               promote_on: str | tuple[str, ...] = ("ips", "dr"),
                pool_file: str | Path | None = None,
                holdout_fraction: float = 0.3, original_sample: int | None = 2000,
                router_version: str | None = None, cold_start_prior: float | None = None,
@@ -378,10 +405,12 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         preferences: preferences at which the two routers are compared (Preferences or a dict of
             quality_weight/cost_weight/latency_weight); None = each request's logged preferences.
         min_improvement: the new router must beat the current one by more than this, in policy
-            value (utility per request), under both IPS and DR to be promoted.
+            value (utility per request), under every estimator of ``promote_on`` to be promoted.
         clip: clip of the inverse-propensity training weights (None: no clipping).
         require_ci: stricter promotion: the lower ends of the (1 - alpha) bootstrap intervals of
-            the IPS and DR differences must exceed ``min_improvement``.
+            those differences must exceed ``min_improvement``.
+        promote_on: the estimators that must all say "better" (``ips``, ``snips``, ``dr``;
+            default IPS and DR).
         pool_file: pool YAML; its models the router does not know are added (cold-start prior).
         holdout_fraction: share of logged prompts (by prompt hash) kept out of training for the
             promotion check.
@@ -411,6 +440,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     if clip is not None and not clip >= 1.0:
         raise ValueError(f"clip must be >= 1 (or None), got {clip}")
+    promote_on = parse_promote_on(promote_on)
     parent_dir = Path(router_dir)
     if not (parent_dir / "model.safetensors").is_file():
         raise FileNotFoundError(f"{parent_dir} is not a trained router folder (model.safetensors is "
@@ -519,6 +549,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     promotion: dict[str, Any] = {"current_version": parent.config.version, "new_version": version,
                                  "preferences": asdict(prefs) if prefs is not None else "logged per request",
                                  "min_improvement": min_improvement, "require_ci": require_ci,
+                                 "promote_on": list(promote_on),
                                  "alpha": alpha, "n": len(logged)}
     if logged:
         prompts = [d["prompt"] for d in logged]
@@ -526,7 +557,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         pred_new = predict_router(model, tok, pool, prompts, cfg, cache)
         res = compare_on_logs(logged, models, pred_cur, pred_new, pool, prefs, n_boot, alpha, seed)
         promotion.update(res)
-        promotion["promote"], promotion["reason"] = promotion_verdict(res, min_improvement, require_ci)
+        promotion["promote"], promotion["reason"] = promotion_verdict(res, min_improvement, require_ci,
+                                                                          promote_on)
     else:
         promotion.update({"promote": False, "reason": "no held-out logged requests to evaluate on"})
     (out / "promotion.json").write_text(json.dumps(promotion, indent=2, default=float))
@@ -551,7 +583,7 @@ def run_from_args(args) -> dict[str, Any]:
     weights = {k: getattr(args, k) for k in PREF_KEYS if getattr(args, k, None) is not None}
     return run_update(args.router, args.feedback, args.output, data=args.data, config=args.config,
                       preferences=weights or None, min_improvement=args.min_improvement,
-                      require_ci=args.require_ci,
+                      require_ci=args.require_ci, promote_on=args.promote_on,
                       clip=args.clip, pool_file=args.pool, holdout_fraction=args.holdout_fraction,
                       router_version=args.router_version, cold_start_prior=args.cold_start_prior,
                       importance_weighting=not args.naive, normalize_weights=not args.raw_weights,
