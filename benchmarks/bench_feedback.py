@@ -4,7 +4,7 @@
         [--rounds 5] [--per-round 300] [--init 150] [--eval 450] [--cost-weight 0.3]
         [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
-        [--margin 0.1] [--gate] [--promote-on ips,dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
+        [--margin 0.1] [--gate] [--promote-on dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -90,7 +90,7 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--freeze-layers", type=int, default=-1)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--promote-on", default="ips,dr",
+    ap.add_argument("--promote-on", default="dr",
                     help="estimators that must all show a gain for promotion (run_update promote_on)")
     ap.add_argument("--holdout", type=float, default=0.25, help="share of logs held out for promotion")
     ap.add_argument("--n-boot", type=int, default=500)

@@ -38,9 +38,9 @@ def add_update_arguments(p) -> None:
     p.add_argument("--min-improvement", type=float, default=0.0)
     p.add_argument("--require-ci", action="store_true",
                    help="promote only if the lower CI bounds of the gains exceed it")
-    p.add_argument("--promote-on", default="ips,dr",
+    p.add_argument("--promote-on", default="dr",
                    help="comma-separated estimators that must all show a gain: ips, snips, dr "
-                        "(default: ips,dr)")
+                        "(default: dr; ips,dr is stricter)")
     p.add_argument("--clip", type=float, default=10.0, help="clip of the 1/propensity weights")
     p.add_argument("--holdout-fraction", type=float, default=0.3)
     p.add_argument("--router-version", help="only decisions logged by this router version")

@@ -231,9 +231,9 @@ def test_off_policy_comparison_and_verdict():
     # promote_on picks the estimators that must all agree
     split = {"n": 10, "difference": {"ips": {"value": -0.01, "ci_low": -0.1}, "snips": {"value": 0.02, "ci_low": -0.1},
                                      "dr": {"value": 0.03, "ci_low": 0.01}}}
-    assert promotion_verdict(split, 0.0)[0] is False                                  # default: IPS and DR
-    ok, why = promotion_verdict(split, 0.0, promote_on="dr")
+    ok, why = promotion_verdict(split, 0.0)                                          # default: DR alone
     assert ok and "DR +0.0300" in why and "IPS" not in why
+    assert promotion_verdict(split, 0.0, promote_on="ips,dr")[0] is False           # stricter: IPS as well
     assert promotion_verdict(split, 0.0, require_ci=True, promote_on=("snips", "dr"))[0] is False
     with pytest.raises(ValueError, match="promote_on: 'dm' must name one or more of ips, snips, dr"):
         promotion_verdict(split, 0.0, promote_on="dm")
@@ -315,7 +315,7 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
                  "--min-improvement", "1e9", "--epochs", "1", "--cost-weight", "0.3"]) == 0
     printed = capsys.readouterr().out
     res2 = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
-    assert "not all above" in printed
+    assert "(not above min_improvement 1e+09)" in printed
     assert res2["parent_version"] == res["version"] and res2["promote"] is False
     promo2 = json.loads((tmp_path / "routers" / res2["version"] / "promotion.json").read_text())
     assert promo2["min_improvement"] == 1e9 and promo2["preferences"]["cost_weight"] == 0.3

@@ -19,7 +19,7 @@ logged propensities the bias can be corrected. The update:
 6. estimates on the held-out logs, with IPS, SNIPS and doubly robust estimators (bootstrap CIs), the
    value of the current and of the new router's greedy policy at the given preferences, and writes
    ``promotion.json``: ``promote`` is true only when the new router is better by more than
-   ``min_improvement`` under every estimator in ``promote_on`` (default IPS and DR). The DR reward
+   ``min_improvement`` under every estimator in ``promote_on`` (default: doubly robust). The DR reward
    model is the mean of the two routers' predictions, so that neither is judged by its own.
 
 The reward of a logged request is its utility, ``qw*score - cw*cost/max_cost - lw*latency/max_latency``
@@ -295,7 +295,7 @@ def parse_promote_on(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...
 
 
 def promotion_verdict(comparison: dict[str, Any], min_improvement: float = 0.0,
-                      require_ci: bool = False, promote_on: str | tuple[str, ...] = ("ips", "dr")
+                      require_ci: bool = False, promote_on: str | tuple[str, ...] = ("dr",)
                       ) -> tuple[bool, str]:
     """Promote only when new - current exceeds ``min_improvement`` under every estimator named in
     ``promote_on`` (point estimates; with ``require_ci`` the lower ends of their confidence
@@ -384,7 +384,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                data: list[str] | None = None, config: str | Path | TrainConfig | dict | None = None,
                preferences: Preferences | dict | None = None, min_improvement: float = 0.0,
                clip: float | None = 10.0, *, require_ci: bool = False,
-               promote_on: str | tuple[str, ...] = ("ips", "dr"),
+               promote_on: str | tuple[str, ...] = ("dr",),
                pool_file: str | Path | None = None,
                holdout_fraction: float = 0.3, original_sample: int | None = 2000,
                router_version: str | None = None, cold_start_prior: float | None = None,
@@ -409,8 +409,10 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         clip: clip of the inverse-propensity training weights (None: no clipping).
         require_ci: stricter promotion: the lower ends of the (1 - alpha) bootstrap intervals of
             those differences must exceed ``min_improvement``.
-        promote_on: the estimators that must all say "better" (``ips``, ``snips``, ``dr``;
-            default IPS and DR).
+        promote_on: the estimators that must all say "better" (``ips``, ``snips``, ``dr``).
+            Default: DR alone. In the replay simulation, requiring IPS as well kept a new pool
+            member's gain from ever serving (IPS credits nothing to choices the logs rarely
+            made); DR alone let it through (README, "Learning from outcomes").
         pool_file: pool YAML; its models the router does not know are added (cold-start prior).
         holdout_fraction: share of logged prompts (by prompt hash) kept out of training for the
             promotion check.
