@@ -428,6 +428,7 @@ def run(args) -> dict:
             score = evaluate(new_dir)
             prev = results[m][-1]
             pr = res["promotion"]
+            diff = pr.get("difference", {})  # absent when there were no held-out logs
             gated = args.gate and m in EXPLORING
             adopt = res["promote"] or not gated
             serving = score if adopt else {k: prev[k] for k in score}
@@ -436,11 +437,8 @@ def run(args) -> dict:
                 "candidate_utility": score["utility"], "adopted": adopt, "promote": res["promote"],
                 "promote_ci": promotion_verdict(pr, 0.0, require_ci=True, promote_on=args.promote_on)[0],
                 "truly_better": score["utility"] > prev["utility"],
-                "ips_diff": pr.get("difference", {}).get("ips", {}).get("value"),
-                "snips_diff": pr.get("difference", {}).get("snips", {}).get("value"),
-                "dr_diff": pr.get("difference", {}).get("dr", {}).get("value"),
-                "dr_diff_ci": [pr.get("difference", {}).get("dr", {}).get("ci_low"),
-                               pr.get("difference", {}).get("dr", {}).get("ci_high")],
+                **{f"{e}_diff": diff.get(e, {}).get("value") for e in ("ips", "snips", "dr")},
+                "dr_diff_ci": [diff.get("dr", {}).get("ci_low"), diff.get("dr", {}).get("ci_high")],
                 "n_holdout": res["n_holdout"], "n_logged_train": res["n_logged_train"],
                 "epochs": len(res["history"]), "update_minutes": (time.time() - t1) / 60})
             if adopt:

@@ -308,8 +308,7 @@ def promotion_verdict(comparison: dict[str, Any], min_improvement: float = 0.0,
     diffs = {m: comparison["difference"][m][key] for m in names}
     promote = bool(all(d > min_improvement for d in diffs.values()))
     what = "lower CI bound of new - current" if require_ci else "new - current"
-    verdict = ("above" if promote else "not above") if len(names) == 1 else \
-        ("all above" if promote else "not all above")
+    verdict = ("" if promote else "not ") + ("above" if len(names) == 1 else "all above")
     return promote, (f"{what}: " + ", ".join(f"{m.upper()} {d:+.4f}" for m, d in diffs.items())
                      + f" ({verdict} min_improvement {min_improvement:g}) on {n} held-out logged requests")
 
