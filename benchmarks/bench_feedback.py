@@ -5,6 +5,7 @@
         [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
         [--margin 0.1] [--gate] [--promote-on dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
+        [--interpolate 0.5] [--interpolate-all]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -19,7 +20,8 @@ Methods:
 * ``ips``: exploration (``--exploration``: epsilon-greedy or Thompson sampling, from
   ``neural_router.exploration``) with logged propensities, and the update with clipped
   inverse-propensity weights, self-normalised as ``neural-router update`` does by default
-  (``--raw-weights``: the raw clipped weights);
+  (``--raw-weights``: the raw clipped weights), keeping half of each update's change
+  (``--interpolate``, default 0.5 as in ``neural-router update``; 1 = the fine-tuned weights);
 * ``ips_thompson`` (via ``--methods``): the same with Thompson sampling whatever ``--exploration``;
 * ``explore_noweight`` (with ``--ablation``): the same exploration, updated without weights;
 * ``full``: greedy routing, but the outcomes of *all* models on the same prompts are logged
@@ -101,6 +103,11 @@ def parse_args(argv=None):
     ap.add_argument("--raw-weights", action="store_true",
                     help="raw clipped 1/propensity weights instead of self-normalised ones (run_update "
                          "normalize_weights=False)")
+    ap.add_argument("--interpolate", type=float, default=0.5,
+                    help="exploring methods keep this share of each update's change (run_update interpolate, "
+                         "whose default this is; 1 = the fine-tuned weights)")
+    ap.add_argument("--interpolate-all", action="store_true",
+                    help="apply --interpolate to naive and full too (an ablation: is it the interpolation alone?)")
     ap.add_argument("--new-model", help="cold-start scenario: this model joins the pool after round 1 "
                                         "(left out of the initial slice and router)")
     ap.add_argument("--seed", type=int, default=0)
@@ -423,7 +430,8 @@ def run(args) -> dict:
                              importance_weighting=(m not in ("naive", "explore_noweight")),
                              normalize_weights=not args.raw_weights, promote_on=args.promote_on,
                              holdout_fraction=args.holdout, n_boot=args.n_boot, seed=rnd,
-                             activation_cache=cache, pool_file=(out / "pool.yaml") if new else None)
+                             activation_cache=cache, pool_file=(out / "pool.yaml") if new else None,
+                             interpolate=args.interpolate if m in EXPLORING or args.interpolate_all else 1.0)
             new_dir = Path(res["router_dir"])
             score = evaluate(new_dir)
             prev = results[m][-1]

@@ -383,7 +383,7 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                  encoder_config=None, progress: bool = True, init_from: RouterModel | None = None,
                  sample_weights: np.ndarray | None = None, cold_start_prior: float | None = None,
                  activation_cache: ActivationCache | None = None,
-                 val_sample_weights: np.ndarray | None = None):
+                 val_sample_weights: np.ndarray | None = None, interpolate: float = 1.0):
     """Fine-tune and return (model, tokenizer, history). ``encoder_config`` -> random tiny encoder.
 
     ``init_from``: start from this router instead of the pretrained encoder (its encoder, trunk and
@@ -398,6 +398,10 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
 
     ``activation_cache``: reuse/keep frozen-layer activations across calls (see
     :class:`ActivationCache`).
+
+    ``interpolate``: the returned weights are ``interpolate * trained + (1 - interpolate) * start``
+    (WiSE-FT style; 1 = the trained weights). With ``init_from`` the start is the parent (and the
+    cold-start rows of new models), so an update moves only part of the way from the serving router.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -432,6 +436,10 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         log.log(level, "keeping the first %d of the encoder's %d layers (encoder_layers; 0 keeps all)",
                 cfg.encoder_layers, model.num_layers())
         model.truncate_encoder(cfg.encoder_layers)
+    if not 0.0 < interpolate <= 1.0:
+        raise ValueError(f"interpolate must be in (0, 1], got {interpolate}")
+    start_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                   if interpolate < 1.0 else None)
     model.freeze_lower(cfg.freeze_layers)
     if sample_weights is not None:
         tr.weights = torch.tensor(sample_weights, dtype=torch.float32)
@@ -501,5 +509,9 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     raw = accelerator.unwrap_model(model)
     if best_state is not None:
         raw.load_state_dict(best_state)
+    if start_state is not None:
+        state = raw.state_dict()
+        raw.load_state_dict({k: interpolate * v + (1.0 - interpolate) * start_state[k].to(v.device)
+                             if v.is_floating_point() else v for k, v in state.items()})
     raw.eval().cpu()
     return raw, tokenizer, history

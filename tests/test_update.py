@@ -117,6 +117,27 @@ def test_init_from_copies_known_heads_and_cold_starts_new_models(tiny_trained_di
     assert child.encoder is not parent.encoder
 
 
+def test_interpolate_keeps_that_share_of_the_update(tiny_trained_dir, tiny_data_file, tiny_pool_file):
+    """interpolate=a returns a * fine-tuned + (1 - a) * starting point, the parent for known rows."""
+    parent = RouterModel.from_pretrained(tiny_trained_dir)
+    pool, ds = _tiny(tiny_data_file, tiny_pool_file)
+    cfg = TrainConfig(**{**CFG, "epochs": 1})
+
+    def fit(a):
+        torch.manual_seed(0)
+        m, _, _ = train_router(ds, None, pool, cfg, progress=False, init_from=parent, interpolate=a)
+        return m.state_dict()
+
+    full, half = fit(1.0), fit(0.5)
+    start = parent.state_dict()
+    moved = [k for k in start if start[k].is_floating_point() and not torch.allclose(full[k], start[k])]
+    assert "quality.weight" in moved and "trunk.1.weight" in moved
+    for k in moved:
+        assert torch.allclose(half[k], 0.5 * full[k] + 0.5 * start[k], atol=1e-6), k
+    with pytest.raises(ValueError, match="interpolate"):
+        train_router(ds, None, pool, cfg, progress=False, init_from=parent, interpolate=0.0)
+
+
 def test_activation_cache_matches_plain_predictions(tiny_trained_dir):
     from transformers import AutoTokenizer
 
@@ -332,6 +353,8 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", holdout_fraction=1.0)
     with pytest.raises(ValueError, match="promote_on: 'ips,foo'"):   # before any training starts
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", promote_on="ips,foo")
+    with pytest.raises(ValueError, match="interpolate must be in"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", interpolate=1.5)
 
 
 def test_neural_router_update_has_the_same_options_as_training_update():
@@ -341,7 +364,9 @@ def test_neural_router_update_has_the_same_options_as_training_update():
 
     args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                       "--pool", "p.yaml", "--raw-weights", "--clip", "3", "--require-ci",
-                                      "--promote-on", "dr"])
-    assert (args.pool, args.raw_weights, args.clip, args.require_ci, args.promote_on) == ("p.yaml", True, 3.0, True, "dr")
+                                      "--promote-on", "dr", "--interpolate", "1"])
+    assert (args.pool, args.raw_weights, args.clip, args.require_ci, args.promote_on, args.interpolate) == \
+        ("p.yaml", True, 3.0, True, "dr", 1.0)
     args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o"])
     assert args.raw_weights is False and args.cost_weight is None  # default: self-normalised, logged prefs
+    assert args.interpolate == 0.5

@@ -388,7 +388,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                holdout_fraction: float = 0.3, original_sample: int | None = 2000,
                router_version: str | None = None, cold_start_prior: float | None = None,
                importance_weighting: bool = True, normalize_weights: bool = True,
-               log_val_fraction: float = 0.1,
+               log_val_fraction: float = 0.1, interpolate: float = 0.5,
                overrides: dict | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
@@ -426,6 +426,11 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
             new model joins the pool (0.762 vs 0.737).
         log_val_fraction: share of the (non-held-out) logged prompts used, with their weights,
             for early stopping, next to the original validation split.
+        interpolate: keep only this share of the update's change: the new weights are
+            ``interpolate * fine-tuned + (1 - interpolate) * current`` (WiSE-FT style; a new model's
+            rows move from its cold-start prior; 1 = the fine-tuned weights). Default 0.5: in the
+            replay simulation (README, "Learning from outcomes") it made the mean curve rise every
+            round and end higher than 1 did, in the warm start and when a new model joins.
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
         n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
         activation_cache: share frozen-layer activations with other updates in this process.
@@ -441,6 +446,9 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     if clip is not None and not clip >= 1.0:
         raise ValueError(f"clip must be >= 1 (or None), got {clip}")
+    if not 0.0 < interpolate <= 1.0:
+        raise ValueError(f"interpolate must be in (0, 1] (the share of the update's change to keep), "
+                         f"got {interpolate}")
     promote_on = parse_promote_on(promote_on)
     parent_dir = Path(router_dir)
     if not (parent_dir / "model.safetensors").is_file():
@@ -511,7 +519,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
 
     model, tok, history = train_router(train, val, pool, cfg, progress=progress, init_from=parent,
                                        sample_weights=sw, cold_start_prior=cold_start_prior,
-                                       activation_cache=cache, val_sample_weights=val_w)
+                                       activation_cache=cache, val_sample_weights=val_w,
+                                       interpolate=interpolate)
 
     # ---- save --------------------------------------------------------------------------------------
     out_root = Path(output_dir)
@@ -530,7 +539,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         "importance_weighting": importance_weighting, "normalize_weights": normalize_weights, "clip": clip,
         "weights_of_chosen": {"mean": float(w_train[w_train > 0].mean()) if (w_train > 0).any() else None,
                               "max": float(w_train.max()) if w_train.size else None},
-        "new_models": new_models, "cold_start_prior": cold_start_prior, "skipped": skipped}
+        "new_models": new_models, "cold_start_prior": cold_start_prior, "interpolate": interpolate,
+        "skipped": skipped}
     metrics = {"data": data_paths, "summary": train.summary(),
                "train_prompts": len(train), "val_prompts": len(val) if val is not None else 0,
                "val_fraction": val_fraction, "split_salt": split_salt, "history": history,
@@ -588,7 +598,7 @@ def run_from_args(args) -> dict[str, Any]:
                       clip=args.clip, pool_file=args.pool, holdout_fraction=args.holdout_fraction,
                       router_version=args.router_version, cold_start_prior=args.cold_start_prior,
                       importance_weighting=not args.naive, normalize_weights=not args.raw_weights,
-                      overrides={"epochs": args.epochs})
+                      interpolate=args.interpolate, overrides={"epochs": args.epochs})
 
 
 def main(argv: list[str] | None = None) -> int:
