@@ -13,7 +13,8 @@ logged propensities the bias can be corrected. The update:
    ``training_metrics.json``, or ``data``) so that it does not forget;
 4. fine-tunes from the current router with per-cell weights ``min(1/propensity, clip)`` on the chosen
    outcomes (1 on other logged outcomes and on the original data). Models in ``pool_file`` that the
-   router does not know are added, starting from a cold-start prior;
+   router does not know are added, starting from a cold-start prior. The new weights keep half of
+   what the fine-tuning changed (``interpolate``, WiSE-FT style), which steadies the rounds;
 5. writes a new versioned folder ``<output_dir>/<root version>+<timestamp>`` (``parent_version`` in
    its ``training_metrics.json``);
 6. estimates on the held-out logs, with IPS, SNIPS and doubly robust estimators (bootstrap CIs), the
