@@ -117,6 +117,7 @@ class RoutingDataset:
     def summary(self) -> dict[str, Any]:
         return {"prompts": len(self), "models": len(self.models),
                 "observed_pairs": int(self.mask.sum()),
+                "observed_per_model": {m: int(n) for m, n in zip(self.models, self.mask.sum(0))},
                 "sources": {s: self.sources.count(s) for s in sorted(set(self.sources))}}
 
 

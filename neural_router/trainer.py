@@ -383,7 +383,8 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                  encoder_config=None, progress: bool = True, init_from: RouterModel | None = None,
                  sample_weights: np.ndarray | None = None, cold_start_prior: float | None = None,
                  activation_cache: ActivationCache | None = None,
-                 val_sample_weights: np.ndarray | None = None, interpolate: float = 1.0):
+                 val_sample_weights: np.ndarray | None = None, interpolate: float = 1.0,
+                 row_interpolate: np.ndarray | None = None):
     """Fine-tune and return (model, tokenizer, history). ``encoder_config`` -> random tiny encoder.
 
     ``init_from``: start from this router instead of the pretrained encoder (its encoder, trunk and
@@ -402,6 +403,8 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     ``interpolate``: the returned weights are ``interpolate * trained + (1 - interpolate) * start``
     (WiSE-FT style; 1 = the trained weights). With ``init_from`` the start is the parent (and the
     cold-start rows of new models), so an update moves only part of the way from the serving router.
+    ``row_interpolate``: ``[len(train.models)]``, the same share per model for its head rows (the
+    encoder and trunk use ``interpolate``).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -438,8 +441,13 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         model.truncate_encoder(cfg.encoder_layers)
     if not 0.0 < interpolate <= 1.0:
         raise ValueError(f"interpolate must be in (0, 1], got {interpolate}")
+    if row_interpolate is not None:
+        row_interpolate = np.asarray(row_interpolate, dtype=np.float32)
+        if row_interpolate.shape != (len(train.models),) or not ((row_interpolate > 0) & (row_interpolate <= 1)).all():
+            raise ValueError(f"row_interpolate must hold one share in (0, 1] per model ({len(train.models)}), "
+                             f"got {row_interpolate.tolist()}")
     start_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
-                   if interpolate < 1.0 else None)
+                   if interpolate < 1.0 or row_interpolate is not None else None)
     model.freeze_lower(cfg.freeze_layers)
     if sample_weights is not None:
         tr.weights = torch.tensor(sample_weights, dtype=torch.float32)
@@ -511,7 +519,14 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         raw.load_state_dict(best_state)
     if start_state is not None:
         state = raw.state_dict()
-        raw.load_state_dict({k: interpolate * v + (1.0 - interpolate) * start_state[k].to(v.device)
-                             if v.is_floating_point() else v for k, v in state.items()})
+        mixed = {k: interpolate * v + (1.0 - interpolate) * start_state[k].to(v.device)
+                 if v.is_floating_point() else v for k, v in state.items()}
+        if row_interpolate is not None:
+            a = torch.from_numpy(row_interpolate)
+            for key in ("quality.weight", "quality.bias", "out_tokens.weight", "out_tokens.bias",
+                        "latency.weight", "latency.bias"):
+                w = a.view(-1, *([1] * (state[key].dim() - 1)))
+                mixed[key] = w * state[key] + (1 - w) * start_state[key]
+        raw.load_state_dict(mixed)
     raw.eval().cpu()
     return raw, tokenizer, history

@@ -19,7 +19,7 @@ from neural_router.predictions import Predictions
 from neural_router.trainer import (ActivationCache, TrainConfig, masked_losses, model_from_parent,
                                    train_router)
 from training.update import (compare_on_logs, logged_dataset, policy_probs, predict_router,
-                             promotion_verdict, run_update)
+                             promotion_verdict, row_shares, run_update)
 
 from conftest import TINY_POOL, TOPICS, WORDS, tiny_encoder_config
 
@@ -129,13 +129,32 @@ def test_interpolate_keeps_that_share_of_the_update(tiny_trained_dir, tiny_data_
         return m.state_dict()
 
     full, half = fit(1.0), fit(0.5)
+    torch.manual_seed(0)
+    rows, _, _ = train_router(ds, None, pool, cfg, progress=False, init_from=parent, interpolate=0.5,
+                              row_interpolate=np.array([1.0, 0.5, 0.25]))
+    rows = rows.state_dict()
     start = parent.state_dict()
     moved = [k for k in start if start[k].is_floating_point() and not torch.allclose(full[k], start[k])]
     assert "quality.weight" in moved and "trunk.1.weight" in moved
     for k in moved:
         assert torch.allclose(half[k], 0.5 * full[k] + 0.5 * start[k], atol=1e-6), k
+    # per-model shares for the head rows; the trunk keeps the base share
+    assert torch.allclose(rows["trunk.1.weight"], half["trunk.1.weight"])
+    for j, a in enumerate((1.0, 0.5, 0.25)):
+        for k in ("quality.weight", "quality.bias", "out_tokens.weight"):
+            assert torch.allclose(rows[k][j], a * full[k][j] + (1 - a) * start[k][j], atol=1e-6), (k, j)
+    with pytest.raises(ValueError, match="row_interpolate"):
+        train_router(ds, None, pool, cfg, progress=False, init_from=parent, row_interpolate=np.array([1.0]))
     with pytest.raises(ValueError, match="interpolate"):
         train_router(ds, None, pool, cfg, progress=False, init_from=parent, interpolate=0.0)
+
+
+def test_row_shares_follow_the_parents_evidence():
+    seen = {"a": 100, "b": 100, "c": 0}
+    shares = row_shares(["a", "b", "c", "d"], np.array([100, 400, 50, 0]), seen, 0.5)
+    # a: nothing new -> base; b: 3/4 new; c: parent never saw it -> all; d: no outcomes -> base
+    assert np.allclose(shares, [0.5, 0.75, 1.0, 0.5])
+    assert np.allclose(row_shares(["a"], np.array([10]), {}, 0.5), [0.5])   # old parent: base share
 
 
 def test_activation_cache_matches_plain_predictions(tiny_trained_dir):
@@ -310,6 +329,10 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert tm["parent_version"] == parent_version and tm["data"]          # original data carried on
     assert tm["update"]["normalize_weights"] is True  # the default: self-normalised weights
     assert tm["update"]["weights_of_chosen"]["max"] > 1.0
+    rows = tm["update"]["row_interpolate"]   # >= 0.5; more where the parent saw few of the outcomes
+    assert set(rows) == {"big", "mid", "small", "newbie"} and all(0.5 <= a <= 1 for a in rows.values())
+    assert rows["newbie"] == 0.5                                       # no outcomes: the base share
+    assert tm["summary"]["observed_per_model"]["newbie"] == 0
     promo = json.loads((out / "promotion.json").read_text())
     assert promo["n"] == res["n_holdout"] and isinstance(promo["promote"], bool)
     for who in ("current", "new"):
@@ -317,7 +340,7 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
             e = promo[who][m]
             assert e["ci_low"] <= e["value"] <= e["ci_high"] and e["n"] == promo["n"]
     d = promo["difference"]
-    assert promo["promote"] == (d["ips"]["value"] > 0 and d["dr"]["value"] > 0)
+    assert promo["promote"] == (d["dr"]["value"] > 0)               # the default: DR alone decides
     assert promo["preferences"]["cost_weight"] == 0.3
 
     from neural_router import Router

@@ -285,6 +285,15 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
 PROMOTE_ON = ("ips", "snips", "dr")
 
 
+def row_shares(models: list[str], n_now, seen_before: dict[str, int], interpolate: float) -> np.ndarray:
+    """Per model, the share of the update its head rows keep: at least ``interpolate``, and at least
+    the share of this update's observations of that model that the parent had not seen (a model the
+    parent never saw outcomes of, like a new pool member, keeps all of its update; a parent trained
+    before these counts were recorded falls back to ``interpolate``)."""
+    return np.array([max(interpolate, 1.0 - min(seen_before.get(m, 0), n) / n) if n and seen_before
+                     else interpolate for m, n in zip(models, n_now)], dtype=np.float32)
+
+
 def parse_promote_on(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """``"ips,dr"`` -> ``("ips", "dr")``, checked against the estimators the comparison computes."""
     names = tuple(x.strip().lower() for x in (value.split(",") if isinstance(value, str) else value) if x.strip())
@@ -518,10 +527,13 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
              "new models: %s", len(logs), len(logs_train), int(hold.sum()),
              len(orig_train) if orig_train is not None else 0, new_models or "none")
 
+    row_a = row_shares(train.models, train.mask.sum(0),
+                       (tm.get("summary") or {}).get("observed_per_model") or {}, interpolate)
     model, tok, history = train_router(train, val, pool, cfg, progress=progress, init_from=parent,
                                        sample_weights=sw, cold_start_prior=cold_start_prior,
                                        activation_cache=cache, val_sample_weights=val_w,
-                                       interpolate=interpolate)
+                                       interpolate=interpolate,
+                                       row_interpolate=row_a if interpolate < 1.0 else None)
 
     # ---- save --------------------------------------------------------------------------------------
     out_root = Path(output_dir)
@@ -541,7 +553,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         "weights_of_chosen": {"mean": float(w_train[w_train > 0].mean()) if (w_train > 0).any() else None,
                               "max": float(w_train.max()) if w_train.size else None},
         "new_models": new_models, "cold_start_prior": cold_start_prior, "interpolate": interpolate,
-        "skipped": skipped}
+        "row_interpolate": dict(zip(train.models, row_a.round(3).tolist())), "skipped": skipped}
     metrics = {"data": data_paths, "summary": train.summary(),
                "train_prompts": len(train), "val_prompts": len(val) if val is not None else 0,
                "val_fraction": val_fraction, "split_salt": split_salt, "history": history,
