@@ -14,7 +14,8 @@ logged propensities the bias can be corrected. The update:
 4. fine-tunes from the current router with per-cell weights ``min(1/propensity, clip)`` on the chosen
    outcomes (1 on other logged outcomes and on the original data). Models in ``pool_file`` that the
    router does not know are added, starting from a cold-start prior. The new weights keep half of
-   what the fine-tuning changed (``interpolate``, WiSE-FT style), which steadies the rounds;
+   what the fine-tuning changed (``interpolate``, WiSE-FT style), which steadies the rounds; a
+   model's head rows keep more where the current router had seen few of its outcomes;
 5. writes a new versioned folder ``<output_dir>/<root version>+<timestamp>`` (``parent_version`` in
    its ``training_metrics.json``);
 6. estimates on the held-out logs, with IPS, SNIPS and doubly robust estimators (bootstrap CIs), the
@@ -437,10 +438,12 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         log_val_fraction: share of the (non-held-out) logged prompts used, with their weights,
             for early stopping, next to the original validation split.
         interpolate: keep only this share of the update's change: the new weights are
-            ``interpolate * fine-tuned + (1 - interpolate) * current`` (WiSE-FT style; a new model's
-            rows move from its cold-start prior; 1 = the fine-tuned weights). Default 0.5: in the
-            replay simulation (README, "Learning from outcomes") it made the mean curve rise every
-            round and end higher than 1 did, in the warm start and when a new model joins.
+            ``interpolate * fine-tuned + (1 - interpolate) * current`` (WiSE-FT style; 1 = the
+            fine-tuned weights). A model's head rows keep more where the current router had little
+            evidence for that model (:func:`row_shares`: a new pool member keeps all of its first
+            update). Default 0.5: in the replay simulation (README, "Learning from outcomes") the
+            mean curve rose every round and ended higher than with 1, in the warm start and when a
+            new model joins.
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
         n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
         activation_cache: share frozen-layer activations with other updates in this process.
