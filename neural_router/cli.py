@@ -51,7 +51,8 @@ def add_update_arguments(p) -> None:
                    help="use the raw clipped 1/propensity weights instead of self-normalised ones")
     p.add_argument("--interpolate", type=float, default=0.5,
                    help="keep this share of the update's change: new = a * fine-tuned + (1 - a) * current "
-                        "(default 0.5; 1 = the fine-tuned weights)")
+                        "(default 0.5; 1 = the fine-tuned weights); a model's head rows keep more where the "
+                        "current router saw few of its outcomes (all, for a new pool member)")
 
 
 def build_parser() -> argparse.ArgumentParser:
