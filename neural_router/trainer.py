@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from .data import DataConfig, RoutingDataset
-from .model import DEFAULT_ENCODER, RouterConfig, RouterModel, resolve_encoder
+from .model import DEFAULT_ENCODER, HEADS, RouterConfig, RouterModel, resolve_encoder
 from .pool import ModelPool
 from .text import encode, request_features
 
@@ -324,7 +324,7 @@ def model_from_parent(rc: RouterConfig, parent: RouterModel, train: RoutingDatas
     shift = _logit(prior) - _logit(mean_q)
     known_idx = [old.models.index(m) for m in known]
     with torch.no_grad():
-        for name in ("quality", "out_tokens", "latency"):
+        for name in HEADS:
             src, dst = getattr(parent, name), getattr(model, name)
             w_mean = src.weight[known_idx].mean(0)
             b_mean = src.bias[known_idx].mean()
@@ -518,15 +518,13 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     if best_state is not None:
         raw.load_state_dict(best_state)
     if start_state is not None:
-        state = raw.state_dict()
-        mixed = {k: interpolate * v + (1.0 - interpolate) * start_state[k].to(v.device)
-                 if v.is_floating_point() else v for k, v in state.items()}
-        if row_interpolate is not None:
-            a = torch.from_numpy(row_interpolate)
-            for key in ("quality.weight", "quality.bias", "out_tokens.weight", "out_tokens.bias",
-                        "latency.weight", "latency.bias"):
-                w = a.view(-1, *([1] * (state[key].dim() - 1)))
-                mixed[key] = w * state[key] + (1 - w) * start_state[key]
+        rows = torch.from_numpy(row_interpolate) if row_interpolate is not None else None
+        mixed = {}
+        for k, v in raw.state_dict().items():
+            a = interpolate
+            if rows is not None and k.split(".")[0] in HEADS:   # one share per model row
+                a = rows.to(v.device).view(-1, *([1] * (v.dim() - 1)))
+            mixed[k] = a * v + (1 - a) * start_state[k].to(v.device) if v.is_floating_point() else v
         raw.load_state_dict(mixed)
     raw.eval().cpu()
     return raw, tokenizer, history
