@@ -61,6 +61,9 @@ def test_trained_folder_is_complete_and_learned(tiny_trained_dir):
             "training_metrics.json", "tokenizer_config.json"} <= names
     tm = json.loads((tiny_trained_dir / "training_metrics.json").read_text())
     assert tm["history"][0]["val_quality_loss"] > 0
+    # "summary" counts the training part only (what updates compare their outcomes with)
+    assert tm["summary"]["prompts"] == tm["train_prompts"]
+    assert tm["data_summary"]["prompts"] == tm["train_prompts"] + tm["val_prompts"]
     assert "# neural-router" in (tiny_trained_dir / "README.md").read_text()
     # synthetic data: 'small' never solves math, 'big' always does -> predictions must reflect that
     r = Router.from_pretrained(tiny_trained_dir)

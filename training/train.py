@@ -60,7 +60,10 @@ def run_train(data: list[str], output: str | Path, config: str | Path | None = N
         model.save_pretrained(out)
         tokenizer.save_pretrained(str(out))
         pool.subset(model.config.models).to_yaml(out / "models.yaml")
-        metrics = {"data": [str(d) for d in data], "summary": ds.summary(), "train_prompts": len(train),
+        # "summary" counts what the weights were trained on (as an update's metrics do: updates read
+        # its observed_per_model to share their change per model); "data_summary" the whole dataset
+        metrics = {"data": [str(d) for d in data], "summary": train.summary(), "data_summary": ds.summary(),
+                   "train_prompts": len(train),
                    "val_prompts": len(val), "val_fraction": cfg.data.val_fraction,
                    "split_salt": cfg.data.split_salt, "history": history,
                    "train_minutes": (time.time() - t0) / 60, "config": cfg.model_dump(mode="json")}
