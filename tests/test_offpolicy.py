@@ -116,6 +116,22 @@ def test_paired_comparison_finds_the_better_policy():
     assert cmp["diff"]["dr"].ci_high - cmp["diff"]["dr"].ci_low < sep
 
 
+def test_dr_difference_by_clip_spans_direct_method_to_dr():
+    mu, log_probs, _ = _world(n=600, seed=3)
+    a, p, r = _draw(mu, log_probs, np.random.default_rng(4))
+    good, worse = op.greedy_probs(mu), op.greedy_probs(-mu)
+    noisy = np.clip(mu + np.random.default_rng(5).normal(0, 0.2, mu.shape), 0, 1)   # an imperfect model
+    by = op.dr_difference_by_clip(a, p, r, worse, good, noisy, clips=(0, 2, 1e9))
+    assert set(by) == {"0", "2", "1e+09"}
+    dm = float((good * noisy).sum(1).mean() - (worse * noisy).sum(1).mean())
+    assert by["0"] == pytest.approx(dm)                        # clip 0: no correction at all
+    dr = op.compare_policies(a, p, r, worse, good, reward_model_b=noisy, n_boot=0)["diff"]["dr"].value
+    assert by["1e+09"] == pytest.approx(dr) and by["2"] != pytest.approx(dr)   # no clip: plain DR
+    assert op.dr_difference_by_clip(a[:0], p[:0], r[:0], worse[:0], good[:0], noisy[:0]) == {}
+    with pytest.raises(ValueError, match="clips"):
+        op.dr_difference_by_clip(a, p, r, worse, good, noisy, clips=(-1,))
+
+
 def test_greedy_logging_cannot_see_unexplored_actions():
     """With propensity-1 logging, IPS gives an action the logger never took no credit at all."""
     mu = np.tile([[0.2, 0.9]], (500, 1))

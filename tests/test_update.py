@@ -341,6 +341,8 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
             assert e["ci_low"] <= e["value"] <= e["ci_high"] and e["n"] == promo["n"]
     d = promo["difference"]
     assert promo["promote"] == (d["dr"]["value"] > 0)               # the default: DR alone decides
+    by_clip = promo["dr_difference_by_clip"]                        # the verdict's sensitivity
+    assert set(by_clip) == {"0", "1", "3", "10", "30"} and all(np.isfinite(list(by_clip.values())))
     assert promo["preferences"]["cost_weight"] == 0.3
 
     from neural_router import Router

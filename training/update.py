@@ -269,6 +269,8 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
     rhat = op.utilities((q_new + q_cur) / 2, c_hat, l_hat, *weights, cost_max=cmax, latency_max=lmax)
     cmp = op.compare_policies(chosen, prop, reward, probs_cur, probs_new, reward_model_b=rhat,
                               n_boot=n_boot, alpha=alpha, seed=seed)
+    # how much the DR verdict leans on a few heavily weighted outcomes (benchmarks/gate_accuracy.py)
+    by_clip = op.dr_difference_by_clip(chosen, prop, reward, probs_cur, probs_new, rhat)
     logged_models = [set(d["predictions"]) for d in logged]
     new_choice = [models[j] for j in probs_new.argmax(1)]
     unsupported = float(np.mean([c not in s for c, s in zip(new_choice, logged_models)])) if n else 0.0
@@ -280,7 +282,8 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
             "new": summary(cmp["b"]), "difference": {k: v.to_dict() for k, v in cmp["diff"].items()},
             "changed_decisions": float((probs_cur.argmax(1) != probs_new.argmax(1)).mean()) if n else 0.0,
             "new_choice_unsupported_by_logs": unsupported,
-            "exploration": sorted({d.get("exploration", "") for d in logged})}
+            "exploration": sorted({d.get("exploration", "") for d in logged}),
+            "dr_difference_by_clip": by_clip}
 
 
 PROMOTE_ON = ("ips", "snips", "dr")
