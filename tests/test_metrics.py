@@ -304,3 +304,19 @@ def test_plot_cost_quality_writes_png(tmp_path) -> None:
                               {"a": (0.001, 0.3), "b": (0.1, 0.65)}, path, "test")
     assert out == path and path.exists()
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quality_only_per_benchmark_and_mean_over_benchmarks():
+    from neural_router.evaluation import quality_only
+
+    nan = np.nan
+    # models A, B, C, D; benchmarks x (rows 0-1) and y (rows 2-3); D is only observed on x
+    scores = np.array([[1, 0, 1, 1], [1, 0, 0, 1], [0, 1, 1, nan], [0, 1, 1, nan]], dtype=float)
+    pred = np.array([[0.9, 0.1, 0.5, 0.2], [0.9, 0.1, 0.2, 0.3], [0.1, 0.2, 0.9, 0.9], [0.2, 0.9, 0.1, 0.9]])
+    q = quality_only(scores, pred, ["x", "x", "y", "y"], ["A", "B", "C", "D"])
+    assert q["x"]["router"] == 1.0 and q["x"]["best_single"] == 1.0 and q["x"]["gain"] == 0.0
+    assert q["y"]["router"] == 1.0               # D's 0.9 on y is never chosen: it was not observed there
+    m = q["mean_over_benchmarks"]                # A 0.5, B 0.5, C 0.75 on average; D not seen on y
+    assert m["best_single_model"] == "C" and m["best_single"] == 0.75
+    assert m["router"] == 1.0 and m["gain"] == 0.25 and m["n"] == 4
+    assert "mean_over_benchmarks" not in quality_only(scores[:2], pred[:2], ["x", "x"], ["A", "B", "C", "D"])
