@@ -9,6 +9,7 @@ benchmark: a router that only recognises the task). All routers are swept over t
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,28 +65,27 @@ def quality_only(scores: np.ndarray, pred_quality: np.ndarray, sources: list[str
     out: dict[str, Any] = {}
     src = np.array(sources)
     benches = sorted(set(sources))
+    per_model: dict[str, np.ndarray] = {}
     for s in benches + ["all"]:
         rows = np.ones(len(src), bool) if s == "all" else src == s
         sc, pq = scores[rows], np.where(np.isfinite(scores[rows]), pred_quality[rows], -np.inf)
         choice = pq.argmax(1)
         routed = float(np.nanmean(sc[np.arange(len(sc)), choice]))
-        single = np.nanmean(sc, axis=0)
+        with warnings.catch_warnings():   # a model never observed on this benchmark: NaN, expected
+            warnings.simplefilter("ignore", RuntimeWarning)
+            single = per_model[s] = np.nanmean(sc, axis=0)
         best = int(np.nanargmax(single))
         out[s] = {"n": int(rows.sum()), "router": routed, "best_single": float(single[best]),
                   "best_single_model": models[best], "gain": routed - float(single[best]),
                   "oracle": float(np.nanmean(np.nanmax(sc, axis=1)))}
-    if len(benches) > 1:
-        with np.errstate(all="ignore"):
-            per = np.array([np.nanmean(np.where(np.isfinite(scores[src == b]), scores[src == b], np.nan), axis=0)
-                            for b in benches])                       # [benchmarks, models]
-        macro = per.mean(0)                                           # NaN unless seen on every benchmark
-        if np.isfinite(macro).any():
-            best = int(np.nanargmax(macro))
-            routed = float(np.mean([out[b]["router"] for b in benches]))
-            out["mean_over_benchmarks"] = {
-                "n": len(src), "router": routed, "best_single": float(macro[best]),
-                "best_single_model": models[best], "gain": routed - float(macro[best]),
-                "oracle": float(np.mean([out[b]["oracle"] for b in benches]))}
+    macro = np.mean([per_model[b] for b in benches], axis=0)   # NaN unless observed on every benchmark
+    if len(benches) > 1 and np.isfinite(macro).any():
+        best = int(np.nanargmax(macro))
+        routed = float(np.mean([out[b]["router"] for b in benches]))
+        out["mean_over_benchmarks"] = {
+            "n": len(src), "router": routed, "best_single": float(macro[best]),
+            "best_single_model": models[best], "gain": routed - float(macro[best]),
+            "oracle": float(np.mean([out[b]["oracle"] for b in benches]))}
     return out
 
 
