@@ -89,6 +89,10 @@ def parse_args(argv=None):
     ap.add_argument("--gate", action="store_true",
                     help="exploring methods adopt a new router only when run_update's off-policy check "
                          "promotes it (safe promotion, as in production); naive and full always adopt")
+    ap.add_argument("--lineage", action="store_true",
+                    help="with --gate: the next update fine-tunes the last candidate even when it was not "
+                         "promoted (run_update compare_with= the serving router), so a missed improvement "
+                         "is delayed rather than lost")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--freeze-layers", type=int, default=-1)
     ap.add_argument("--max-length", type=int, default=128)
@@ -354,6 +358,8 @@ def run(args) -> dict:
     from training.train import run_train
     from training.update import promotion_verdict, run_update
 
+    if args.lineage and not args.gate:
+        raise SystemExit("--lineage only changes gated runs: add --gate")
     t0 = time.time()
     torch.manual_seed(args.seed)
     out = Path(args.out).resolve()
@@ -409,6 +415,7 @@ def run(args) -> dict:
     log.info("round 0: utility %.4f, AIQ %.4f", base["utility"], base["aiq"])
     results = {m: [{"round": 0, **base}] for m in methods}
     current = {m: r0 for m in methods}
+    lineage = dict(current)   # what the next update fine-tunes (with --lineage: the last candidate)
     stores = {m: FeedbackStore.from_url(out / "feedback" / f"{m}.db") for m in methods if m != "static"}
     # one exploration stream per method, independent of which other methods run
     rngs = {m: np.random.default_rng([args.seed, zlib.crc32(m.encode())]) for m in methods}
@@ -426,7 +433,8 @@ def run(args) -> dict:
             served = serve_round(m, current[m], traffic, idx, rnd, stores[m], pool, prefs, ecfg, rngs[m], cache)
             results[m][-1]["served_utility"] = served["served_utility"]
             results[m][-1]["explored_share"] = served["explored_share"]
-            res = run_update(current[m], stores[m], out / m, preferences=prefs, clip=args.clip,
+            res = run_update(lineage[m], stores[m], out / m, preferences=prefs, clip=args.clip,
+                             compare_with=current[m],
                              importance_weighting=(m not in ("naive", "explore_noweight")),
                              normalize_weights=not args.raw_weights, promote_on=args.promote_on,
                              holdout_fraction=args.holdout, n_boot=args.n_boot, seed=rnd,
@@ -449,12 +457,14 @@ def run(args) -> dict:
                 "dr_diff_ci": [diff.get("dr", {}).get("ci_low"), diff.get("dr", {}).get("ci_high")],
                 "n_holdout": res["n_holdout"], "n_logged_train": res["n_logged_train"],
                 "epochs": len(res["history"]), "update_minutes": (time.time() - t1) / 60})
+            keep_lineage = gated and args.lineage
+            old_dirs = {current[m], lineage[m]}
             if adopt:
-                if current[m] != r0:
-                    _drop_weights(current[m])
                 current[m] = new_dir
-            else:
-                _drop_weights(new_dir)
+            lineage[m] = new_dir if (adopt or keep_lineage) else current[m]
+            for d in old_dirs | {new_dir}:
+                if d not in (current[m], lineage[m], r0):
+                    _drop_weights(d)
             log.info("round %d %-16s utility %.4f AIQ %.4f (served %.4f) promote=%s truly better=%s%s [%.1f min]",
                      rnd, m, score["utility"], score["aiq"], served["served_utility"], res["promote"],
                      score["utility"] > prev["utility"], "" if adopt else " (not adopted)",

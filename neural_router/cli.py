@@ -49,6 +49,8 @@ def add_update_arguments(p) -> None:
     p.add_argument("--naive", action="store_true", help="no importance weights (for comparison)")
     p.add_argument("--raw-weights", action="store_true",
                    help="use the raw clipped 1/propensity weights instead of self-normalised ones")
+    p.add_argument("--compare-with", help="the router serving now, which the new one must beat (default: --router); "
+                   "set it to keep fine-tuning a candidate that was not promoted")
     p.add_argument("--interpolate", type=float, default=0.5,
                    help="keep this share of the update's change: new = a * fine-tuned + (1 - a) * current "
                         "(default 0.5; 1 = the fine-tuned weights); a model's head rows keep more where the "

@@ -368,12 +368,27 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert json.loads((tmp_path / "routers" / res2["version"] / "training_metrics.json").read_text())[
         "lineage"] == [parent_version, res["version"]]
 
+    # the candidate was not promoted: a third update fine-tunes it further (its lineage keeps
+    # learning) while the check still compares with the router that serves (the first update)
+    out2 = tmp_path / "routers" / res2["version"]
+    assert main(["--router", str(out2), "--compare-with", str(out), "--feedback", url,
+                 "--output", str(tmp_path / "routers"), "--epochs", "1", "--cost-weight", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    res3 = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
+    promo3 = json.loads((tmp_path / "routers" / res3["version"] / "promotion.json").read_text())
+    assert res3["parent_version"] == res2["version"]
+    assert promo3["current_version"] == res["version"] and promo3["trained_from"] == res2["version"]
+    assert promo3["n"] > 0 and "dr" in promo3["difference"]       # the serving router was predicted
+    assert promo2["current_version"] == promo2["trained_from"] == res["version"]   # the default
+
 
 def test_run_update_errors(tiny_trained_dir, tmp_path):
     with pytest.raises(ValueError, match="no logged outcomes"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="not a trained router"):
         run_update(tmp_path, tmp_path / "empty.db", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="compare_with: .* not a trained router"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", compare_with=tmp_path)
     with pytest.raises(ValueError, match="holdout_fraction"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", holdout_fraction=1.0)
     with pytest.raises(ValueError, match="promote_on: 'ips,foo'"):   # before any training starts

@@ -46,7 +46,7 @@ from neural_router import offpolicy as op
 from neural_router.card import write_model_card
 from neural_router.data import RoutingDataset, load_routing_data, prompt_hash_unit
 from neural_router.feedback import FeedbackStore, replay_context
-from neural_router.model import RouterModel
+from neural_router.model import RouterConfig, RouterModel
 from neural_router.policy import Preferences
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
@@ -403,6 +403,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                router_version: str | None = None, cold_start_prior: float | None = None,
                importance_weighting: bool = True, normalize_weights: bool = True,
                log_val_fraction: float = 0.1, interpolate: float = 0.5,
+               compare_with: str | Path | None = None,
                overrides: dict | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
@@ -447,6 +448,9 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
             update). Default 0.5: in the replay simulation (README, "Learning from outcomes") the
             mean curve rose every round and ended higher than with 1, in the warm start and when a
             new model joins.
+        compare_with: the router that serves now, which the new one must beat on the held-out logs
+            (default: ``router_dir``). Set it to fine-tune further from a candidate that was not
+            promoted (its lineage keeps learning) while the check still compares with what serves.
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
         n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
         activation_cache: share frozen-layer activations with other updates in this process.
@@ -472,6 +476,12 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                 "missing); update needs the PyTorch folder, not an ONNX export")
     parent = RouterModel.from_pretrained(parent_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(parent_dir))
+    serving_dir = Path(compare_with) if compare_with is not None else parent_dir
+    if not (serving_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(f"compare_with: {serving_dir} is not a trained router folder "
+                                "(model.safetensors is missing)")
+    serving_version = (parent.config.version if serving_dir == parent_dir
+                       else RouterConfig.from_json(serving_dir / "router_config.json").version)
     tm_path = parent_dir / "training_metrics.json"
     tm = json.loads(tm_path.read_text()) if tm_path.is_file() else {}
     cfg = _train_config(config, tm, overrides)
@@ -576,14 +586,22 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                "predictions": {(pool.resolve(k) or k): v for k, v in d.predictions.items()},
                "preferences": d.preferences, "exploration": d.exploration, "context": d.context}
               for d, o in chosen_pairs if d.prompt in hold_prompts]
-    promotion: dict[str, Any] = {"current_version": parent.config.version, "new_version": version,
+    promotion: dict[str, Any] = {"current_version": serving_version, "trained_from": parent.config.version,
+                                 "new_version": version,
                                  "preferences": asdict(prefs) if prefs is not None else "logged per request",
                                  "min_improvement": min_improvement, "require_ci": require_ci,
                                  "promote_on": list(promote_on),
                                  "alpha": alpha, "n": len(logged)}
     if logged:
         prompts = [d["prompt"] for d in logged]
-        pred_cur = predict_router(parent, tokenizer, pool, prompts, cfg, cache)
+        if serving_dir == parent_dir:
+            pred_cur = predict_router(parent, tokenizer, pool, prompts, cfg, cache)
+        else:
+            serving = RouterModel.from_pretrained(serving_dir)
+            stm_path = serving_dir / "training_metrics.json"
+            stm = json.loads(stm_path.read_text()) if stm_path.is_file() else {}
+            pred_cur = predict_router(serving, AutoTokenizer.from_pretrained(str(serving_dir)), pool, prompts,
+                                      _train_config(None, stm, None), cache)
         pred_new = predict_router(model, tok, pool, prompts, cfg, cache)
         res = compare_on_logs(logged, models, pred_cur, pred_new, pool, prefs, n_boot, alpha, seed)
         promotion.update(res)
@@ -617,7 +635,8 @@ def run_from_args(args) -> dict[str, Any]:
                       clip=args.clip, pool_file=args.pool, holdout_fraction=args.holdout_fraction,
                       router_version=args.router_version, cold_start_prior=args.cold_start_prior,
                       importance_weighting=not args.naive, normalize_weights=not args.raw_weights,
-                      interpolate=args.interpolate, overrides={"epochs": args.epochs})
+                      interpolate=args.interpolate, compare_with=args.compare_with,
+                      overrides={"epochs": args.epochs})
 
 
 def main(argv: list[str] | None = None) -> int:
