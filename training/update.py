@@ -46,7 +46,7 @@ from neural_router import offpolicy as op
 from neural_router.card import write_model_card
 from neural_router.data import RoutingDataset, load_routing_data, prompt_hash_unit
 from neural_router.feedback import FeedbackStore, replay_context
-from neural_router.model import RouterConfig, RouterModel
+from neural_router.model import RouterModel
 from neural_router.policy import Preferences
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
@@ -393,6 +393,18 @@ def _version_dir(output_dir: Path, parent_version: str) -> tuple[str, Path]:
 # the update
 
 
+def _load_router_folder(d: Path, what: str) -> tuple[RouterModel, Any, dict]:
+    """A trained (PyTorch) router folder: its model, tokenizer and training metrics ({} if none)."""
+    from transformers import AutoTokenizer
+
+    if not (d / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{what}: {d} is not a trained router folder (model.safetensors is "
+                                "missing); update needs the PyTorch folder, not an ONNX export")
+    tm_path = d / "training_metrics.json"
+    return (RouterModel.from_pretrained(d), AutoTokenizer.from_pretrained(str(d)),
+            json.loads(tm_path.read_text()) if tm_path.is_file() else {})
+
+
 def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore, output_dir: str | Path,
                data: list[str] | None = None, config: str | Path | TrainConfig | dict | None = None,
                preferences: Preferences | dict | None = None, min_improvement: float = 0.0,
@@ -459,8 +471,6 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     ``promotion`` (what ``promotion.json`` holds), ``n_logged``, ``n_logged_train``, ``n_logged_val``,
     ``n_holdout``, ``n_original``, ``new_models``, ``history``.
     """
-    from transformers import AutoTokenizer
-
     t0 = time.time()
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
@@ -471,19 +481,11 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                          f"got {interpolate}")
     promote_on = parse_promote_on(promote_on)
     parent_dir = Path(router_dir)
-    if not (parent_dir / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{parent_dir} is not a trained router folder (model.safetensors is "
-                                "missing); update needs the PyTorch folder, not an ONNX export")
-    parent = RouterModel.from_pretrained(parent_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(parent_dir))
+    parent, tokenizer, tm = _load_router_folder(parent_dir, "router_dir")
+    # the router the candidate must beat: the parent, or (compare_with) the one that serves now
     serving_dir = Path(compare_with) if compare_with is not None else parent_dir
-    if not (serving_dir / "model.safetensors").is_file():
-        raise FileNotFoundError(f"compare_with: {serving_dir} is not a trained router folder "
-                                "(model.safetensors is missing)")
-    serving_version = (parent.config.version if serving_dir == parent_dir
-                       else RouterConfig.from_json(serving_dir / "router_config.json").version)
-    tm_path = parent_dir / "training_metrics.json"
-    tm = json.loads(tm_path.read_text()) if tm_path.is_file() else {}
+    serving, serving_tok, serving_tm = ((parent, tokenizer, tm) if serving_dir == parent_dir
+                                        else _load_router_folder(serving_dir, "compare_with"))
     cfg = _train_config(config, tm, overrides)
     prefs = _preferences(preferences)
     pool, new_models = _merged_pool(ModelPool.from_yaml(parent_dir / "models.yaml"), pool_file,
@@ -586,7 +588,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                "predictions": {(pool.resolve(k) or k): v for k, v in d.predictions.items()},
                "preferences": d.preferences, "exploration": d.exploration, "context": d.context}
               for d, o in chosen_pairs if d.prompt in hold_prompts]
-    promotion: dict[str, Any] = {"current_version": serving_version, "trained_from": parent.config.version,
+    promotion: dict[str, Any] = {"current_version": serving.config.version, "trained_from": parent.config.version,
                                  "new_version": version,
                                  "preferences": asdict(prefs) if prefs is not None else "logged per request",
                                  "min_improvement": min_improvement, "require_ci": require_ci,
@@ -594,14 +596,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                  "alpha": alpha, "n": len(logged)}
     if logged:
         prompts = [d["prompt"] for d in logged]
-        if serving_dir == parent_dir:
-            pred_cur = predict_router(parent, tokenizer, pool, prompts, cfg, cache)
-        else:
-            serving = RouterModel.from_pretrained(serving_dir)
-            stm_path = serving_dir / "training_metrics.json"
-            stm = json.loads(stm_path.read_text()) if stm_path.is_file() else {}
-            pred_cur = predict_router(serving, AutoTokenizer.from_pretrained(str(serving_dir)), pool, prompts,
-                                      _train_config(None, stm, None), cache)
+        pred_cur = predict_router(serving, serving_tok, pool, prompts,
+                                  cfg if serving is parent else _train_config(None, serving_tm, None), cache)
         pred_new = predict_router(model, tok, pool, prompts, cfg, cache)
         res = compare_on_logs(logged, models, pred_cur, pred_new, pool, prefs, n_boot, alpha, seed)
         promotion.update(res)
