@@ -2,7 +2,8 @@
 
     python benchmarks/bench_feedback.py [--data ../shared/data/routerbench] [--out runs/bench_feedback]
         [--rounds 5] [--per-round 300] [--init 150] [--eval 450] [--cost-weight 0.3]
-        [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--clip 10] [--epochs 10]
+        [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--thompson-evidence K] [--no-boost]
+        [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
         [--margin 0.1] [--gate] [--promote-on dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
         [--interpolate 0.5] [--interpolate-all]
@@ -22,6 +23,8 @@ Methods:
   inverse-propensity weights, self-normalised as ``neural-router update`` does by default
   (``--raw-weights``: the raw clipped weights), keeping half of each update's change
   (``--interpolate``, default 0.5 as in ``neural-router update``; 1 = the fine-tuned weights);
+  With ``--exploration thompson --thompson-evidence K`` the Thompson draws of each model are as wide
+  as the serving router's evidence for it says (``ExplorationConfig.thompson_evidence_half``);
 * ``ips_thompson`` (via ``--methods``): the same with Thompson sampling whatever ``--exploration``;
 * ``explore_noweight`` (with ``--ablation``): the same exploration, updated without weights;
 * ``full``: greedy routing, but the outcomes of *all* models on the same prompts are logged
@@ -42,8 +45,9 @@ initial router is trained (its outcomes are left out of the initial slice) and j
 every update from then on passes the full pool (``run_update(pool_file=...)``), so NAME starts from
 the cold-start prior, and the exploring methods boost it (``ExplorationConfig.boost_models``, as
 ``exploration.boost_models`` does in the service). Naive retraining routes greedily, so it sees NAME
-only where the prior beats every other prediction. Utility and AIQ are computed over the models each
-router can route to.
+only where the prior beats every other prediction (``--no-boost``: no boost branch; the new model
+gets traffic only from the exploration policy itself). Utility and AIQ are computed over the models
+each router can route to.
 Writes ``bench_feedback.json`` and ``bench_feedback.png``.
 Cheap on CPU: the encoder is frozen (heads only, ``--freeze-layers -1``) and its activations are
 computed once per prompt and shared by all routers (``ActivationCache``).
@@ -58,7 +62,7 @@ import shutil
 import sys
 import time
 import zlib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -83,6 +87,12 @@ def parse_args(argv=None):
     ap.add_argument("--exploration", choices=["epsilon_greedy", "thompson"], default="epsilon_greedy")
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--thompson-n", type=float, default=20.0, help="Thompson pseudo count")
+    ap.add_argument("--thompson-evidence", type=float, default=None, metavar="K",
+                    help="Thompson strength per model from the serving router's evidence, "
+                         "max(2, n * e / (e + K)) (ExplorationConfig.thompson_evidence_half)")
+    ap.add_argument("--no-boost", action="store_true",
+                    help="cold start without the boost branch: the new model gets traffic only through "
+                         "exploration itself (e.g. evidence-scaled Thompson draws)")
     ap.add_argument("--margin", type=float, default=None,
                     help="explore only among models within this utility of the greedy choice")
     ap.add_argument("--clip", type=float, default=10.0)
@@ -213,11 +223,13 @@ def serve_round(method: str, router_dir: Path, traffic, idx: np.ndarray, rnd: in
                 expl_cfg, rng, cache) -> dict:
     """Route traffic[idx] with the method's router, log decisions and the revealed outcomes
     (``store=None``: only measure what was served)."""
-    from neural_router.exploration import explore
+    from neural_router.exploration import explore, read_evidence
     from neural_router.policy import Capabilities, Constraints, route
     from neural_router.predictions import RequestFeatures
 
     model, tok, cfg = load_router(router_dir)
+    if expl_cfg.kind == "thompson" and expl_cfg.thompson_evidence_half is not None:
+        expl_cfg = replace(expl_cfg, evidence=read_evidence(router_dir))
     prompts = [traffic.prompts[i] for i in idx]
     pred = predict(model, tok, pool, prompts, cfg, cache)
     models = pred.models
@@ -404,13 +416,13 @@ def run(args) -> dict:
         unknown = set(methods) - {"static", "naive", "ips", "ips_thompson", "explore_noweight", "full"}
         if unknown:
             raise SystemExit(f"unknown methods: {', '.join(sorted(unknown))}")
+    boost = () if args.no_boost else new
+    thompson_cfg = ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n, boost_models=boost,
+                                     thompson_evidence_half=args.thompson_evidence)
     explore_cfg = (ExplorationConfig(kind="epsilon_greedy", epsilon=args.epsilon, margin=args.margin,
-                                     boost_models=new)
-                   if args.exploration == "epsilon_greedy"
-                   else ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n,
-                                          margin=args.margin, boost_models=new))
+                                     boost_models=boost)
+                   if args.exploration == "epsilon_greedy" else replace(thompson_cfg, margin=args.margin))
     greedy_cfg = ExplorationConfig(kind="none")
-    thompson_cfg = ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n, boost_models=new)
     base = evaluate(r0)
     log.info("round 0: utility %.4f, AIQ %.4f", base["utility"], base["aiq"])
     results = {m: [{"round": 0, **base}] for m in methods}

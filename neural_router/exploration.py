@@ -28,11 +28,21 @@ Policies (``ExplorationConfig.kind``)
     (small importance weights). No near-tie: no exploration, propensity 1.
 
     ``thompson``: each candidate's quality is drawn from ``Beta(q·n, (1 − q)·n)`` (``q`` the
-    predicted quality, ``n = thompson_pseudo_count``), utility is recomputed with the policy's own
+    predicted quality, ``n`` its strength, below), utility is recomputed with the policy's own
     formula (:func:`neural_router.policy.utility`, cost and latency normalised among the eligible
     models) and the best model wins. Its propensity has no closed form; it is estimated by Monte
     Carlo (``propensity_draws`` more draws from the same generator, counting the actual draw too,
     so the estimate is never 0).
+
+    The strength ``n`` is ``thompson_pseudo_count`` for every model, unless
+    ``thompson_evidence_half`` (``k``) is set: then it follows the router's evidence for each model,
+    ``n_m = max(2, n0 · e_m / (e_m + k))`` with ``e_m`` the number of outcomes of model ``m`` the
+    router was trained on (``evidence``, from its ``training_metrics.json``; see
+    :func:`read_evidence`) and ``n0 = thompson_pseudo_count``. The draw's variance,
+    ``q(1 − q) / (n_m + 1)``, is then about ``q(1 − q) · (1 + k / e_m) / n0``: a floor the
+    predictor never gets below, plus a part that shrinks as ``1 / e_m``. A model the router has
+    seen few outcomes of (a new pool member) gets wide draws and so more of the traffic, without a
+    separate boost; one it has seen thousands of is explored only where its prediction is close.
 
 Cold start (``boost_models``)
     New pool members have few outcomes. When a boosted model is a candidate, with probability
@@ -42,9 +52,11 @@ Cold start (``boost_models``)
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -54,6 +66,7 @@ from neural_router.policy import Constraints, Decision, Preferences, _check_numb
 ExplorationKind = Literal["none", "epsilon_greedy", "thompson"]
 KINDS: tuple[str, ...] = ("none", "epsilon_greedy", "thompson")
 _Q_CLIP = 1e-3  # Beta parameters must be > 0: predicted qualities are clipped to [1e-3, 1 - 1e-3]
+_N_MIN = 2.0    # weakest Thompson strength: Beta(2q, 2(1 - q)), uniform at q = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,8 @@ class ExplorationConfig:
     boost_epsilon: float = 0.2
     propensity_draws: int = 200
     margin: float | None = None  # explore only among models within this utility of the best
+    thompson_evidence_half: float | None = None  # per-model Thompson strength from the evidence
+    evidence: Mapping[str, float] = field(default_factory=dict)  # outcomes seen per model
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -86,6 +101,15 @@ class ExplorationConfig:
             raise ValueError(f"ExplorationConfig: epsilon + boost_epsilon must be <= 1, got "
                              f"{self.epsilon} + {self.boost_epsilon}")
         _check_number("ExplorationConfig.margin", self.margin, optional=True)
+        _check_number("ExplorationConfig.thompson_evidence_half", self.thompson_evidence_half, optional=True)
+        if self.thompson_evidence_half is not None and not self.thompson_evidence_half > 0:
+            raise ValueError(f"ExplorationConfig.thompson_evidence_half must be > 0 (or None for a fixed "
+                             f"strength), got {self.thompson_evidence_half!r}")
+        evidence = dict(self.evidence)
+        for m, e in evidence.items():
+            if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e >= 0):
+                raise ValueError(f"ExplorationConfig.evidence[{m!r}] must be a count >= 0, got {e!r}")
+        object.__setattr__(self, "evidence", evidence)
         if not isinstance(self.propensity_draws, int) or self.propensity_draws < 1:
             raise ValueError(f"ExplorationConfig.propensity_draws must be an integer >= 1, "
                              f"got {self.propensity_draws!r}")
@@ -96,12 +120,38 @@ class ExplorationConfig:
         if self.kind == "none":
             return "greedy"
         base = (f"epsilon_greedy({self.epsilon:g})" if self.kind == "epsilon_greedy"
-                else f"thompson({self.thompson_pseudo_count:g})")
+                else f"thompson({self.thompson_pseudo_count:g})" if self.thompson_evidence_half is None
+                else f"thompson({self.thompson_pseudo_count:g},evidence/{self.thompson_evidence_half:g})")
         if self.margin is not None:
             base += f"@margin({self.margin:g})"
         if self.boost_models and self.boost_epsilon > 0:
             base += f"+boost({self.boost_epsilon:g})"
         return base
+
+
+    def strength(self, models: Sequence[str]) -> np.ndarray:
+        """[len(models)] Thompson strength ``n`` of each model (see the module docstring)."""
+        n0 = float(self.thompson_pseudo_count)
+        if self.thompson_evidence_half is None:
+            return np.full(len(models), n0)
+        e = np.array([float(self.evidence.get(m, 0.0)) for m in models])
+        return np.maximum(_N_MIN, n0 * e / (e + self.thompson_evidence_half))
+
+
+def read_evidence(router_dir: str | Path) -> dict[str, int]:
+    """Outcomes per model that the router in ``router_dir`` was trained on
+    (``training_metrics.json`` → ``summary.observed_per_model``, written by ``neural-router train``
+    and ``update``; an exported folder carries the file too). Raises ValueError, saying how to
+    fix it, when the folder has no such counts."""
+    path = Path(router_dir) / "training_metrics.json"
+    try:
+        counts = json.loads(path.read_text())["summary"]["observed_per_model"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: no per-model outcome counts (summary.observed_per_model) to scale "
+                         f"Thompson sampling by ({type(e).__name__}: {e}); use a router folder written "
+                         "by `neural-router train`/`update`/`export`, or set "
+                         "exploration.thompson_evidence_half to null (a fixed strength)") from None
+    return {str(m): int(n) for m, n in counts.items()}
 
 
 class Exploration(NamedTuple):
@@ -193,7 +243,7 @@ def _thompson_setup(decision: Decision, models: Sequence[str], quality: np.ndarr
 
 
 def _thompson_winners(q: np.ndarray, c: np.ndarray, l: np.ndarray, cand_mask: np.ndarray,
-                      prefs: Preferences, n: float, draws: int, rng: np.random.Generator) -> np.ndarray:
+                      prefs: Preferences, n: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
     """[draws] index (into the eligible arrays) of the best candidate under sampled qualities.
     Utility is the policy's, normalised among all eligible models as the policy does."""
     qc = np.clip(q, _Q_CLIP, 1 - _Q_CLIP)
@@ -208,7 +258,7 @@ def _thompson_frequencies(decision: Decision, models: Sequence[str], quality: np
                           draws: int) -> np.ndarray:
     """[len(cands)] share of ``draws`` Thompson draws each candidate wins."""
     q, c, l, names, mask = _thompson_setup(decision, models, quality, cost, latency, cands)
-    wins = _thompson_winners(q, c, l, mask, prefs, cfg.thompson_pseudo_count, draws, rng)
+    wins = _thompson_winners(q, c, l, mask, prefs, cfg.strength(names), draws, rng)
     freq = np.bincount(wins, minlength=len(names)) / draws
     return np.array([freq[names.index(m)] for m in cands])
 
@@ -266,7 +316,7 @@ def explore(decision: Decision, models: Sequence[str], quality: np.ndarray, cost
         j = int(rng.choice(k, p=boost))
     else:
         q, c, l, names, mask = _thompson_setup(decision, models, quality, cost, latency, cands)
-        won = int(_thompson_winners(q, c, l, mask, prefs, cfg.thompson_pseudo_count, 1, rng)[0])
+        won = int(_thompson_winners(q, c, l, mask, prefs, cfg.strength(names), 1, rng)[0])
         j = cands.index(names[won])
     n = cfg.propensity_draws
     ts = _thompson_frequencies(decision, models, quality, cost, latency, prefs, cfg, rng, cands, n)

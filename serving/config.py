@@ -65,6 +65,11 @@ class ExplorationSettings(BaseModel):
     thompson_pseudo_count: float = Field(
         default=20.0, gt=0, allow_inf_nan=False,
         description="thompson: quality ~ Beta(q*n, (1-q)*n); smaller n explores more.")
+    thompson_evidence_half: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="thompson: scale n per model by the router's evidence, n = max(2, "
+                    "thompson_pseudo_count * e / (e + this)) with e the outcomes of that model it was "
+                    "trained on (training_metrics.json); None = the same n for every model.")
     explore_with_constraints: bool = Field(
         default=False, description="Also explore requests with min_quality/max_cost_usd/"
                                    "max_latency_ms (only among models predicted to meet them).")
@@ -85,10 +90,13 @@ class ExplorationSettings(BaseModel):
         self.to_config()
         return self
 
-    def to_config(self, boost_models: tuple[str, ...] | None = None) -> ExplorationConfig:
+    def to_config(self, boost_models: tuple[str, ...] | None = None,
+                  evidence: dict[str, float] | None = None) -> ExplorationConfig:
         fields = self.model_dump(exclude={"seed"})
         if boost_models is not None:
             fields["boost_models"] = boost_models
+        if evidence is not None:
+            fields["evidence"] = evidence
         return ExplorationConfig(**fields)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from neural_router.exploration import ExplorationConfig, Exploration, explore
+from neural_router.exploration import ExplorationConfig, Exploration, explore, read_evidence
 from neural_router.policy import Capabilities, Constraints, Decision, Preferences, route
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions, Predictor, RequestFeatures
@@ -167,9 +167,16 @@ class RouterState:
         models = list(predictor.models)
         served = with_endpoint_overrides(pool, settings.endpoints).subset(models)
         boost = resolve_boost_models(served, settings.exploration.boost_models)
+        evidence = None
+        if settings.exploration.kind == "thompson" and settings.exploration.thompson_evidence_half is not None:
+            if router_dir is None:
+                raise ValueError("exploration.thompson_evidence_half needs the router folder (its "
+                                 "training_metrics.json counts the outcomes per model); serve a folder, "
+                                 "or set thompson_evidence_half to null")
+            evidence = read_evidence(router_dir)
         return cls(predictor=predictor, models=models, pool=served,
                    capabilities=Capabilities.from_pool(served),
-                   exploration=settings.exploration.to_config(boost), router_dir=router_dir)
+                   exploration=settings.exploration.to_config(boost, evidence), router_dir=router_dir)
 
     @property
     def version(self) -> str:

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from neural_router.exploration import ExplorationConfig, action_probabilities, explore
+from neural_router.exploration import ExplorationConfig, action_probabilities, explore, read_evidence
 from neural_router.policy import Capabilities, Constraints, Preferences, route
 from neural_router.predictions import RequestFeatures
 
@@ -134,11 +134,46 @@ def test_boost_gives_new_models_extra_traffic() -> None:
     assert all(e.propensity == pytest.approx(0.3 + 0.7 / 201, abs=1e-9) for e in out if e.model == "small")
 
 
+def test_thompson_strength_follows_the_routers_evidence(tmp_path) -> None:
+    """With thompson_evidence_half, a model the router has seen few outcomes of gets wide draws and
+    more traffic; one it has seen many of is explored about as with the fixed strength."""
+    fixed = ExplorationConfig(kind="thompson", thompson_pseudo_count=20.0)
+    seen = {"big": 50_000, "mid": 50_000, "small": 0, "tiny": 50_000, "vision": 50_000}
+    scaled = ExplorationConfig(kind="thompson", thompson_pseudo_count=20.0, thompson_evidence_half=200.0,
+                               evidence=seen)
+    assert fixed.strength(MODELS).tolist() == [20.0] * 5
+    n = scaled.strength(MODELS)
+    assert n[2] == 2.0 and all(19.9 < n[j] < 20.0 for j in (0, 1, 3, 4))
+    assert ExplorationConfig(kind="thompson", thompson_evidence_half=200.0,
+                             evidence={"small": 200}).strength(["small"]).tolist() == [10.0]
+    assert scaled.name == "thompson(20,evidence/200)"
+    d = decide()
+    rng = np.random.default_rng(0)
+    p_fixed = action_probabilities(d, MODELS, Q, C, L, PREFS, fixed, rng, draws=20_000)
+    p_scaled = action_probabilities(d, MODELS, Q, C, L, PREFS, scaled, rng, draws=20_000)
+    assert p_scaled["small"] > p_fixed["small"] + 0.05, (p_fixed, p_scaled)
+    assert sum(p_scaled.values()) == pytest.approx(1.0)
+    out = run(scaled, 1000, seed=5)  # the logged propensity is that of the scaled draws
+    freq = Counter(e.model for e in out)
+    assert freq["small"] / len(out) == pytest.approx(p_scaled["small"], abs=0.04)
+    assert np.mean([abs(e.propensity - p_scaled[e.model]) for e in out]) < 0.05
+    # the counts come from the router folder; a folder without them is a clear error
+    (tmp_path / "training_metrics.json").write_text(
+        '{"summary": {"observed_per_model": {"big": 7, "small": 0}}}')
+    assert read_evidence(tmp_path) == {"big": 7, "small": 0}
+    (tmp_path / "training_metrics.json").write_text('{"summary": {}}')
+    with pytest.raises(ValueError, match="observed_per_model.*thompson_evidence_half to null"):
+        read_evidence(tmp_path)
+    with pytest.raises(ValueError, match="evidence"):
+        ExplorationConfig(kind="thompson", thompson_evidence_half=200.0, evidence={"big": -1})
+
+
 @pytest.mark.parametrize("kwargs", [{"kind": "softmax"}, {"epsilon": 1.5}, {"epsilon": -0.1},
                                     {"thompson_pseudo_count": 0}, {"boost_models": "small"},
                                     {"kind": "epsilon_greedy", "epsilon": 0.9, "boost_models": ("a",),
                                      "boost_epsilon": 0.2}, {"propensity_draws": 0}, {"margin": -0.1},
-                                    {"margin": float("nan")}])
+                                    {"margin": float("nan")}, {"thompson_evidence_half": 0},
+                                    {"thompson_evidence_half": float("inf")}])
 def test_invalid_configs_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ExplorationConfig(**kwargs)

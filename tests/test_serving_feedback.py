@@ -212,6 +212,23 @@ def test_epsilon_greedy_logs_propensities_below_one(predictor: Any, tmp_path: Pa
             assert d.model == r["model"] and d.exploration == "epsilon_greedy(0.5)"
 
 
+def test_thompson_strength_comes_from_the_served_routers_evidence(predictor: Any, tiny_router_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    counts = json.loads((tiny_router_dir / "training_metrics.json").read_text())["summary"]["observed_per_model"]
+    expl = {"kind": "thompson", "thompson_evidence_half": 200, "seed": 0}
+    app = create_app(ServeSettings(device="cpu", feedback_url=db_url(tmp_path), exploration=expl), predictor,
+                     router_dir=tiny_router_dir)
+    with TestClient(app) as c:
+        assert c.get("/healthz").json()["exploration"] == "thompson(20,evidence/200)"
+        r = c.post("/v1/route", json={"prompt": "which model?"}).json()
+        assert 0 < r["propensity"] <= 1
+    cfg = app.state.service.state.exploration
+    assert cfg.evidence == counts and set(counts) == set(predictor.models)
+    assert cfg.strength(list(counts)).tolist() == [max(2.0, 20 * n / (n + 200)) for n in counts.values()]
+    with pytest.raises(ValueError, match="needs the router folder"):  # counts cannot be found
+        create_app(ServeSettings(device="cpu", exploration=expl), predictor)
+
+
 def test_serve_refuses_a_bad_store_scorer_or_boost_model(tiny_router_dir: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from serving.app import serve
@@ -220,11 +237,18 @@ def test_serve_refuses_a_bad_store_scorer_or_boost_model(tiny_router_dir: Path, 
     for config, message in (({"feedback_url": f"sqlite:///{tmp_path}/not-a-dir/f.db"}, "cannot open the feedback store"),
                             ({"scorer": {"type": "telepathy"}}, "unknown scorer type"),
                             ({"exploration": {"kind": "thompson", "boost_models": ["gpt-17"]}}, "boost_models"),
-                            ({"exploration": {"kind": "greedy"}}, "exploration.kind")):
+                            ({"exploration": {"kind": "greedy"}}, "exploration.kind"),
+                            ({"exploration": {"kind": "thompson", "thompson_evidence_half": 200}},
+                             "no per-model outcome counts")):
         cfg = tmp_path / "serve.yaml"
         cfg.write_text(yaml.safe_dump(config))
+        router = tiny_router_dir
+        if "thompson_evidence_half" in str(config):  # a router folder without its training metrics
+            router = tmp_path / "no-metrics"
+            shutil.copytree(tiny_router_dir, router, dirs_exist_ok=True)
+            (router / "training_metrics.json").unlink()
         with pytest.raises(SystemExit) as exit_info:
-            serve(tiny_router_dir, config_file=cfg)
+            serve(router, config_file=cfg)
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
