@@ -128,7 +128,6 @@ class ExplorationConfig:
             base += f"+boost({self.boost_epsilon:g})"
         return base
 
-
     def strength(self, models: Sequence[str]) -> np.ndarray:
         """[len(models)] Thompson strength ``n`` of each model (see the module docstring)."""
         n0 = float(self.thompson_pseudo_count)
