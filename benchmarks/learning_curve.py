@@ -48,11 +48,11 @@ def parse_args(argv=None):
     return args
 
 
-def one(data, salt: str, fractions: list[float], config) -> list[dict]:
+def one(data, salt: str, fractions: list[float], config, cache) -> list[dict]:
     from neural_router.data import load_routing_data, prompt_hash_unit
     from neural_router.evaluation import evaluate
     from neural_router.pool import ModelPool
-    from neural_router.trainer import ActivationCache, train_router
+    from neural_router.trainer import train_router
     from training.train import default_config_path, load_train_config
     from training.update import predict_router
 
@@ -66,9 +66,9 @@ def one(data, salt: str, fractions: list[float], config) -> list[dict]:
     for f in fractions:
         sub = train.subset(np.flatnonzero(u < f)) if f < 1 else train
         t0 = time.time()
-        model, tok, history = train_router(sub, val, pool, cfg, progress=False)
+        model, tok, history = train_router(sub, val, pool, cfg, progress=False, activation_cache=cache)
         minutes = (time.time() - t0) / 60
-        preds = predict_router(model, tok, pool, val.prompts, cfg, ActivationCache())
+        preds = predict_router(model, tok, pool, val.prompts, cfg, cache)
         rep = evaluate(preds, sub, val, pool, encoder=cfg.encoder)
         row = {"split_salt": salt, "fraction": f, "train_prompts": len(sub), "val_prompts": len(val),
                "epochs": len(history), "train_minutes": minutes,
@@ -80,8 +80,11 @@ def one(data, salt: str, fractions: list[float], config) -> list[dict]:
 
 
 def main(argv=None) -> dict:
+    from neural_router.trainer import ActivationCache
+
     args = parse_args(argv)
-    rows = [r for salt in args.salts for r in one(args.data, salt, args.fractions, args.config)]
+    cache = ActivationCache()  # the frozen layers are the same in every run: encode each prompt once
+    rows = [r for salt in args.salts for r in one(args.data, salt, args.fractions, args.config, cache)]
     names = list(rows[0]["aiq"])
     print(f"\n{'salt':>5} {'share':>6} {'prompts':>8} " + " ".join(f"{n:>16}" for n in names)
           + f" {'router - prior':>15}")
