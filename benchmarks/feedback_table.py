@@ -1,0 +1,116 @@
+"""Check a bench_feedback replay against issue 4's target, from its ``bench_feedback_seeds.json``.
+
+The target: our method improves round over round, beats naive retraining, and closes at least half of
+the gap to the full-information router within 5 rounds. For each run this prints the mean eval utility
+after each update, whether the mean curve (and each seed's) rises every round, the share of the
+round-5 gap closed, and our method minus naive retraining at round 5 per seed (mean, sd, standard
+error, seeds ahead, two-sided sign-test p).
+
+A gated run (``--methods ips --gate``) holds only our method; ``NAME=RUN:BASELINES`` takes the
+no-update, naive and full-information rows from an ungated run that covers the same seeds.
+
+    python benchmarks/feedback_table.py runs/bf_small20 \
+        "gated=runs/bf_small_gate:runs/bf_small20" --output benchmarks/results/bench_feedback_small.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def load(run: str) -> dict:
+    path = Path(run) / "bench_feedback_seeds.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: not found; run benchmarks/bench_feedback.py --seeds ... --out {run} first")
+    return json.loads(path.read_text())
+
+
+def per_seed(agg: dict, method: str, run: str) -> np.ndarray:
+    if method not in agg["methods"]:
+        raise SystemExit(f"{run}: no method {method!r} (has {sorted(agg['methods'])}); "
+                         "pass an ungated run with static,naive,full as the baselines (NAME=RUN:BASELINES)")
+    return np.asarray(agg["methods"][method]["utility"]["per_seed"], dtype=float)
+
+
+def sign_test(wins: int, n: int) -> float:
+    """Two-sided exact binomial test of ``wins`` out of ``n`` against 1/2 (1 when ``n`` is 0)."""
+    k = min(wins, n - wins)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def summarise(run: str, baselines: str | None, method: str) -> dict:
+    agg = load(run)
+    base = load(baselines) if baselines else agg
+    missing = sorted(set(agg["seeds"]) - set(base["seeds"]))
+    if missing:
+        raise SystemExit(f"{run} has seeds {missing} that {baselines} lacks (it has {base['seeds']}): "
+                         "the baselines must cover the same seeds")
+    ours = per_seed(agg, method, run)
+    pick = [base["seeds"].index(s) for s in agg["seeds"]]     # the baselines' rows for the run's seeds
+    rows = {m: per_seed(base, m, baselines or run)[pick] for m in ("static", "naive", "full")}
+    curve = ours[:, 1:]                                    # eval utility after updates 1..5
+    mean = curve.mean(0)
+    gap = rows["full"][:, -1] - rows["static"][:, -1]
+    diff = ours[:, -1] - rows["naive"][:, -1]
+    n = len(diff)
+    sd = float(diff.std(ddof=1)) if n > 1 else float("nan")     # one seed: no spread to report
+    wins = int((diff > 0).sum())
+    return {
+        "run": run, "baselines": baselines or run, "method": method, "seeds": agg["seeds"],
+        "mean_utility": {"static": float(rows["static"][:, -1].mean()),
+                         "naive": rows["naive"][:, 1:].mean(0).tolist(),
+                         "ours": mean.tolist(), "full": rows["full"][:, 1:].mean(0).tolist()},
+        "mean_rises_every_round": bool(np.all(np.diff(np.r_[rows["static"][:, -1].mean(), mean]) > 0)),
+        "seeds_rising_every_round": int(np.all(np.diff(ours, axis=1) > 0, axis=1).sum()),
+        "largest_seed_dip": float(max(0.0, -np.diff(ours, axis=1).min())),
+        "share_of_gap": float((ours[:, -1] - rows["static"][:, -1]).mean() / gap.mean()),
+        "naive_share_of_gap": float((rows["naive"][:, -1] - rows["static"][:, -1]).mean() / gap.mean()),
+        "gap": float(gap.mean()),
+        "ours_minus_naive": {"mean": float(diff.mean()), "sd": None if n < 2 else sd,
+                             "se": None if n < 2 else sd / math.sqrt(n), "seeds_ahead": wins, "seeds": n,
+                             "sign_test_p": sign_test(wins, int((diff != 0).sum())),   # ties dropped
+                             "by_round": (curve - rows["naive"][:, 1:]).mean(0).tolist()},
+        "false_promotions": agg.get("false_promotions", {}).get(method),
+        "missed_improvements": agg.get("missed_improvements", {}).get(method),
+        "updates": agg.get("updates", {}).get(method),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="RUN, or NAME=RUN, or NAME=RUN:BASELINES (an ungated run on the same "
+                                            "seeds with static,naive,full)")
+    ap.add_argument("--method", default="ips", help="the row that is 'our method' (default ips)")
+    ap.add_argument("--output", help="write the summaries as JSON here")
+    args = ap.parse_args(argv)
+    out = {}
+    for spec in args.runs:
+        name, _, rest = spec.rpartition("=")
+        run, _, baselines = rest.partition(":")
+        s = out[name or run] = summarise(run, baselines or None, args.method)
+        d = s["ours_minus_naive"]
+        fmt = lambda xs: " ".join(f"{x:.4f}" for x in xs)  # noqa: E731
+        print(f"\n{name or run}  ({len(s['seeds'])} seeds; no updates {s['mean_utility']['static']:.4f})")
+        print(f"  naive  {fmt(s['mean_utility']['naive'])}")
+        print(f"  ours   {fmt(s['mean_utility']['ours'])}   rises every round: {s['mean_rises_every_round']} "
+              f"(per seed {s['seeds_rising_every_round']} of {d['seeds']}; largest dip {s['largest_seed_dip']:.3f})")
+        print(f"  full   {fmt(s['mean_utility']['full'])}")
+        print(f"  share of the gap {s['share_of_gap']:.0%} (naive {s['naive_share_of_gap']:.0%}; gap {s['gap']:.4f})")
+        spread = f" sd {d['sd']:.4f} se {d['se']:.4f}" if d["sd"] is not None else ""
+        print(f"  ours - naive at round 5: {d['mean']:+.4f}{spread}, ahead on "
+              f"{d['seeds_ahead']} of {d['seeds']} (sign test p = {d['sign_test_p']:.2f}); by round "
+              + " ".join(f"{x:+.4f}" for x in d["by_round"]))
+        if s["updates"]:
+            print(f"  promotions: {s['false_promotions']} false, {s['missed_improvements']} missed "
+                  f"of {s['updates']} updates")
+    if args.output:
+        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""benchmarks/feedback_table.py: the issue-4 target check over a replay's per-seed results."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("feedback_table",
+                                              Path(__file__).parents[1] / "benchmarks" / "feedback_table.py")
+feedback_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(feedback_table)
+
+
+def write_run(path: Path, seeds: list[int], rows: dict[str, list[list[float]]], **extra) -> str:
+    path.mkdir(parents=True)
+    agg = {"seeds": seeds, "methods": {m: {"utility": {"per_seed": v}} for m, v in rows.items()}, **extra}
+    (path / "bench_feedback_seeds.json").write_text(json.dumps(agg))
+    return str(path)
+
+
+def test_summary_of_an_ungated_run_and_a_gated_run_against_its_baselines(tmp_path):
+    static = [[0.5] * 6, [0.6] * 6]
+    naive = [[0.5, 0.52, 0.53, 0.53, 0.54, 0.55], [0.6, 0.61, 0.61, 0.62, 0.62, 0.62]]
+    ours = [[0.5, 0.51, 0.54, 0.56, 0.57, 0.58], [0.6, 0.62, 0.61, 0.63, 0.64, 0.66]]
+    full = [[0.5, 0.55, 0.56, 0.57, 0.58, 0.6], [0.6, 0.64, 0.65, 0.66, 0.67, 0.7]]
+    base = write_run(tmp_path / "base", [0, 1], {"static": static, "naive": naive, "ips": ours, "full": full})
+    gated = write_run(tmp_path / "gated", [0, 1], {"ips": naive},
+                      false_promotions={"ips": 1}, missed_improvements={"ips": 2}, updates={"ips": 10})
+    out = tmp_path / "table.json"
+    res = feedback_table.main([base, f"gated={gated}:{base}", "--output", str(out)])
+    s = res[base]
+    assert s["mean_utility"]["ours"] == pytest.approx([0.565, 0.575, 0.595, 0.605, 0.62])
+    assert s["mean_rises_every_round"] is True
+    assert s["seeds_rising_every_round"] == 1              # seed 1 dips from 0.62 to 0.61
+    assert s["largest_seed_dip"] == pytest.approx(0.01)
+    assert s["share_of_gap"] == pytest.approx(0.7)          # mean gain (0.08 + 0.06) / 2 over mean gap 0.1
+    d = s["ours_minus_naive"]
+    assert d["mean"] == pytest.approx(0.035) and d["seeds_ahead"] == 2 and d["sign_test_p"] == 0.5
+    g = res["gated"]
+    assert g["ours_minus_naive"]["mean"] == 0 and g["ours_minus_naive"]["seeds_ahead"] == 0
+    assert g["ours_minus_naive"]["sign_test_p"] == 1.0    # all ties
+    assert g["false_promotions"] == 1 and g["updates"] == 10
+    assert json.loads(out.read_text())["gated"]["share_of_gap"] == pytest.approx(g["share_of_gap"])
+
+
+def test_a_run_on_some_of_the_baselines_seeds_is_compared_on_those(tmp_path):
+    rows = {"static": [[0.5] * 6, [0.6] * 6], "naive": [[0.5] * 5 + [0.55], [0.6] * 5 + [0.61]],
+            "full": [[0.5] * 5 + [0.6], [0.6] * 5 + [0.7]]}
+    base = write_run(tmp_path / "base", [3, 7], rows)
+    run = write_run(tmp_path / "run", [7], {"ips": [[0.6] * 5 + [0.65]]})
+    s = feedback_table.main([f"{run}:{base}"])[run]
+    assert s["gap"] == pytest.approx(0.1) and s["share_of_gap"] == pytest.approx(0.5)   # seed 7's rows only
+    assert s["ours_minus_naive"]["mean"] == pytest.approx(0.04)
+
+
+def test_mismatched_seeds_and_a_missing_method_are_named(tmp_path):
+    base = write_run(tmp_path / "base", [0, 1], {"static": [[0.5] * 6] * 2})
+    other = write_run(tmp_path / "other", [2, 3], {"ips": [[0.5] * 6] * 2})
+    with pytest.raises(SystemExit, match=r"seeds \[2, 3\] that"):
+        feedback_table.main([f"x={other}:{base}"])
+    with pytest.raises(SystemExit, match="no method 'ips'"):
+        feedback_table.main([base])
+    with pytest.raises(SystemExit, match="not found"):
+        feedback_table.main([str(tmp_path / "nowhere")])
+
+
+def test_sign_test():
+    assert feedback_table.sign_test(10, 10) == pytest.approx(2 / 1024)
+    assert feedback_table.sign_test(5, 10) == 1.0
