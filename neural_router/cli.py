@@ -55,6 +55,9 @@ def add_update_arguments(p) -> None:
                    help="keep this share of the update's change: new = a * fine-tuned + (1 - a) * current "
                         "(default 0.5; 1 = the fine-tuned weights); a model's head rows keep more where the "
                         "current router saw few of its outcomes (all, for a new pool member)")
+    p.add_argument("--bias-calibration", type=float, default=None, metavar="K",
+                   help="after fine-tuning, move each model's mean predicted quality on its training outcomes "
+                        "to their (weighted) mean score, shrunk by K pseudo-observations (off by default)")
 
 
 def build_parser() -> argparse.ArgumentParser:

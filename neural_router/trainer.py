@@ -384,7 +384,7 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                  sample_weights: np.ndarray | None = None, cold_start_prior: float | None = None,
                  activation_cache: ActivationCache | None = None,
                  val_sample_weights: np.ndarray | None = None, interpolate: float = 1.0,
-                 row_interpolate: np.ndarray | None = None):
+                 row_interpolate: np.ndarray | None = None, bias_calibration: float | None = None):
     """Fine-tune and return (model, tokenizer, history). ``encoder_config`` -> random tiny encoder.
 
     ``init_from``: start from this router instead of the pretrained encoder (its encoder, trunk and
@@ -405,6 +405,11 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     cold-start rows of new models), so an update moves only part of the way from the serving router.
     ``row_interpolate``: ``[len(train.models)]``, the same share per model for its head rows (the
     encoder and trunk use ``interpolate``).
+    ``bias_calibration``: after training (and interpolating), shift each model's quality bias so
+    that its mean prediction on its observed training cells (weighted by ``sample_weights``) moves
+    to their mean score, shrunk toward no shift by this many pseudo-observations
+    (:func:`calibrate_quality_bias`; None = off). A head row that a few epochs and interpolation
+    left short of its data (a new pool member's) is then no longer held back by its starting point.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -526,5 +531,37 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                 a = rows.to(v.device).view(-1, *([1] * (v.dim() - 1)))
             mixed[k] = a * v + (1 - a) * start_state[k].to(v.device) if v.is_floating_point() else v
         raw.load_state_dict(mixed)
+    if bias_calibration is not None:
+        _, pred = evaluate_loss(raw, tr, cfg, start_layer, device)
+        w = sample_weights if sample_weights is not None else np.ones_like(train.scores, dtype=np.float32)
+        shift = calibrate_quality_bias(train.scores, pred, w, bias_calibration)
+        with torch.no_grad():
+            raw.quality.bias += torch.as_tensor(shift, dtype=raw.quality.bias.dtype, device=raw.quality.bias.device)
+        if history:   # recorded with the last epoch, so len(history) still counts epochs
+            history[-1]["quality_bias_shift"] = dict(zip(train.models, np.round(shift, 4).tolist()))
+        log.info("quality bias recalibrated (pseudo count %g): %s", bias_calibration,
+                 {m: round(float(x), 3) for m, x in zip(train.models, shift) if abs(x) >= 0.01})
     raw.eval().cpu()
     return raw, tokenizer, history
+
+
+def calibrate_quality_bias(scores: np.ndarray, pred: np.ndarray, weights: np.ndarray, pseudo_count: float,
+                           steps: int = 5) -> np.ndarray:
+    """Per model, the logit shift ``d`` that minimises the weighted cross-entropy of
+    ``sigmoid(logit(pred) + d)`` against the observed ``scores`` plus ``pseudo_count * d**2 / 8``
+    (a Gaussian prior at no shift, as strong as ``pseudo_count`` cells at p = 0.5), by Newton steps.
+    Unobserved cells (NaN score) and zero weights do not count; a model without any gets 0."""
+    if pseudo_count < 0:
+        raise ValueError(f"bias_calibration must be >= 0 (pseudo-observations), got {pseudo_count}")
+    obs = np.isfinite(scores) & (weights > 0)
+    y = np.where(obs, scores, 0.0).astype(np.float64)
+    w = np.where(obs, weights, 0.0).astype(np.float64)
+    p0 = np.clip(pred.astype(np.float64), 1e-6, 1 - 1e-6)
+    z = np.log(p0 / (1 - p0))
+    d = np.zeros(scores.shape[1])
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(z + d)))
+        grad = (w * (p - y)).sum(0) + pseudo_count * d / 4
+        hess = (w * p * (1 - p)).sum(0) + pseudo_count / 4
+        d = np.where(hess > 0, d - grad / np.maximum(hess, 1e-12), 0.0)
+    return np.where(obs.any(0), d, 0.0)

@@ -16,8 +16,8 @@ from neural_router.feedback import FeedbackStore
 from neural_router.model import RouterModel
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
-from neural_router.trainer import (ActivationCache, TrainConfig, masked_losses, model_from_parent,
-                                   train_router)
+from neural_router.trainer import (ActivationCache, TrainConfig, calibrate_quality_bias, masked_losses,
+                                   model_from_parent, train_router)
 from training.update import (compare_on_logs, logged_dataset, policy_probs, predict_router,
                              promotion_verdict, row_shares, run_update)
 
@@ -147,6 +147,61 @@ def test_interpolate_keeps_that_share_of_the_update(tiny_trained_dir, tiny_data_
         train_router(ds, None, pool, cfg, progress=False, init_from=parent, row_interpolate=np.array([1.0]))
     with pytest.raises(ValueError, match="interpolate"):
         train_router(ds, None, pool, cfg, progress=False, init_from=parent, interpolate=0.0)
+
+
+def test_calibrate_quality_bias_moves_mean_predictions_toward_the_scores():
+    rng = np.random.default_rng(0)
+    n = 400
+    pred = np.column_stack([np.full(n, 0.6), np.full(n, 0.6), rng.uniform(0.2, 0.9, n), np.full(n, 0.5)])
+    scores = np.column_stack([np.arange(n) % 5 != 0,              # 0.8 in every 5 rows
+                              rng.random(n) < 0.6, rng.random(n) < pred[:, 2],
+                              np.full(n, np.nan)]).astype(np.float32)
+    scores[::3, 1] = np.nan                                       # a masked cell is not a failure
+    w = np.ones_like(scores)
+    d = calibrate_quality_bias(scores, pred, w, pseudo_count=0.0)
+    shifted = lambda j: 1 / (1 + np.exp(-(np.log(pred[:, j] / (1 - pred[:, j])) + d[j])))  # noqa: E731
+    assert shifted(0).mean() == pytest.approx(np.nanmean(scores[:, 0]), abs=1e-4)   # exact without a prior
+    assert abs(shifted(1).mean() - np.nanmean(scores[:, 1])) < 1e-4
+    assert abs(d[2]) < 0.15                                       # already calibrated: about no shift
+    assert d[3] == 0.0                                            # never observed: untouched
+    # the pseudo-observations shrink the shift, the more the fewer cells a model has
+    few = calibrate_quality_bias(scores[:20], pred[:20], w[:20], pseudo_count=20.0)
+    many = calibrate_quality_bias(scores, pred, w, pseudo_count=20.0)
+    assert 0 < few[0] < calibrate_quality_bias(scores[:20], pred[:20], w[:20], 0.0)[0]
+    assert many[0] == pytest.approx(d[0], rel=0.1)
+    # weights count: a zero weight drops a cell, doubling all weights halves the prior's pull
+    w0 = w.copy()
+    w0[:200, 0] = 0
+    assert calibrate_quality_bias(scores, pred, w0, 0.0)[0] == pytest.approx(
+        calibrate_quality_bias(scores[200:], pred[200:], w[200:], 0.0)[0], abs=1e-6)
+    assert calibrate_quality_bias(scores[:20], pred[:20], 2 * w[:20], 20.0)[0] == pytest.approx(
+        calibrate_quality_bias(scores[:20], pred[:20], w[:20], 10.0)[0], abs=1e-6)
+    with pytest.raises(ValueError, match="bias_calibration"):
+        calibrate_quality_bias(scores, pred, w, -1.0)
+
+
+def test_train_router_bias_calibration_shifts_only_the_quality_bias(tiny_trained_dir, tiny_data_file,
+                                                                   tiny_pool_file):
+    parent = RouterModel.from_pretrained(tiny_trained_dir)
+    pool, ds = _tiny(tiny_data_file, tiny_pool_file)
+    cfg = TrainConfig(**{**CFG, "epochs": 1})
+
+    def fit(k):
+        torch.manual_seed(0)
+        return train_router(ds, None, pool, cfg, progress=False, init_from=parent, interpolate=0.5,
+                            bias_calibration=k)
+
+    (plain, _, _), (cal, tok, hist) = fit(None), fit(0.0)
+    a, b = plain.state_dict(), cal.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == ["quality.bias"]
+    shift = hist[-1]["quality_bias_shift"]
+    assert len(hist) == 1 and set(shift) == set(ds.models)
+    assert np.allclose(b["quality.bias"] - a["quality.bias"], [shift[m] for m in ds.models], atol=1e-3)
+    # after the shift each model's mean predicted quality on its training cells is its mean score
+    p = predict_router(cal, tok, pool, ds.prompts).quality
+    for j in range(len(ds.models)):
+        obs = np.isfinite(ds.scores[:, j])
+        assert p[obs, j].mean() == pytest.approx(ds.scores[obs, j].mean(), abs=0.01)
 
 
 def test_row_shares_follow_the_parents_evidence():
@@ -328,6 +383,7 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     tm = json.loads((out / "training_metrics.json").read_text())
     assert tm["parent_version"] == parent_version and tm["data"]          # original data carried on
     assert tm["update"]["normalize_weights"] is True  # the default: self-normalised weights
+    assert tm["update"]["bias_calibration"] is None   # off by default
     assert tm["update"]["weights_of_chosen"]["max"] > 1.0
     rows = tm["update"]["row_interpolate"]   # >= 0.5; more where the parent saw few of the outcomes
     assert set(rows) == {"big", "mid", "small", "newbie"} and all(0.5 <= a <= 1 for a in rows.values())
@@ -404,9 +460,20 @@ def test_neural_router_update_has_the_same_options_as_training_update():
 
     args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                       "--pool", "p.yaml", "--raw-weights", "--clip", "3", "--require-ci",
-                                      "--promote-on", "dr", "--interpolate", "1"])
-    assert (args.pool, args.raw_weights, args.clip, args.require_ci, args.promote_on, args.interpolate) == \
-        ("p.yaml", True, 3.0, True, "dr", 1.0)
+                                      "--promote-on", "dr", "--interpolate", "1", "--bias-calibration", "20"])
+    assert (args.pool, args.raw_weights, args.clip, args.require_ci, args.promote_on, args.interpolate,
+            args.bias_calibration) == ("p.yaml", True, 3.0, True, "dr", 1.0, 20.0)
     args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o"])
     assert args.raw_weights is False and args.cost_weight is None  # default: self-normalised, logged prefs
-    assert args.interpolate == 0.5
+    assert args.interpolate == 0.5 and args.bias_calibration is None
+
+
+def test_update_command_passes_bias_calibration_to_run_update(monkeypatch):
+    import training.update as upd
+    from neural_router.cli import build_parser
+
+    seen = {}
+    monkeypatch.setattr(upd, "run_update", lambda *a, **kw: seen.update(kw))
+    upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output",
+                                                 "o", "--bias-calibration", "20", "--interpolate", "0.7"]))
+    assert seen["bias_calibration"] == 20.0 and seen["interpolate"] == 0.7

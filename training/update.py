@@ -415,7 +415,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                router_version: str | None = None, cold_start_prior: float | None = None,
                importance_weighting: bool = True, normalize_weights: bool = True,
                log_val_fraction: float = 0.1, interpolate: float = 0.5,
-               compare_with: str | Path | None = None,
+               compare_with: str | Path | None = None, bias_calibration: float | None = None,
                overrides: dict | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
@@ -463,6 +463,9 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         compare_with: the router that serves now, which the new one must beat on the held-out logs
             (default: ``router_dir``). Set it to fine-tune further from a candidate that was not
             promoted (its lineage keeps learning) while the check still compares with what serves.
+        bias_calibration: after fine-tuning, shift each model's quality bias toward its (weighted)
+            mean observed score on the training cells, shrunk by this many pseudo-observations
+            (``train_router(bias_calibration=)``; None = off, the default).
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
         n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
         activation_cache: share frozen-layer activations with other updates in this process.
@@ -551,7 +554,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                        sample_weights=sw, cold_start_prior=cold_start_prior,
                                        activation_cache=cache, val_sample_weights=val_w,
                                        interpolate=interpolate,
-                                       row_interpolate=row_a if interpolate < 1.0 else None)
+                                       row_interpolate=row_a if interpolate < 1.0 else None,
+                                       bias_calibration=bias_calibration)
 
     # ---- save --------------------------------------------------------------------------------------
     out_root = Path(output_dir)
@@ -571,7 +575,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         "weights_of_chosen": {"mean": float(w_train[w_train > 0].mean()) if (w_train > 0).any() else None,
                               "max": float(w_train.max()) if w_train.size else None},
         "new_models": new_models, "cold_start_prior": cold_start_prior, "interpolate": interpolate,
-        "row_interpolate": dict(zip(train.models, row_a.round(3).tolist())), "skipped": skipped}
+        "bias_calibration": bias_calibration, "row_interpolate": dict(zip(train.models, row_a.round(3).tolist())), "skipped": skipped}
     metrics = {"data": data_paths, "summary": train.summary(),
                "train_prompts": len(train), "val_prompts": len(val) if val is not None else 0,
                "val_fraction": val_fraction, "split_salt": split_salt, "history": history,
@@ -632,7 +636,7 @@ def run_from_args(args) -> dict[str, Any]:
                       router_version=args.router_version, cold_start_prior=args.cold_start_prior,
                       importance_weighting=not args.naive, normalize_weights=not args.raw_weights,
                       interpolate=args.interpolate, compare_with=args.compare_with,
-                      overrides={"epochs": args.epochs})
+                      bias_calibration=args.bias_calibration, overrides={"epochs": args.epochs})
 
 
 def main(argv: list[str] | None = None) -> int:
