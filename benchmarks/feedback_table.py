@@ -66,6 +66,7 @@ def summarise(run: str, baselines: str | None, method: str) -> dict:
                          "ours": mean.tolist(), "full": rows["full"][:, 1:].mean(0).tolist()},
         "mean_rises_every_round": bool(np.all(np.diff(np.r_[rows["static"][:, -1].mean(), mean]) > 0)),
         "seeds_rising_every_round": int(np.all(np.diff(ours, axis=1) > 0, axis=1).sum()),
+        "seeds_never_falling": int(np.all(np.diff(ours, axis=1) >= 0, axis=1).sum()),   # gated: level = kept
         "largest_seed_dip": float(max(0.0, -np.diff(ours, axis=1).min())),
         "share_of_gap": float((ours[:, -1] - rows["static"][:, -1]).mean() / gap.mean()),
         "naive_share_of_gap": float((rows["naive"][:, -1] - rows["static"][:, -1]).mean() / gap.mean()),
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n{name or run}  ({len(s['seeds'])} seeds; no updates {s['mean_utility']['static']:.4f})")
         print(f"  naive  {fmt(s['mean_utility']['naive'])}")
         print(f"  ours   {fmt(s['mean_utility']['ours'])}   rises every round: {s['mean_rises_every_round']} "
-              f"(per seed {s['seeds_rising_every_round']} of {d['seeds']}; largest dip {s['largest_seed_dip']:.3f})")
+              f"(per seed {s['seeds_rising_every_round']} of {d['seeds']}, never falling {s['seeds_never_falling']}; "
+              f"largest dip {s['largest_seed_dip']:.3f})")
         print(f"  full   {fmt(s['mean_utility']['full'])}")
         print(f"  share of the gap {s['share_of_gap']:.0%} (naive {s['naive_share_of_gap']:.0%}; gap {s['gap']:.4f})")
         spread = f" sd {d['sd']:.4f} se {d['se']:.4f}" if d["sd"] is not None else ""

@@ -32,6 +32,7 @@ def test_summary_of_an_ungated_run_and_a_gated_run_against_its_baselines(tmp_pat
     assert s["mean_utility"]["ours"] == pytest.approx([0.565, 0.575, 0.595, 0.605, 0.62])
     assert s["mean_rises_every_round"] is True
     assert s["seeds_rising_every_round"] == 1              # seed 1 dips from 0.62 to 0.61
+    assert s["seeds_never_falling"] == 1
     assert s["largest_seed_dip"] == pytest.approx(0.01)
     assert s["share_of_gap"] == pytest.approx(0.7)          # mean gain (0.08 + 0.06) / 2 over mean gap 0.1
     d = s["ours_minus_naive"]
@@ -40,6 +41,7 @@ def test_summary_of_an_ungated_run_and_a_gated_run_against_its_baselines(tmp_pat
     assert g["ours_minus_naive"]["mean"] == 0 and g["ours_minus_naive"]["seeds_ahead"] == 0
     assert g["ours_minus_naive"]["sign_test_p"] == 1.0    # all ties
     assert g["false_promotions"] == 1 and g["updates"] == 10
+    assert g["seeds_rising_every_round"] == 0 and g["seeds_never_falling"] == 2   # naive's level rounds
     assert json.loads(out.read_text())["gated"]["share_of_gap"] == pytest.approx(g["share_of_gap"])
 
 
