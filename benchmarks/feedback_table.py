@@ -8,6 +8,7 @@ error, seeds ahead, two-sided sign-test p).
 
 A gated run (``--methods ips --gate``) holds only our method; ``NAME=RUN:BASELINES`` takes the
 no-update, naive and full-information rows from an ungated run that covers the same seeds.
+``RUN_A+RUN_B`` (on either side) pools runs made on different seeds.
 
     python benchmarks/feedback_table.py runs/bf_small20 \
         "gated=runs/bf_small_gate:runs/bf_small20" --output benchmarks/results/bench_feedback_small.json
@@ -23,6 +24,19 @@ import numpy as np
 
 
 def load(run: str) -> dict:
+    """One run's ``bench_feedback_seeds.json``; ``RUN_A+RUN_B`` pools runs on different seeds."""
+    if "+" in run:
+        parts = [load(r) for r in run.split("+")]
+        seeds = [s for p in parts for s in p["seeds"]]
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"{run}: the pooled runs share seeds ({seeds}); pool runs on different seeds")
+        common = set.intersection(*(set(p["methods"]) for p in parts))
+        counts = {k: {m: sum(p.get(k, {}).get(m) or 0 for p in parts) for m in common}
+                  for k in ("false_promotions", "missed_improvements", "updates")}
+        return {"seeds": seeds, **counts,
+                "methods": {m: {"utility": {"per_seed": [row for p in parts
+                                                         for row in p["methods"][m]["utility"]["per_seed"]]}}
+                            for m in common}}
     path = Path(run) / "bench_feedback_seeds.json"
     if not path.exists():
         raise SystemExit(f"{path}: not found; run benchmarks/bench_feedback.py --seeds ... --out {run} first")

@@ -55,6 +55,19 @@ def test_a_run_on_some_of_the_baselines_seeds_is_compared_on_those(tmp_path):
     assert s["ours_minus_naive"]["mean"] == pytest.approx(0.04)
 
 
+def test_runs_on_different_seeds_pool(tmp_path):
+    rows = lambda lo, hi: {"static": [[0.5] * 6], "naive": [[0.5] * 5 + [lo]], "ips": [[0.5] * 5 + [hi]],  # noqa: E731
+                           "full": [[0.5] * 5 + [0.7]]}
+    a = write_run(tmp_path / "a", [0], rows(0.55, 0.6), false_promotions={"ips": 1}, updates={"ips": 5})
+    b = write_run(tmp_path / "b", [1], rows(0.6, 0.58), false_promotions={"ips": 2}, updates={"ips": 5})
+    s = feedback_table.main([f"both={a}+{b}"])["both"]
+    assert s["seeds"] == [0, 1] and s["ours_minus_naive"]["seeds_ahead"] == 1
+    assert s["ours_minus_naive"]["mean"] == pytest.approx((0.05 - 0.02) / 2)
+    assert s["false_promotions"] == 3 and s["updates"] == 10
+    with pytest.raises(SystemExit, match="share seeds"):
+        feedback_table.main([f"{a}+{a}"])
+
+
 def test_mismatched_seeds_and_a_missing_method_are_named(tmp_path):
     base = write_run(tmp_path / "base", [0, 1], {"static": [[0.5] * 6] * 2})
     other = write_run(tmp_path / "other", [2, 3], {"ips": [[0.5] * 6] * 2})
