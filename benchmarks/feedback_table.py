@@ -71,7 +71,7 @@ def summarise(run: str, baselines: str | None, method: str) -> dict:
     gap = rows["full"][:, -1] - rows["static"][:, -1]
     diff = ours[:, -1] - rows["naive"][:, -1]
     n = len(diff)
-    sd = float(diff.std(ddof=1)) if n > 1 else float("nan")     # one seed: no spread to report
+    sd = float(diff.std(ddof=1)) if n > 1 else None     # one seed: no spread to report
     wins = int((diff > 0).sum())
     return {
         "run": run, "baselines": baselines or run, "method": method, "seeds": agg["seeds"],
@@ -85,8 +85,8 @@ def summarise(run: str, baselines: str | None, method: str) -> dict:
         "share_of_gap": float((ours[:, -1] - rows["static"][:, -1]).mean() / gap.mean()),
         "naive_share_of_gap": float((rows["naive"][:, -1] - rows["static"][:, -1]).mean() / gap.mean()),
         "gap": float(gap.mean()),
-        "ours_minus_naive": {"mean": float(diff.mean()), "sd": None if n < 2 else sd,
-                             "se": None if n < 2 else sd / math.sqrt(n), "seeds_ahead": wins, "seeds": n,
+        "ours_minus_naive": {"mean": float(diff.mean()), "sd": sd,
+                             "se": None if sd is None else sd / math.sqrt(n), "seeds_ahead": wins, "seeds": n,
                              "sign_test_p": sign_test(wins, int((diff != 0).sum())),   # ties dropped
                              "by_round": (curve - rows["naive"][:, 1:]).mean(0).tolist()},
         "false_promotions": agg.get("false_promotions", {}).get(method),

@@ -451,6 +451,8 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         if row_interpolate.shape != (len(train.models),) or not ((row_interpolate > 0) & (row_interpolate <= 1)).all():
             raise ValueError(f"row_interpolate must hold one share in (0, 1] per model ({len(train.models)}), "
                              f"got {row_interpolate.tolist()}")
+    if bias_calibration is not None and bias_calibration < 0:   # fail before training, not after it
+        raise ValueError(f"bias_calibration must be >= 0 (pseudo-observations), got {bias_calibration}")
     start_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                    if interpolate < 1.0 or row_interpolate is not None else None)
     model.freeze_lower(cfg.freeze_layers)

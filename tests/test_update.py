@@ -202,6 +202,8 @@ def test_train_router_bias_calibration_shifts_only_the_quality_bias(tiny_trained
     for j in range(len(ds.models)):
         obs = np.isfinite(ds.scores[:, j])
         assert p[obs, j].mean() == pytest.approx(ds.scores[obs, j].mean(), abs=0.01)
+    with pytest.raises(ValueError, match="bias_calibration"):   # refused before any training
+        fit(-1.0)
 
 
 def test_row_shares_follow_the_parents_evidence():

@@ -575,7 +575,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         "weights_of_chosen": {"mean": float(w_train[w_train > 0].mean()) if (w_train > 0).any() else None,
                               "max": float(w_train.max()) if w_train.size else None},
         "new_models": new_models, "cold_start_prior": cold_start_prior, "interpolate": interpolate,
-        "bias_calibration": bias_calibration, "row_interpolate": dict(zip(train.models, row_a.round(3).tolist())), "skipped": skipped}
+        "bias_calibration": bias_calibration,
+        "row_interpolate": dict(zip(train.models, row_a.round(3).tolist())), "skipped": skipped}
     metrics = {"data": data_paths, "summary": train.summary(),
                "train_prompts": len(train), "val_prompts": len(val) if val is not None else 0,
                "val_fraction": val_fraction, "split_salt": split_salt, "history": history,
