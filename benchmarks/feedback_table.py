@@ -43,6 +43,16 @@ def load(run: str) -> dict:
     return json.loads(path.read_text())
 
 
+def only_seeds(agg: dict, seeds: list[int], run: str) -> dict:
+    """``agg`` restricted to ``seeds`` (promotion counts are per run, so they are dropped)."""
+    missing = sorted(set(seeds) - set(agg["seeds"]))
+    if missing:
+        raise SystemExit(f"{run} has no seeds {missing} (it has {agg['seeds']})")
+    pick = [agg["seeds"].index(s) for s in seeds]
+    return {"seeds": list(seeds), "methods": {m: {"utility": {"per_seed": [v["utility"]["per_seed"][i] for i in pick]}}
+                                               for m, v in agg["methods"].items()}}
+
+
 def per_seed(agg: dict, method: str, run: str) -> np.ndarray:
     if method not in agg["methods"]:
         raise SystemExit(f"{run}: no method {method!r} (has {sorted(agg['methods'])}); "
@@ -56,8 +66,8 @@ def sign_test(wins: int, n: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
-def summarise(run: str, baselines: str | None, method: str) -> dict:
-    agg = load(run)
+def summarise(run: str, baselines: str | None, method: str, seeds: list[int] | None = None) -> dict:
+    agg = load(run) if seeds is None else only_seeds(load(run), seeds, run)
     base = load(baselines) if baselines else agg
     missing = sorted(set(agg["seeds"]) - set(base["seeds"]))
     if missing:
@@ -100,13 +110,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("runs", nargs="+", help="RUN, or NAME=RUN, or NAME=RUN:BASELINES (an ungated run on the same "
                                             "seeds with static,naive,full)")
     ap.add_argument("--method", default="ips", help="the row that is 'our method' (default ips)")
+    ap.add_argument("--seeds", help="only these seeds of each run, e.g. 0-9 or 0,2,4")
     ap.add_argument("--output", help="write the summaries as JSON here")
     args = ap.parse_args(argv)
+    seeds = None
+    if args.seeds:
+        seeds = [k for part in args.seeds.split(",") for a, _, b in [part.partition("-")]
+                 for k in range(int(a), int(b or a) + 1)]
     out = {}
     for spec in args.runs:
         name, _, rest = spec.rpartition("=")
         run, _, baselines = rest.partition(":")
-        s = out[name or run] = summarise(run, baselines or None, args.method)
+        s = out[name or run] = summarise(run, baselines or None, args.method, seeds)
         d = s["ours_minus_naive"]
         fmt = lambda xs: " ".join(f"{x:.4f}" for x in xs)  # noqa: E731
         print(f"\n{name or run}  ({len(s['seeds'])} seeds; no updates {s['mean_utility']['static']:.4f})")

@@ -68,6 +68,17 @@ def test_runs_on_different_seeds_pool(tmp_path):
         feedback_table.main([f"{a}+{a}"])
 
 
+def test_seeds_option_keeps_only_those_seeds(tmp_path):
+    rows = {"static": [[0.5] * 6, [0.6] * 6], "naive": [[0.5] * 5 + [0.55], [0.6] * 5 + [0.61]],
+            "ips": [[0.5] * 5 + [0.6], [0.6] * 5 + [0.6]], "full": [[0.5] * 5 + [0.6], [0.6] * 5 + [0.7]]}
+    base = write_run(tmp_path / "base", [3, 7], rows, false_promotions={"ips": 4})
+    s = feedback_table.main([base, "--seeds", "7"])[base]
+    assert s["seeds"] == [7] and s["share_of_gap"] == 0.0 and s["false_promotions"] is None
+    assert feedback_table.main([base, "--seeds", "3,7"])[base]["share_of_gap"] == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match=r"no seeds \[6\]"):
+        feedback_table.main([base, "--seeds", "6-7"])
+
+
 def test_mismatched_seeds_and_a_missing_method_are_named(tmp_path):
     base = write_run(tmp_path / "base", [0, 1], {"static": [[0.5] * 6] * 2})
     other = write_run(tmp_path / "other", [2, 3], {"ips": [[0.5] * 6] * 2})
