@@ -6,7 +6,7 @@
         [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
         [--margin 0.1] [--gate] [--promote-on dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
-        [--interpolate 0.5] [--interpolate-all]
+        [--interpolate 0.5] [--interpolate-all] [--bias-calibration K] [--head-transfer P]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -46,8 +46,10 @@ every update from then on passes the full pool (``run_update(pool_file=...)``), 
 the cold-start prior, and the exploring methods boost it (``ExplorationConfig.boost_models``, as
 ``exploration.boost_models`` does in the service). Naive retraining routes greedily, so it sees NAME
 only where the prior beats every other prediction (``--no-boost``: no boost branch; the new model
-gets traffic only from the exploration policy itself). Utility and AIQ are computed over the models
-each router can route to.
+gets traffic only from the exploration policy itself). With ``--head-transfer P`` the exploring
+methods' updates rewrite NAME's quality head as a mixture of the known models' heads fitted to its
+outcomes, with a prior at their average as strong as P outcomes (``run_update(head_transfer=P)``).
+Utility and AIQ are computed over the models each router can route to.
 The default sizes (150 initial prompts, 300 per round, 450 evaluation prompts) leave little to learn
 after round 1: the full-information router's mean utility gains under 0.01 after round 1 there (README).
 ``--init 50 --per-round 100 --eval 1500`` (the "small-slice" replay in the README) starts from a
@@ -130,6 +132,10 @@ def parse_args(argv=None):
     ap.add_argument("--bias-calibration", type=float, default=None, metavar="K",
                     help="exploring methods recalibrate each model's quality bias on the update's training "
                          "outcomes, shrunk by K pseudo-observations (run_update bias_calibration; off by default)")
+    ap.add_argument("--head-transfer", type=float, default=None, metavar="P",
+                    help="exploring methods refit the new model's quality head as a mixture of the other "
+                         "models' rows, with a prior at their average as strong as P outcomes "
+                         "(run_update head_transfer)")
     ap.add_argument("--new-model", help="cold-start scenario: this model joins the pool after round 1 "
                                         "(left out of the initial slice and router)")
     ap.add_argument("--seed", type=int, default=0)
@@ -460,7 +466,9 @@ def run(args) -> dict:
                              holdout_fraction=args.holdout, n_boot=args.n_boot, seed=rnd,
                              activation_cache=cache, pool_file=(out / "pool.yaml") if new else None,
                              interpolate=args.interpolate if m in EXPLORING or args.interpolate_all else 1.0,
-                             bias_calibration=args.bias_calibration if m in EXPLORING else None)
+                             bias_calibration=args.bias_calibration if m in EXPLORING else None,
+                             head_transfer=args.head_transfer if m in EXPLORING else None,
+                             head_transfer_models=new if args.head_transfer and m in EXPLORING else None)
             new_dir = Path(res["router_dir"])
             score = evaluate(new_dir)
             prev = results[m][-1]

@@ -31,6 +31,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -384,7 +385,8 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                  sample_weights: np.ndarray | None = None, cold_start_prior: float | None = None,
                  activation_cache: ActivationCache | None = None,
                  val_sample_weights: np.ndarray | None = None, interpolate: float = 1.0,
-                 row_interpolate: np.ndarray | None = None, bias_calibration: float | None = None):
+                 row_interpolate: np.ndarray | None = None, bias_calibration: float | None = None,
+                 head_transfer: float | None = None, head_transfer_models: Sequence[str] = ()):
     """Fine-tune and return (model, tokenizer, history). ``encoder_config`` -> random tiny encoder.
 
     ``init_from``: start from this router instead of the pretrained encoder (its encoder, trunk and
@@ -410,6 +412,11 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     to their mean score, shrunk toward no shift by this many pseudo-observations
     (:func:`calibrate_quality_bias`; None = off). A head row that a few epochs and interpolation
     left short of its data (a new pool member's) is then no longer held back by its starting point.
+    ``head_transfer`` (with ``head_transfer_models``): after that, the quality head row of each
+    listed model is replaced by a weighted sum of the other models' rows plus a bias, fitted to
+    its observed training cells, with a prior at the plain average as strong as this many cells
+    (:func:`fit_head_mixture`). A model with few outcomes then has K + 1 numbers to learn
+    ("which known models does it behave like, and how much better") instead of a whole row.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -453,6 +460,12 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                              f"got {row_interpolate.tolist()}")
     if bias_calibration is not None and bias_calibration < 0:   # fail before training, not after it
         raise ValueError(f"bias_calibration must be >= 0 (pseudo-observations), got {bias_calibration}")
+    if head_transfer is not None and not (math.isfinite(head_transfer) and head_transfer > 0):
+        raise ValueError(f"head_transfer must be a finite pseudo count > 0, got {head_transfer}")
+    unknown = [m for m in head_transfer_models if m not in train.models]
+    if unknown:
+        raise ValueError(f"head_transfer_models {unknown} are not in the training data's models "
+                         f"({', '.join(train.models)})")
     start_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                    if interpolate < 1.0 or row_interpolate is not None else None)
     model.freeze_lower(cfg.freeze_layers)
@@ -543,8 +556,78 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
             history[-1]["quality_bias_shift"] = dict(zip(train.models, np.round(shift, 4).tolist()))
         log.info("quality bias recalibrated (pseudo count %g): %s", bias_calibration,
                  {m: round(float(x), 3) for m, x in zip(train.models, shift) if abs(x) >= 0.01})
+    if head_transfer is not None and head_transfer_models:
+        _, pred = evaluate_loss(raw, tr, cfg, start_layer, device)
+        w = sample_weights if sample_weights is not None else np.ones_like(train.scores, dtype=np.float32)
+        mixes = transfer_heads(raw, train, pred, w, head_transfer, head_transfer_models)
+        if history:
+            history[-1]["head_transfer"] = mixes
     raw.eval().cpu()
     return raw, tokenizer, history
+
+
+def fit_head_mixture(basis_logits: np.ndarray, y: np.ndarray, w: np.ndarray, pseudo_count: float,
+                     c0: float = 0.0, steps: int = 25) -> tuple[np.ndarray, float]:
+    """Weighted logistic regression of ``y`` (scores in [0, 1]) on ``basis_logits`` ([n, K], the
+    other models' quality logits on the same prompts): ``(alpha [K], c)`` minimising
+    ``sum w * CE(y, sigmoid(basis_logits @ alpha + c))`` plus a Gaussian prior at ``alpha = 1/K``,
+    ``c = c0`` (the cold-start row: the average of the known rows, shifted by ``c0``), per
+    coordinate as strong as ``pseudo_count`` cells at p = 0.5 (precision ``pseudo_count / 4`` times
+    the feature's weighted mean square over the cells), by Newton steps. With few cells the fit
+    stays near the average model; as they accumulate it moves to the models the target behaves
+    like. The known models' logits are strongly correlated, so their sum (how steep the target's
+    logit is) can move further from 1 than one coordinate's prior alone would suggest; in the replay
+    (README) that helped: a g-prior, as strong in every direction, learned the new model slower
+    and ended lower."""
+    n, k = basis_logits.shape
+    x = np.concatenate([basis_logits, np.ones((n, 1))], axis=1).astype(np.float64)
+    w = w.astype(np.float64)
+    y = y.astype(np.float64)
+    prior = np.concatenate([np.full(k, 1.0 / k), [c0]])
+    reg = np.diag(pseudo_count / 4 * np.maximum((x ** 2 * w[:, None]).sum(0) / max(w.sum(), 1e-12), 1e-3))
+    theta = prior.copy()
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ theta, -30, 30)))
+        grad = x.T @ (w * (p - y)) + reg @ (theta - prior)
+        hess = (x * (w * p * (1 - p))[:, None]).T @ x + reg + 1e-9 * np.eye(k + 1)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return theta[:k], float(theta[k])
+
+
+def transfer_heads(model: RouterModel, train: RoutingDataset, pred: np.ndarray, weights: np.ndarray,
+                   pseudo_count: float, targets: Sequence[str]) -> dict[str, dict]:
+    """Replace the quality head row of each model in ``targets`` that has observed training cells
+    by a mixture of the other (non-target) models' rows fitted with :func:`fit_head_mixture` on
+    ``pred`` (the model's [N, M] predicted qualities on ``train``). Returns, per model, the mixture
+    weights, the bias and the number of cells it was fitted on."""
+    cols = [train.models.index(m) for m in model.config.models]
+    if cols != list(range(len(cols))):
+        raise ValueError("transfer_heads: the router's models must be the training data's, in order")
+    z = np.log(np.clip(pred, 1e-6, 1 - 1e-6) / np.clip(1 - pred, 1e-6, 1))
+    basis = [j for j, m in enumerate(train.models) if m not in targets]
+    if not basis:
+        raise ValueError("head_transfer_models lists every model: nothing left to transfer from")
+    out = {}
+    with torch.no_grad():
+        W, b = model.quality.weight, model.quality.bias
+        for m in targets:
+            j = train.models.index(m)
+            obs = np.isfinite(train.scores[:, j]) & (weights[:, j] > 0)
+            if not obs.any():
+                continue
+            c0 = float(b[j] - b[basis].mean())
+            alpha, c = fit_head_mixture(z[obs][:, basis], train.scores[obs, j], weights[obs, j], pseudo_count, c0)
+            a = torch.as_tensor(alpha, dtype=W.dtype, device=W.device)
+            W[j] = a @ W[basis]
+            b[j] = a @ b[basis] + c
+            out[m] = {"n": int(obs.sum()), "bias": round(c, 6),
+                      "weights": {train.models[k]: round(float(x), 6) for k, x in zip(basis, alpha)}}
+            log.info("head transfer for %s from %d outcomes: %s", m, int(obs.sum()),
+                     {k: v for k, v in out[m]["weights"].items() if abs(v) >= 0.05})
+    return out
 
 
 def calibrate_quality_bias(scores: np.ndarray, pred: np.ndarray, weights: np.ndarray, pseudo_count: float,

@@ -16,8 +16,8 @@ from neural_router.feedback import FeedbackStore
 from neural_router.model import RouterModel
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
-from neural_router.trainer import (ActivationCache, TrainConfig, calibrate_quality_bias, masked_losses,
-                                   model_from_parent, train_router)
+from neural_router.trainer import (ActivationCache, TrainConfig, calibrate_quality_bias, fit_head_mixture,
+                                   masked_losses, model_from_parent, train_router)
 from training.update import (compare_on_logs, logged_dataset, policy_probs, predict_router,
                              promotion_verdict, row_shares, run_update)
 
@@ -206,6 +206,60 @@ def test_train_router_bias_calibration_shifts_only_the_quality_bias(tiny_trained
         fit(-1.0)
 
 
+def test_fit_head_mixture_starts_at_the_average_model_and_learns_which_models_the_target_follows():
+    rng = np.random.default_rng(0)
+    n, k = 3000, 4
+    x = rng.normal(0.5, 1.5, size=(n, k))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * x[:, 0] - 0.4)))).astype(np.float32)   # follows model 0
+    w = np.ones(n)
+    alpha, c = fit_head_mixture(x, y, w, pseudo_count=1.0)
+    assert alpha == pytest.approx([1.5, 0, 0, 0], abs=0.15) and c == pytest.approx(-0.4, abs=0.15)
+    # a strong prior keeps the cold-start row: the average of the known rows, shifted by c0
+    alpha, c = fit_head_mixture(x[:20], y[:20], w[:20], pseudo_count=1e6, c0=0.7)
+    assert alpha == pytest.approx([0.25] * 4, abs=1e-3) and c == pytest.approx(0.7, abs=1e-3)
+    # the fewer cells, the nearer the prior
+    few = fit_head_mixture(x[:30], y[:30], w[:30], pseudo_count=20.0)[0]
+    many = fit_head_mixture(x, y, w, pseudo_count=20.0)[0]
+    assert abs(few[0] - 0.25) < abs(many[0] - 0.25)
+    # a zero weight drops a cell
+    w0 = w.copy()
+    w0[:1000] = 0
+    a0, c0 = fit_head_mixture(x, y, w0, 5.0)
+    a1, c1 = fit_head_mixture(x[1000:], y[1000:], w[1000:], 5.0)
+    assert np.allclose(a0, a1, atol=1e-6) and c0 == pytest.approx(c1, abs=1e-6)
+
+
+def test_train_router_head_transfer_rewrites_only_the_target_row_as_a_mixture(tiny_trained_dir, tiny_data_file,
+                                                                             tiny_pool_file):
+    parent = RouterModel.from_pretrained(tiny_trained_dir)
+    pool, ds = _tiny(tiny_data_file, tiny_pool_file)
+    cfg = TrainConfig(**{**CFG, "epochs": 1})
+    target = ds.models[-1]
+
+    def fit(**kw):
+        torch.manual_seed(0)
+        return train_router(ds, None, pool, cfg, progress=False, init_from=parent, interpolate=0.5, **kw)
+
+    (plain, _, _), (moved, tok, hist) = fit(), fit(head_transfer=5.0, head_transfer_models=(target,))
+    a, b = plain.state_dict(), moved.state_dict()
+    assert sorted(k for k in a if not torch.equal(a[k], b[k])) == ["quality.bias", "quality.weight"]
+    j = ds.models.index(target)
+    others = [i for i in range(len(ds.models)) if i != j]
+    assert torch.equal(a["quality.weight"][others], b["quality.weight"][others])
+    assert torch.equal(a["quality.bias"][others], b["quality.bias"][others])
+    mix = hist[-1]["head_transfer"][target]
+    assert mix["n"] == int(np.isfinite(ds.scores[:, j]).sum())
+    alpha = torch.tensor([mix["weights"][ds.models[i]] for i in others])
+    # the target's logit on any prompt is the mixture of the others' logits plus the fitted bias
+    p = predict_router(moved, tok, pool, ds.prompts).quality
+    logit = np.log(p / (1 - p))
+    assert np.allclose(logit[:, j], logit[:, others] @ alpha.numpy() + mix["bias"], atol=2e-3)
+    with pytest.raises(ValueError, match="head_transfer_models"):   # refused before any training
+        fit(head_transfer=5.0, head_transfer_models=("no-such-model",))
+    with pytest.raises(ValueError, match="head_transfer"):
+        fit(head_transfer=0.0, head_transfer_models=(target,))
+
+
 def test_row_shares_follow_the_parents_evidence():
     seen = {"a": 100, "b": 100, "c": 0}
     shares = row_shares(["a", "b", "c", "d"], np.array([100, 400, 50, 0]), seen, 0.5)
@@ -386,6 +440,7 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert tm["parent_version"] == parent_version and tm["data"]          # original data carried on
     assert tm["update"]["normalize_weights"] is True  # the default: self-normalised weights
     assert tm["update"]["bias_calibration"] is None   # off by default
+    assert tm["update"]["head_transfer"] is None and tm["update"]["head_transfer_models"] == []
     assert tm["update"]["weights_of_chosen"]["max"] > 1.0
     rows = tm["update"]["row_interpolate"]   # >= 0.5; more where the parent saw few of the outcomes
     assert set(rows) == {"big", "mid", "small", "newbie"} and all(0.5 <= a <= 1 for a in rows.values())
@@ -416,21 +471,28 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     from training.update import main
 
     assert main(["--router", str(out), "--feedback", url, "--output", str(tmp_path / "routers"),
-                 "--min-improvement", "1e9", "--epochs", "1", "--cost-weight", "0.3"]) == 0
+                 "--min-improvement", "1e9", "--epochs", "1", "--cost-weight", "0.3",
+                 "--head-transfer", "5", "--head-transfer-models", "newbie"]) == 0
     printed = capsys.readouterr().out
     res2 = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
     assert "(not above min_improvement 1e+09)" in printed
     assert res2["parent_version"] == res["version"] and res2["promote"] is False
     promo2 = json.loads((tmp_path / "routers" / res2["version"] / "promotion.json").read_text())
     assert promo2["min_improvement"] == 1e9 and promo2["preferences"]["cost_weight"] == 0.3
-    assert json.loads((tmp_path / "routers" / res2["version"] / "training_metrics.json").read_text())[
-        "lineage"] == [parent_version, res["version"]]
+    tm2 = json.loads((tmp_path / "routers" / res2["version"] / "training_metrics.json").read_text())
+    assert tm2["lineage"] == [parent_version, res["version"]]
+    # the new member's head was rewritten as a mixture of the known models' heads, fitted to its outcomes
+    assert tm2["update"]["head_transfer"] == 5.0 and tm2["update"]["head_transfer_models"] == ["newbie"]
+    mix = tm2["history"][-1]["head_transfer"]["newbie"]
+    assert mix["n"] == tm2["summary"]["observed_per_model"]["newbie"] > 0
+    assert set(mix["weights"]) == {"big", "mid", "small"}
 
     # the candidate was not promoted: a third update fine-tunes it further (its lineage keeps
     # learning) while the check still compares with the router that serves (the first update)
     out2 = tmp_path / "routers" / res2["version"]
     assert main(["--router", str(out2), "--compare-with", str(out), "--feedback", url,
-                 "--output", str(tmp_path / "routers"), "--epochs", "1", "--cost-weight", "0.3"]) == 0
+                 "--output", str(tmp_path / "routers"), "--epochs", "1", "--cost-weight", "0.3",
+                 "--head-transfer", "5"]) == 0
     printed = capsys.readouterr().out
     res3 = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
     promo3 = json.loads((tmp_path / "routers" / res3["version"] / "promotion.json").read_text())
@@ -438,6 +500,8 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert promo3["current_version"] == res["version"] and promo3["trained_from"] == res2["version"]
     assert promo3["n"] > 0 and "dr" in promo3["difference"]       # the serving router was predicted
     assert promo2["current_version"] == promo2["trained_from"] == res["version"]   # the default
+    tm3 = json.loads((tmp_path / "routers" / res3["version"] / "training_metrics.json").read_text())
+    assert tm3["update"]["head_transfer_models"] == ["newbie"]   # inherited from the parent's update
 
 
 def test_run_update_errors(tiny_trained_dir, tmp_path):
@@ -453,6 +517,11 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", promote_on="ips,foo")
     with pytest.raises(ValueError, match="interpolate must be in"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", interpolate=1.5)
+    with pytest.raises(ValueError, match="head_transfer_models: 'nobody' not in the router's pool"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer=5,
+                   head_transfer_models=("nobody",))
+    with pytest.raises(ValueError, match="head_transfer .* is not set"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer_models=("mid",))
 
 
 def test_neural_router_update_has_the_same_options_as_training_update():
@@ -479,3 +548,7 @@ def test_update_command_passes_bias_calibration_to_run_update(monkeypatch):
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output",
                                                  "o", "--bias-calibration", "20", "--interpolate", "0.7"]))
     assert seen["bias_calibration"] == 20.0 and seen["interpolate"] == 0.7
+    assert seen["head_transfer"] is None and seen["head_transfer_models"] is None
+    upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
+                                                 "--head-transfer", "20", "--head-transfer-models", "a", "b"]))
+    assert seen["head_transfer"] == 20.0 and seen["head_transfer_models"] == ("a", "b")

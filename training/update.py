@@ -416,6 +416,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                importance_weighting: bool = True, normalize_weights: bool = True,
                log_val_fraction: float = 0.1, interpolate: float = 0.5,
                compare_with: str | Path | None = None, bias_calibration: float | None = None,
+               head_transfer: float | None = None, head_transfer_models: tuple[str, ...] | None = None,
                overrides: dict | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
@@ -466,6 +467,16 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         bias_calibration: after fine-tuning, shift each model's quality bias toward its (weighted)
             mean observed score on the training cells, shrunk by this many pseudo-observations
             (``train_router(bias_calibration=)``; None = off, the default).
+        head_transfer: after fine-tuning, rewrite the quality head row of each model in
+            ``head_transfer_models`` as a mixture of the other models' rows plus a bias, fitted to its
+            (weighted) training outcomes with a prior at the plain average as strong as this many
+            outcomes (``train_router(head_transfer=)``, :func:`neural_router.trainer.fit_head_mixture`;
+            None = off, the default). Meant for new pool members: a model with a few dozen outcomes
+            learns which known models it behaves like, and how much better or worse, instead of a
+            whole head row.
+        head_transfer_models: the models to rewrite. None = the models this update adds to the pool
+            plus those the parent's update rewrote (so a new member keeps the transfer over its
+            first updates until it is switched off or the list is given).
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
         n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
         activation_cache: share frozen-layer activations with other updates in this process.
@@ -494,6 +505,14 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     pool, new_models = _merged_pool(ModelPool.from_yaml(parent_dir / "models.yaml"), pool_file,
                                     list(parent.config.models))
     models = list(parent.config.models) + new_models
+    if head_transfer is None and head_transfer_models:
+        raise ValueError("head_transfer_models names models to rewrite, but head_transfer (the prior's "
+                         "strength, e.g. 20) is not set; set it or drop the list")
+    if head_transfer is not None:
+        unknown = [m for m in (head_transfer_models or ()) if m not in models]
+        if unknown:
+            raise ValueError(f"head_transfer_models: {', '.join(map(repr, unknown))} not in the router's pool "
+                             f"({', '.join(models)}); add them to the pool file (--pool) or fix the names")
     cache = activation_cache if activation_cache is not None else ActivationCache()
 
     # ---- logged outcomes -------------------------------------------------------------------------
@@ -548,6 +567,10 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
              "new models: %s", len(logs), len(logs_train), int(hold.sum()),
              len(orig_train) if orig_train is not None else 0, new_models or "none")
 
+    if head_transfer_models is None:
+        inherited = ((tm.get("update") or {}).get("head_transfer_models") or []) if head_transfer else []
+        head_transfer_models = tuple(dict.fromkeys([*new_models, *inherited]))
+    head_transfer_models = tuple(m for m in head_transfer_models if m in train.models) if head_transfer else ()
     row_a = row_shares(train.models, train.mask.sum(0),
                        (tm.get("summary") or {}).get("observed_per_model") or {}, interpolate)
     model, tok, history = train_router(train, val, pool, cfg, progress=progress, init_from=parent,
@@ -555,7 +578,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                        activation_cache=cache, val_sample_weights=val_w,
                                        interpolate=interpolate,
                                        row_interpolate=row_a if interpolate < 1.0 else None,
-                                       bias_calibration=bias_calibration)
+                                       bias_calibration=bias_calibration, head_transfer=head_transfer,
+                                       head_transfer_models=head_transfer_models)
 
     # ---- save --------------------------------------------------------------------------------------
     out_root = Path(output_dir)
@@ -575,7 +599,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         "weights_of_chosen": {"mean": float(w_train[w_train > 0].mean()) if (w_train > 0).any() else None,
                               "max": float(w_train.max()) if w_train.size else None},
         "new_models": new_models, "cold_start_prior": cold_start_prior, "interpolate": interpolate,
-        "bias_calibration": bias_calibration,
+        "bias_calibration": bias_calibration, "head_transfer": head_transfer,
+        "head_transfer_models": list(head_transfer_models),
         "row_interpolate": dict(zip(train.models, row_a.round(3).tolist())), "skipped": skipped}
     metrics = {"data": data_paths, "summary": train.summary(),
                "train_prompts": len(train), "val_prompts": len(val) if val is not None else 0,
@@ -637,7 +662,9 @@ def run_from_args(args) -> dict[str, Any]:
                       router_version=args.router_version, cold_start_prior=args.cold_start_prior,
                       importance_weighting=not args.naive, normalize_weights=not args.raw_weights,
                       interpolate=args.interpolate, compare_with=args.compare_with,
-                      bias_calibration=args.bias_calibration, overrides={"epochs": args.epochs})
+                      bias_calibration=args.bias_calibration, head_transfer=args.head_transfer,
+                      head_transfer_models=tuple(args.head_transfer_models) if args.head_transfer_models else None,
+                      overrides={"epochs": args.epochs})
 
 
 def main(argv: list[str] | None = None) -> int:
