@@ -292,6 +292,12 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def _logits(p: np.ndarray) -> np.ndarray:
+    """Elementwise logit of predicted qualities, clipped to [1e-6, 1 - 1e-6] (float64)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def known_models_mean_quality(train: RoutingDataset, init_from: RouterModel) -> float:
     """The default cold-start prior: mean observed score of the models ``init_from`` knows (in
     ``train``), else the mean of its quality heads' sigmoid(bias)."""
@@ -546,9 +552,9 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                 a = rows.to(v.device).view(-1, *([1] * (v.dim() - 1)))
             mixed[k] = a * v + (1 - a) * start_state[k].to(v.device) if v.is_floating_point() else v
         raw.load_state_dict(mixed)
+    w = sample_weights if sample_weights is not None else np.ones_like(train.scores, dtype=np.float32)
     if bias_calibration is not None:
         _, pred = evaluate_loss(raw, tr, cfg, start_layer, device)
-        w = sample_weights if sample_weights is not None else np.ones_like(train.scores, dtype=np.float32)
         shift = calibrate_quality_bias(train.scores, pred, w, bias_calibration)
         with torch.no_grad():
             raw.quality.bias += torch.as_tensor(shift, dtype=raw.quality.bias.dtype, device=raw.quality.bias.device)
@@ -557,8 +563,7 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         log.info("quality bias recalibrated (pseudo count %g): %s", bias_calibration,
                  {m: round(float(x), 3) for m, x in zip(train.models, shift) if abs(x) >= 0.01})
     if head_transfer is not None and head_transfer_models:
-        _, pred = evaluate_loss(raw, tr, cfg, start_layer, device)
-        w = sample_weights if sample_weights is not None else np.ones_like(train.scores, dtype=np.float32)
+        _, pred = evaluate_loss(raw, tr, cfg, start_layer, device)   # after any bias shift
         mixes = transfer_heads(raw, train, pred, w, head_transfer, head_transfer_models)
         if history:
             history[-1]["head_transfer"] = mixes
@@ -606,7 +611,7 @@ def transfer_heads(model: RouterModel, train: RoutingDataset, pred: np.ndarray, 
     cols = [train.models.index(m) for m in model.config.models]
     if cols != list(range(len(cols))):
         raise ValueError("transfer_heads: the router's models must be the training data's, in order")
-    z = np.log(np.clip(pred, 1e-6, 1 - 1e-6) / np.clip(1 - pred, 1e-6, 1))
+    z = _logits(pred)
     basis = [j for j, m in enumerate(train.models) if m not in targets]
     if not basis:
         raise ValueError("head_transfer_models lists every model: nothing left to transfer from")
@@ -641,8 +646,7 @@ def calibrate_quality_bias(scores: np.ndarray, pred: np.ndarray, weights: np.nda
     obs = np.isfinite(scores) & (weights > 0)
     y = np.where(obs, scores, 0.0).astype(np.float64)
     w = np.where(obs, weights, 0.0).astype(np.float64)
-    p0 = np.clip(pred.astype(np.float64), 1e-6, 1 - 1e-6)
-    z = np.log(p0 / (1 - p0))
+    z = _logits(pred)
     d = np.zeros(scores.shape[1])
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-(z + d)))

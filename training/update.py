@@ -567,10 +567,11 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
              "new models: %s", len(logs), len(logs_train), int(hold.sum()),
              len(orig_train) if orig_train is not None else 0, new_models or "none")
 
-    if head_transfer_models is None:
-        inherited = ((tm.get("update") or {}).get("head_transfer_models") or []) if head_transfer else []
+    if head_transfer is None:
+        head_transfer_models = ()
+    elif head_transfer_models is None:   # the new models, and those the parent's update rewrote
+        inherited = (tm.get("update") or {}).get("head_transfer_models") or []
         head_transfer_models = tuple(dict.fromkeys([*new_models, *inherited]))
-    head_transfer_models = tuple(m for m in head_transfer_models if m in train.models) if head_transfer else ()
     row_a = row_shares(train.models, train.mask.sum(0),
                        (tm.get("summary") or {}).get("observed_per_model") or {}, interpolate)
     model, tok, history = train_router(train, val, pool, cfg, progress=progress, init_from=parent,
