@@ -6,7 +6,7 @@
         [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
         [--margin 0.1] [--gate] [--promote-on dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
-        [--interpolate 0.5] [--interpolate-all] [--bias-calibration K] [--head-transfer P]
+        [--interpolate 0.5] [--interpolate-all] [--bias-calibration K] [--head-transfer P] [--soup N]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -136,6 +136,9 @@ def parse_args(argv=None):
                     help="exploring methods refit the new model's quality head as a mixture of the other "
                          "models' rows, with a prior at their average as strong as P outcomes "
                          "(run_update head_transfer)")
+    ap.add_argument("--soup", type=int, default=None, metavar="N",
+                    help="exploring methods' updates average the weights of N fine-tunes with different seeds "
+                         "(neural-router update --soup N)")
     ap.add_argument("--new-model", help="cold-start scenario: this model joins the pool after round 1 "
                                         "(left out of the initial slice and router)")
     ap.add_argument("--seed", type=int, default=0)
@@ -468,7 +471,8 @@ def run(args) -> dict:
                              interpolate=args.interpolate if m in EXPLORING or args.interpolate_all else 1.0,
                              bias_calibration=args.bias_calibration if m in EXPLORING else None,
                              head_transfer=args.head_transfer if m in EXPLORING else None,
-                             head_transfer_models=new if args.head_transfer and m in EXPLORING else None)
+                             head_transfer_models=new if args.head_transfer and m in EXPLORING else None,
+                             overrides={"soup": args.soup} if args.soup and m in EXPLORING else None)
             new_dir = Path(res["router_dir"])
             score = evaluate(new_dir)
             prev = results[m][-1]

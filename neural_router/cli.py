@@ -46,6 +46,10 @@ def add_update_arguments(p) -> None:
     p.add_argument("--router-version", help="only decisions logged by this router version")
     p.add_argument("--cold-start-prior", type=float)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--soup", type=int, metavar="N",
+                   help="average the weights of N fine-tunes from the router with different seeds (a uniform "
+                        "model soup: steadier updates for N times the training time; default: the router's "
+                        "config, 1)")
     p.add_argument("--naive", action="store_true", help="no importance weights (for comparison)")
     p.add_argument("--raw-weights", action="store_true",
                    help="use the raw clipped 1/propensity weights instead of self-normalised ones")
@@ -80,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--encoder", help="HF encoder path or hub id (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--soup", type=int, metavar="N",
+                   help="average the weights of N fine-tunes with seeds seed, seed+1, ... (default from the "
+                        "config: 1)")
     p.add_argument("--freeze-layers", type=int,
                    help="encoder layers kept frozen (default from the config: 3 of the 4 kept); "
                         "-1 = heads only, the fastest")
@@ -161,7 +168,7 @@ def cmd_train(args) -> int:
     from training.train import run_train
 
     out = run_train(args.data, args.output, args.config, args.pool,
-                    {"epochs": args.epochs, "encoder": args.encoder, "seed": args.seed,
+                    {"epochs": args.epochs, "encoder": args.encoder, "seed": args.seed, "soup": args.soup,
                      "freeze_layers": args.freeze_layers, "encoder_layers": args.encoder_layers})
     if not args.no_eval:
         run_eval(out, None, None, args.pool, baselines=False)

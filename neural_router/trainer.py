@@ -70,6 +70,9 @@ class TrainConfig(BaseModel):
     loss_out_tokens: float = 0.1
     loss_latency: float = 0.1
     seed: int = 0
+    soup: int = Field(default=1, ge=1, description="average the weights of this many fine-tunes that start "
+                      "from the same weights with seeds seed, seed+1, ... (a uniform model soup; "
+                      "1 = one fine-tune)")
     max_minutes: float | None = Field(default=None, description="stop after this many minutes of training")
     data: DataConfig = Field(default_factory=DataConfig)
 
@@ -425,7 +428,6 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     ("which known models does it behave like, and how much better") instead of a whole row.
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
     from transformers import AutoTokenizer
     from transformers import logging as hf_logging
 
@@ -488,61 +490,23 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
             cache_hidden(model, va, start_layer, cfg.batch_size, "caching frozen layers (val)",
                          activation_cache)
 
-    head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
-    enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
-    groups = [{"params": head_params, "lr": cfg.lr_head}]
-    if enc_params:
-        groups.append({"params": enc_params, "lr": cfg.lr_encoder})
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warm = max(1, int(total * cfg.warmup_fraction))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - max(0, s - warm) / max(1, total - warm)))
-    model, optimizer, sched = accelerator.prepare(model, optimizer, sched)
-
-    rng = np.random.default_rng(cfg.seed)
-    history, best, best_state, bad = [], math.inf, None, 0
-    t0 = time.time()
-    for epoch in range(cfg.epochs):
-        model.train()
-        raw = accelerator.unwrap_model(model)
-        if cfg.freeze_layers < 0:
-            raw.encoder.eval()  # a fully frozen encoder runs without dropout, as when it was cached
-        running, seen = 0.0, 0
-        bar = tqdm(bucket_batches(tr.lengths, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
-        for idx in bar:
-            b = make_batch(tr, idx, device)
-            out = run_model(raw, b, start_layer)
-            loss, parts = masked_losses(out, b, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            sched.step()
-            running += float(loss) * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        rec = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "minutes": (time.time() - t0) / 60}
-        if va is not None:
-            rec["val_quality_loss"], _ = evaluate_loss(raw, va, cfg, start_layer, device)
-            if rec["val_quality_loss"] < best - 1e-5:
-                best, bad = rec["val_quality_loss"], 0
-                best_state = {k: v.detach().clone() for k, v in raw.state_dict().items()}
-            else:
-                bad += 1
-        history.append(rec)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()})
-        if va is not None and bad >= cfg.patience:
-            log.info("early stop: validation loss did not improve for %d epochs", cfg.patience)
-            break
-        if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes:
-            log.info("stopping: time budget of %.1f minutes reached", cfg.max_minutes)
-            break
-    raw = accelerator.unwrap_model(model)
-    if best_state is not None:
-        raw.load_state_dict(best_state)
+    if cfg.soup > 1:   # every fine-tune starts from the same weights; only order and dropout differ
+        init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states, history = [], []
+    for run in range(cfg.soup):
+        if run:   # the first run continues the seeded stream, as a single fine-tune always has
+            model.load_state_dict(init_state)
+            set_seed(cfg.seed + run)
+        state, hist = _fit(model, tr, va, cfg, start_layer, cfg.seed + run, accelerator, progress)
+        states.append(state)
+        history += [{**rec, "run": run + 1} for rec in hist] if cfg.soup > 1 else hist
+    raw = model
+    raw.load_state_dict(states[0] if len(states) == 1 else
+                        {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+                         for k, v in states[0].items()})
+    if cfg.soup > 1:
+        log.info("averaged the weights of %d fine-tunes (soup; epochs %s)", cfg.soup,
+                 [sum(h.get("run") == r + 1 for h in history) for r in range(cfg.soup)])
     if start_state is not None:
         rows = torch.from_numpy(row_interpolate) if row_interpolate is not None else None
         mixed = {}
@@ -569,6 +533,71 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
             history[-1]["head_transfer"] = mixes
     raw.eval().cpu()
     return raw, tokenizer, history
+
+
+def _fit(model: RouterModel, tr: Tensors, va: Tensors | None, cfg: TrainConfig, start_layer: int,
+         seed: int, accelerator, progress: bool) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """One fine-tune of ``model`` (in place) with early stopping on ``va``; returns the weights of its
+    best epoch (the last one without ``va``) and its history. ``seed`` orders the batches (the
+    caller seeds torch's generator, which drives dropout)."""
+    from tqdm.auto import tqdm
+
+    device = accelerator.device
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+    enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+    groups = [{"params": head_params, "lr": cfg.lr_head}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": cfg.lr_encoder})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(tr.lengths) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, int(total * cfg.warmup_fraction))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - max(0, s - warm) / max(1, total - warm)))
+    wrapped, optimizer, sched = accelerator.prepare(model, optimizer, sched)
+    raw = accelerator.unwrap_model(wrapped)
+
+    rng = np.random.default_rng(seed)
+    history, best, best_state, bad = [], math.inf, None, 0
+    t0 = time.time()
+    for epoch in range(cfg.epochs):
+        wrapped.train()
+        if cfg.freeze_layers < 0:
+            raw.encoder.eval()  # a fully frozen encoder runs without dropout, as when it was cached
+        running, seen = 0.0, 0
+        bar = tqdm(bucket_batches(tr.lengths, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress, leave=False)
+        for idx in bar:
+            b = make_batch(tr, idx, device)
+            out = run_model(raw, b, start_layer)
+            loss, parts = masked_losses(out, b, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(wrapped.parameters(), 1.0)
+            optimizer.step()
+            sched.step()
+            running += float(loss) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        rec = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "minutes": (time.time() - t0) / 60}
+        if va is not None:
+            rec["val_quality_loss"], _ = evaluate_loss(raw, va, cfg, start_layer, device)
+            if rec["val_quality_loss"] < best - 1e-5:
+                best, bad = rec["val_quality_loss"], 0
+                best_state = {k: v.detach().clone() for k, v in raw.state_dict().items()}
+            else:
+                bad += 1
+        history.append(rec)
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 5) if isinstance(v, float) else v for k, v in rec.items()})
+        if va is not None and bad >= cfg.patience:
+            log.info("early stop: validation loss did not improve for %d epochs", cfg.patience)
+            break
+        if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes:
+            log.info("stopping: time budget of %.1f minutes reached", cfg.max_minutes)
+            break
+    if best_state is None:
+        best_state = {k: v.detach().clone() for k, v in raw.state_dict().items()}
+    return best_state, history
 
 
 def fit_head_mixture(basis_logits: np.ndarray, y: np.ndarray, w: np.ndarray, pseudo_count: float,

@@ -149,6 +149,40 @@ def test_interpolate_keeps_that_share_of_the_update(tiny_trained_dir, tiny_data_
         train_router(ds, None, pool, cfg, progress=False, init_from=parent, interpolate=0.0)
 
 
+def test_soup_averages_fine_tunes_from_the_same_start(tiny_trained_dir, tiny_data_file, tiny_pool_file,
+                                                     monkeypatch):
+    """soup=N trains N fine-tunes from the same weights (seeds seed, seed+1, ...) and returns the mean
+    of their weights, before the interpolation toward the parent."""
+    import neural_router.trainer as T
+
+    parent = RouterModel.from_pretrained(tiny_trained_dir)
+    pool, ds = _tiny(tiny_data_file, tiny_pool_file)
+    runs = []
+    real_fit = T._fit
+
+    def spy(model, *a, **kw):
+        runs.append({"start": {k: v.clone() for k, v in model.state_dict().items()}, "seed": a[4]})
+        state, hist = real_fit(model, *a, **kw)
+        runs[-1]["end"] = {k: v.clone() for k, v in state.items()}
+        return state, hist
+
+    monkeypatch.setattr(T, "_fit", spy)
+    cfg = TrainConfig(**{**CFG, "epochs": 2, "soup": 3, "seed": 7})
+    soup, _, hist = train_router(ds, None, pool, cfg, progress=False, init_from=parent, interpolate=0.5)
+    assert [r["seed"] for r in runs] == [7, 8, 9]
+    assert [h["run"] for h in hist] == [1, 1, 2, 2, 3, 3]
+    start = parent.state_dict()
+    for k, v in soup.state_dict().items():
+        if not v.is_floating_point():
+            continue
+        assert all(torch.equal(r["start"][k], runs[0]["start"][k]) for r in runs), k   # one starting point
+        mean = torch.stack([r["end"][k] for r in runs]).mean(0)
+        assert torch.allclose(v, 0.5 * mean + 0.5 * start[k], atol=1e-6), k
+    assert not torch.allclose(runs[0]["end"]["quality.weight"], runs[1]["end"]["quality.weight"])
+    with pytest.raises(ValueError, match="soup"):
+        TrainConfig(**{**CFG, "soup": 0})
+
+
 def test_calibrate_quality_bias_moves_mean_predictions_toward_the_scores():
     rng = np.random.default_rng(0)
     n = 400
@@ -552,3 +586,7 @@ def test_update_command_passes_bias_calibration_to_run_update(monkeypatch):
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                                  "--head-transfer", "20", "--head-transfer-models", "a", "b"]))
     assert seen["head_transfer"] == 20.0 and seen["head_transfer_models"] == ("a", "b")
+    assert seen["overrides"] == {"epochs": None, "soup": None}   # unset: the router's own config decides
+    upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
+                                                 "--soup", "3", "--epochs", "4"]))
+    assert seen["overrides"] == {"epochs": 4, "soup": 3}

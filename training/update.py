@@ -665,7 +665,7 @@ def run_from_args(args) -> dict[str, Any]:
                       interpolate=args.interpolate, compare_with=args.compare_with,
                       bias_calibration=args.bias_calibration, head_transfer=args.head_transfer,
                       head_transfer_models=tuple(args.head_transfer_models) if args.head_transfer_models else None,
-                      overrides={"epochs": args.epochs})
+                      overrides={"epochs": args.epochs, "soup": args.soup})
 
 
 def main(argv: list[str] | None = None) -> int:
