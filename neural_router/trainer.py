@@ -69,6 +69,12 @@ class TrainConfig(BaseModel):
     warmup_fraction: float = 0.06
     loss_out_tokens: float = 0.1
     loss_latency: float = 0.1
+    loss_rank: float = Field(default=0.0, ge=0, description=(
+        "weight of a listwise ranking loss on the quality logits (RouterDC-style): per prompt, the "
+        "cross-entropy between a softmax over the observed models' logits and softmax(scores / "
+        "rank_temperature); prompts with fewer than two observed models, or where all scored the same, "
+        "carry no ranking and are skipped. 0 = off"))
+    rank_temperature: float = Field(default=0.1, gt=0)
     seed: int = 0
     soup: int = Field(default=1, ge=1, description="average the weights of this many fine-tunes that start "
                       "from the same weights with seeds seed, seed+1, ... (a uniform model soup; "
@@ -189,7 +195,36 @@ def masked_losses(out: dict[str, torch.Tensor], b: dict[str, torch.Tensor], cfg:
     lat, _ = masked(b["log_lat"], lambda m: reduce(
         F.mse_loss(out["log_latency"][m], b["log_lat"][m], reduction="none"), m))
     total = q + cfg.loss_out_tokens * o + cfg.loss_latency * lat
-    return total, {"quality": float(q.detach()), "out_tokens": float(o.detach()), "latency": float(lat.detach()), "n": nq}
+    parts = {"quality": float(q.detach()), "out_tokens": float(o.detach()), "latency": float(lat.detach()), "n": nq}
+    if cfg.loss_rank > 0:
+        rank = rank_loss(out["quality_logits"], b["scores"], w, cfg.rank_temperature)
+        total = total + cfg.loss_rank * rank
+        parts["rank"] = float(rank.detach())
+    return total, parts
+
+
+def rank_loss(logits: torch.Tensor, scores: torch.Tensor, weights: torch.Tensor | None,
+              temperature: float) -> torch.Tensor:
+    """Listwise ranking loss over each prompt's observed models: cross-entropy between
+    softmax(logits) and softmax(scores / temperature), averaged over the prompts that rank anything
+    (two or more observed models with different scores), each weighted by its cells' mean weight."""
+    m = torch.isfinite(scores)
+    if weights is not None:
+        m = m & (weights > 0)
+    s = scores.nan_to_num(0.0)
+    hi = s.masked_fill(~m, -math.inf).amax(1)
+    lo = s.masked_fill(~m, math.inf).amin(1)
+    rows = (m.sum(1) >= 2) & (hi - lo > 1e-6)
+    if not rows.any():
+        return logits.sum() * 0.0
+    m, s, z = m[rows], s[rows], logits[rows]
+    target = torch.softmax((s / temperature).masked_fill(~m, -math.inf), dim=1)
+    logp = torch.log_softmax(z.masked_fill(~m, -math.inf), dim=1).masked_fill(~m, 0.0)
+    ce = -(target * logp).sum(1)
+    if weights is None:
+        return ce.mean()
+    rw = (weights[rows] * m).sum(1) / m.sum(1)
+    return (ce * rw).sum() / rw.sum().clamp_min(1e-12)
 
 
 def run_model(model: RouterModel, b: dict[str, torch.Tensor], start_layer: int):

@@ -17,7 +17,7 @@ from neural_router.model import RouterModel
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
 from neural_router.trainer import (ActivationCache, TrainConfig, calibrate_quality_bias, fit_head_mixture,
-                                   masked_losses, model_from_parent, train_router)
+                                   masked_losses, model_from_parent, rank_loss, train_router)
 from training.update import (compare_on_logs, logged_dataset, policy_probs, predict_router,
                              promotion_verdict, row_shares, run_update)
 
@@ -49,6 +49,32 @@ def test_masked_losses_weights_are_a_weighted_mean():
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[keep], scores[keep], reduction="none")
     assert torch.isclose(weighted, (bce * w[keep]).sum() / w[keep].sum()) and parts["n"] == 4
     assert not torch.isclose(weighted, plain)
+
+
+def test_rank_loss_is_a_listwise_cross_entropy_over_observed_models():
+    nan = float("nan")
+    scores = torch.tensor([[0.9, 0.2, nan], [0.5, 0.5, 0.5], [1.0, nan, nan], [0.0, 1.0, 0.6]])
+    good = torch.tensor([[3.0, -1.0, 9.0], [0.0, 5.0, -5.0], [0.0, 0.0, 0.0], [-2.0, 2.0, 1.0]])
+    bad = torch.tensor([[-1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [2.0, -2.0, 0.0]])
+    t = 0.2
+    # rows 1 (all scored the same) and 2 (one observed model) rank nothing; the NaN cell never counts
+    expect = torch.stack([-(torch.softmax(scores[0, :2] / t, 0) * torch.log_softmax(good[0, :2], 0)).sum(),
+                          -(torch.softmax(scores[3] / t, 0) * torch.log_softmax(good[3], 0)).sum()]).mean()
+    assert torch.isclose(rank_loss(good, scores, None, t), expect)
+    assert rank_loss(bad, scores, None, t) > rank_loss(good, scores, None, t) + 1.0
+    w = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [3.0, 0.0, 3.0]])
+    row3 = -(torch.softmax(scores[3, [0, 2]] / t, 0) * torch.log_softmax(good[3, [0, 2]], 0)).sum()
+    row0 = expect * 2 - (-(torch.softmax(scores[3] / t, 0) * torch.log_softmax(good[3], 0)).sum())
+    assert torch.isclose(rank_loss(good, scores, w, t), (row0 + 3.0 * row3) / 4.0)   # weight 0 = unobserved
+    assert rank_loss(good, scores[[1, 2]], None, t) == 0.0
+    z = good.clone().requires_grad_()
+    rank_loss(z, scores, None, t).backward()
+    assert torch.isfinite(z.grad).all() and z.grad[0, 2] == 0 and (z.grad[1:3] == 0).all()
+    out = {"quality_logits": good, "log_out_tokens": torch.zeros(4, 3), "log_latency": torch.zeros(4, 3)}
+    b = {"scores": scores, "log_out": torch.full((4, 3), nan), "log_lat": torch.full((4, 3), nan)}
+    plain, _ = masked_losses(out, b, TrainConfig())
+    ranked, parts = masked_losses(out, b, TrainConfig(loss_rank=0.5, rank_temperature=t))
+    assert torch.isclose(ranked, plain + 0.5 * expect) and parts["rank"] == pytest.approx(float(expect))
 
 
 def test_zero_weight_equals_unobserved_and_unit_weights_change_nothing(tiny_data_file, tiny_pool_file):
