@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,6 +208,23 @@ def test_soup_averages_fine_tunes_from_the_same_start(tiny_trained_dir, tiny_dat
     assert not torch.allclose(runs[0]["end"]["quality.weight"], runs[1]["end"]["quality.weight"])
     with pytest.raises(ValueError, match="soup"):
         TrainConfig(**{**CFG, "soup": 0})
+
+
+def test_train_command_soup_reaches_the_config_and_the_model_card(tiny_data_file, tiny_pool_file,
+                                                                  tiny_train_config, tmp_path, monkeypatch):
+    import training.train as tr
+    from neural_router.cli import main as cli_main
+
+    seen = {}
+    monkeypatch.setattr(tr, "run_train", lambda data, out, cfg, pool, over: seen.update(over) or Path(out))
+    assert cli_main(["train", "--data", "d.jsonl", "--output", str(tmp_path / "x"), "--soup", "2", "--no-eval"]) == 0
+    assert seen["soup"] == 2
+    monkeypatch.undo()
+    out = tr.run_train([str(tiny_data_file)], tmp_path / "r", tiny_train_config, tiny_pool_file,
+                       {"soup": 2, "epochs": 1}, encoder_config=tiny_encoder_config(), progress=False)
+    tm = json.loads((out / "training_metrics.json").read_text())
+    assert tm["config"]["soup"] == 2 and [h["run"] for h in tm["history"]] == [1, 2]
+    assert "over a soup of 2 fine-tunes" in (out / "README.md").read_text()
 
 
 def test_calibrate_quality_bias_moves_mean_predictions_toward_the_scores():
