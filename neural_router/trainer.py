@@ -509,8 +509,10 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     if unknown:
         raise ValueError(f"head_transfer_models {unknown} are not in the training data's models "
                          f"({', '.join(train.models)})")
+    mix_back = interpolate < 1.0 or row_interpolate is not None
+    # the starting weights: what interpolation mixes back in, and where every fine-tune of a soup starts
     start_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
-                   if interpolate < 1.0 or row_interpolate is not None else None)
+                   if mix_back or cfg.soup > 1 else None)
     model.freeze_lower(cfg.freeze_layers)
     if sample_weights is not None:
         tr.weights = torch.tensor(sample_weights, dtype=torch.float32)
@@ -525,24 +527,22 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
             cache_hidden(model, va, start_layer, cfg.batch_size, "caching frozen layers (val)",
                          activation_cache)
 
-    if cfg.soup > 1:   # every fine-tune starts from the same weights; only order and dropout differ
-        init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    states, history = [], []
+    states, history, epochs = [], [], []
     for run in range(cfg.soup):
-        if run:   # the first run continues the seeded stream, as a single fine-tune always has
-            model.load_state_dict(init_state)
+        if run:   # every fine-tune starts from the same weights; the first continues the seeded stream
+            model.load_state_dict(start_state)
             set_seed(cfg.seed + run)
         state, hist = _fit(model, tr, va, cfg, start_layer, cfg.seed + run, accelerator, progress)
         states.append(state)
+        epochs.append(len(hist))
         history += [{**rec, "run": run + 1} for rec in hist] if cfg.soup > 1 else hist
     raw = model
     raw.load_state_dict(states[0] if len(states) == 1 else
                         {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
                          for k, v in states[0].items()})
     if cfg.soup > 1:
-        log.info("averaged the weights of %d fine-tunes (soup; epochs %s)", cfg.soup,
-                 [sum(h.get("run") == r + 1 for h in history) for r in range(cfg.soup)])
-    if start_state is not None:
+        log.info("averaged the weights of %d fine-tunes (soup; epochs %s)", cfg.soup, epochs)
+    if mix_back:
         rows = torch.from_numpy(row_interpolate) if row_interpolate is not None else None
         mixed = {}
         for k, v in raw.state_dict().items():
