@@ -611,7 +611,7 @@ def _fit(model: RouterModel, tr: Tensors, va: Tensors | None, cfg: TrainConfig, 
             accelerator.clip_grad_norm_(wrapped.parameters(), 1.0)
             optimizer.step()
             sched.step()
-            running += float(loss) * len(idx)
+            running += float(loss.detach()) * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{running / seen:.4f}")
         rec = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "minutes": (time.time() - t0) / 60}
