@@ -46,9 +46,10 @@ every update from then on passes the full pool (``run_update(pool_file=...)``), 
 the cold-start prior, and the exploring methods boost it (``ExplorationConfig.boost_models``, as
 ``exploration.boost_models`` does in the service). Naive retraining routes greedily, so it sees NAME
 only where the prior beats every other prediction (``--no-boost``: no boost branch; the new model
-gets traffic only from the exploration policy itself). With ``--head-transfer P`` the exploring
-methods' updates rewrite NAME's quality head as a mixture of the known models' heads fitted to its
-outcomes, with a prior at their average as strong as P outcomes (``run_update(head_transfer=P)``).
+gets traffic only from the exploration policy itself). The exploring methods' updates rewrite NAME's
+quality head as a mixture of the known models' heads fitted to its outcomes, with a prior at their
+average as strong as P outcomes (``--head-transfer P``, default 20 as in ``run_update``; 0 = off,
+which is how the replays run before it became the default reproduce).
 Utility and AIQ are computed over the models each router can route to.
 The default sizes (150 initial prompts, 300 per round, 450 evaluation prompts) leave little to learn
 after round 1: the full-information router's mean utility gains under 0.01 after round 1 there (README).
@@ -132,10 +133,10 @@ def parse_args(argv=None):
     ap.add_argument("--bias-calibration", type=float, default=None, metavar="K",
                     help="exploring methods recalibrate each model's quality bias on the update's training "
                          "outcomes, shrunk by K pseudo-observations (run_update bias_calibration; off by default)")
-    ap.add_argument("--head-transfer", type=float, default=None, metavar="P",
+    ap.add_argument("--head-transfer", type=float, default=20.0, metavar="P",
                     help="exploring methods refit the new model's quality head as a mixture of the other "
                          "models' rows, with a prior at their average as strong as P outcomes "
-                         "(run_update head_transfer)")
+                         "(run_update head_transfer; default 20 as there, 0 = off)")
     ap.add_argument("--soup", type=int, default=None, metavar="N",
                     help="exploring methods' updates average the weights of N fine-tunes with different seeds "
                          "(neural-router update --soup N)")
@@ -470,7 +471,7 @@ def run(args) -> dict:
                              activation_cache=cache, pool_file=(out / "pool.yaml") if new else None,
                              interpolate=args.interpolate if m in EXPLORING or args.interpolate_all else 1.0,
                              bias_calibration=args.bias_calibration if m in EXPLORING else None,
-                             head_transfer=args.head_transfer if m in EXPLORING else None,
+                             head_transfer=(args.head_transfer or None) if m in EXPLORING else None,
                              head_transfer_models=new if args.head_transfer and m in EXPLORING else None,
                              overrides={"soup": args.soup} if args.soup and m in EXPLORING else None)
             new_dir = Path(res["router_dir"])

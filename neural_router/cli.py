@@ -62,10 +62,10 @@ def add_update_arguments(p) -> None:
     p.add_argument("--bias-calibration", type=float, default=None, metavar="K",
                    help="after fine-tuning, move each model's mean predicted quality on its training outcomes "
                         "to their (weighted) mean score, shrunk by K pseudo-observations (off by default)")
-    p.add_argument("--head-transfer", type=float, default=None, metavar="P",
+    p.add_argument("--head-transfer", type=float, default=20.0, metavar="P",
                    help="rewrite each new pool member's quality head as a mixture of the known models' heads "
                         "fitted to its outcomes, with a prior at their average as strong as P outcomes "
-                        "(off by default; see --head-transfer-models)")
+                        "(default 20; 0 = off; see --head-transfer-models)")
     p.add_argument("--head-transfer-models", nargs="+", default=None, metavar="MODEL",
                    help="the models --head-transfer rewrites (default: those this update adds to the pool "
                         "and those the parent's update rewrote)")

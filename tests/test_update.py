@@ -518,7 +518,10 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert tm["parent_version"] == parent_version and tm["data"]          # original data carried on
     assert tm["update"]["normalize_weights"] is True  # the default: self-normalised weights
     assert tm["update"]["bias_calibration"] is None   # off by default
-    assert tm["update"]["head_transfer"] is None and tm["update"]["head_transfer_models"] == []
+    # head transfer is on by default for the new model, but with no outcome of it yet its row stays
+    # at the cold-start prior
+    assert tm["update"]["head_transfer"] == 20.0 and tm["update"]["head_transfer_models"] == ["newbie"]
+    assert not tm["history"][-1].get("head_transfer")
     assert tm["update"]["weights_of_chosen"]["max"] > 1.0
     rows = tm["update"]["row_interpolate"]   # >= 0.5; more where the parent saw few of the outcomes
     assert set(rows) == {"big", "mid", "small", "newbie"} and all(0.5 <= a <= 1 for a in rows.values())
@@ -598,8 +601,11 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
     with pytest.raises(ValueError, match="head_transfer_models: 'nobody' not in the router's pool"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer=5,
                    head_transfer_models=("nobody",))
+    with pytest.raises(ValueError, match=r"head_transfer must be a finite pseudo count > 0 \(0 = off\), got -5"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer=-5)
     with pytest.raises(ValueError, match="head_transfer .* is not set"):
-        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer_models=("mid",))
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer=0,
+                   head_transfer_models=("mid",))
 
 
 def test_neural_router_update_has_the_same_options_as_training_update():
@@ -626,10 +632,10 @@ def test_update_command_passes_bias_calibration_to_run_update(monkeypatch):
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output",
                                                  "o", "--bias-calibration", "20", "--interpolate", "0.7"]))
     assert seen["bias_calibration"] == 20.0 and seen["interpolate"] == 0.7
-    assert seen["head_transfer"] is None and seen["head_transfer_models"] is None
+    assert seen["head_transfer"] == 20.0 and seen["head_transfer_models"] is None
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
-                                                 "--head-transfer", "20", "--head-transfer-models", "a", "b"]))
-    assert seen["head_transfer"] == 20.0 and seen["head_transfer_models"] == ("a", "b")
+                                                 "--head-transfer", "0", "--head-transfer-models", "a", "b"]))
+    assert seen["head_transfer"] == 0.0 and seen["head_transfer_models"] == ("a", "b")
     assert seen["overrides"] == {"epochs": None, "soup": None}   # unset: the router's own config decides
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                                  "--soup", "3", "--epochs", "4"]))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -416,7 +417,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                importance_weighting: bool = True, normalize_weights: bool = True,
                log_val_fraction: float = 0.1, interpolate: float = 0.5,
                compare_with: str | Path | None = None, bias_calibration: float | None = None,
-               head_transfer: float | None = None, head_transfer_models: tuple[str, ...] | None = None,
+               head_transfer: float | None = 20.0, head_transfer_models: tuple[str, ...] | None = None,
                overrides: dict | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
@@ -471,9 +472,11 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
             ``head_transfer_models`` as a mixture of the other models' rows plus a bias, fitted to its
             (weighted) training outcomes with a prior at the plain average as strong as this many
             outcomes (``train_router(head_transfer=)``, :func:`neural_router.trainer.fit_head_mixture`;
-            None = off, the default). Meant for new pool members: a model with a few dozen outcomes
-            learns which known models it behaves like, and how much better or worse, instead of a
-            whole head row.
+            default 20; None or 0 = off). Meant for new pool members: a model with a few dozen
+            outcomes learns which known models it behaves like, and how much better or worse, instead
+            of a whole head row. In the replay simulation (README, "Head transfer for a new pool
+            member") it learned the new model two rounds sooner, and it changes nothing when no
+            model is new.
         head_transfer_models: the models to rewrite. None = the models this update adds to the pool
             plus those the parent's update rewrote (so a new member keeps the transfer over its
             first updates until it is switched off or the list is given).
@@ -505,6 +508,9 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     pool, new_models = _merged_pool(ModelPool.from_yaml(parent_dir / "models.yaml"), pool_file,
                                     list(parent.config.models))
     models = list(parent.config.models) + new_models
+    head_transfer = head_transfer or None   # 0 = off, as on the command line
+    if head_transfer is not None and not (math.isfinite(head_transfer) and head_transfer > 0):
+        raise ValueError(f"head_transfer must be a finite pseudo count > 0 (0 = off), got {head_transfer}")
     if head_transfer is None and head_transfer_models:
         raise ValueError("head_transfer_models names models to rewrite, but head_transfer (the prior's "
                          "strength, e.g. 20) is not set; set it or drop the list")
