@@ -99,8 +99,8 @@ def benchmark_signal(s_tr: np.ndarray, s_va: np.ndarray, q_va: np.ndarray, e_tr:
     mu, w, c = ridge_fit(e_tr[keep_tr], d_tr, lam)
     dr = (e_va[keep_va] - mu) @ w + c
     observed = ~np.isnan(s_va)
-    difficulty = [c for j in range(len(models))
-                  if not np.isnan(c := corr(q_va[observed[:, j], j], s_va[observed[:, j], j]))]
+    per_model = [corr(q_va[observed[:, j], j], s_va[observed[:, j], j]) for j in range(len(models))]
+    difficulty = [r for r in per_model if not np.isnan(r)]
     best_single = np.nanmean(s_va, 0)
     pick = np.argmax(np.where(observed, q_va, -np.inf), 1)
     rows = np.flatnonzero(observed[np.arange(len(pick)), pick])
