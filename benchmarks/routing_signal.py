@@ -116,26 +116,23 @@ def benchmark_signal(s_tr: np.ndarray, s_va: np.ndarray, q_va: np.ndarray, e_tr:
 
 
 def one_router(router_dir: str, min_prompts: int, embed_cache: dict) -> dict:
-    from neural_router.data import DataConfig, load_routing_data
     from neural_router.evaluation import frozen_embeddings
     from neural_router.predictors import load_predictor
+    from training.evaluate import split_as_trained
 
     d = Path(router_dir)
     tm = json.loads((d / "training_metrics.json").read_text())
     predictor = load_predictor(d, device="cpu")
-    dcfg = DataConfig(**tm.get("config", {}).get("data", {}))
-    ds = load_routing_data(tm["data"], predictor.pool, dcfg.model_copy(update={"unknown_models": "skip"}))
-    ds = ds.select_models([m for m in predictor.models if m in ds.models])
-    salt = tm.get("split_salt", dcfg.split_salt)
-    train, val = ds.split(tm.get("val_fraction", dcfg.val_fraction), salt)
+    train, val, salt = split_as_trained(tm, tm["data"], predictor.models, predictor.pool)
+    models = list(train.models)
     encoder = tm.get("config", {}).get("encoder", "default")
-    missing = [p for p in dict.fromkeys(ds.prompts) if (encoder, p) not in embed_cache]
+    missing = [p for p in dict.fromkeys(train.prompts + val.prompts) if (encoder, p) not in embed_cache]
     if missing:
         for p, e in zip(missing, frozen_embeddings(missing, encoder)):
             embed_cache[(encoder, p)] = e
     emb = lambda x: np.stack([embed_cache[(encoder, p)] for p in x.prompts])  # noqa: E731
     q_va = np.asarray(predictor.predict(val.prompts).quality)
-    q_va = q_va[:, [list(predictor.models).index(m) for m in ds.models]]
+    q_va = q_va[:, [list(predictor.models).index(m) for m in models]]
     e_tr, e_va = emb(train), emb(val)
     src_tr, src_va = np.array(train.sources), np.array(val.sources)
     benchmarks = {}
@@ -143,8 +140,7 @@ def one_router(router_dir: str, min_prompts: int, embed_cache: dict) -> dict:
         t, v = src_tr == name, src_va == name
         if v.sum() < min_prompts or t.sum() < 2 * min_prompts:
             continue
-        benchmarks[name] = benchmark_signal(train.scores[t], val.scores[v], q_va[v], e_tr[t], e_va[v],
-                                            list(ds.models))
+        benchmarks[name] = benchmark_signal(train.scores[t], val.scores[v], q_va[v], e_tr[t], e_va[v], models)
     return {"router": str(d), "split_salt": salt, "benchmarks": benchmarks}
 
 

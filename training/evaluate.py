@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from neural_router.card import write_model_card
-from neural_router.data import DataConfig, load_routing_data
+from neural_router.data import DataConfig, RoutingDataset, load_routing_data
 from neural_router.evaluation import evaluate
 from neural_router.pool import ModelPool
 from neural_router.predictors import load_predictor
@@ -15,6 +15,20 @@ from neural_router.predictors import load_predictor
 log = logging.getLogger(__name__)
 
 DEFAULT_PAIRS = [("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")]
+
+
+def split_as_trained(tm: dict, data: list[str], models: list[str],
+                     pool: ModelPool) -> tuple[RoutingDataset, RoutingDataset, str]:
+    """``data`` split into (train, validation) exactly as the training recorded in ``tm`` (a
+    ``training_metrics.json``, or {} for the defaults) split it: same fraction and salt, which is
+    returned too. Restricted to ``models``; models of other pools in the same data are skipped, not
+    errors."""
+    dcfg = DataConfig(**tm.get("config", {}).get("data", {})) if tm else DataConfig()
+    ds = load_routing_data(data, pool, dcfg.model_copy(update={"unknown_models": "skip"}))
+    ds = ds.select_models([m for m in models if m in ds.models])
+    salt = tm.get("split_salt", dcfg.split_salt)
+    train, val = ds.split(tm.get("val_fraction", dcfg.val_fraction), salt)
+    return train, val, salt
 
 
 def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str | Path | None = None,
@@ -29,11 +43,7 @@ def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str 
         raise ValueError(f"{d} has no training_metrics.json naming its data; pass --data")
     predictor = load_predictor(d, device="auto", int8=int8)
     pool = ModelPool.from_yaml(pool_file) if pool_file else predictor.pool
-    dcfg = DataConfig(**tm.get("config", {}).get("data", {})) if tm else DataConfig()
-    # models the router does not know (other pools in the same data) are skipped, not errors
-    ds = load_routing_data(data, pool, dcfg.model_copy(update={"unknown_models": "skip"}))
-    ds = ds.select_models([m for m in predictor.models if m in ds.models])
-    train, val = ds.split(tm.get("val_fraction", dcfg.val_fraction), tm.get("split_salt", dcfg.split_salt))
+    train, val, _ = split_as_trained(tm, data, predictor.models, pool)
     if not len(val):
         raise ValueError("the validation split is empty; raise data.val_fraction")
     preds = predictor.predict(val.prompts)
