@@ -471,7 +471,7 @@ def run(args) -> dict:
                              activation_cache=cache, pool_file=(out / "pool.yaml") if new else None,
                              interpolate=args.interpolate if m in EXPLORING or args.interpolate_all else 1.0,
                              bias_calibration=args.bias_calibration if m in EXPLORING else None,
-                             head_transfer=(args.head_transfer or None) if m in EXPLORING else None,
+                             head_transfer=args.head_transfer if m in EXPLORING else None,
                              head_transfer_models=new if args.head_transfer and m in EXPLORING else None,
                              overrides={"soup": args.soup} if args.soup and m in EXPLORING else None)
             new_dir = Path(res["router_dir"])
