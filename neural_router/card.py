@@ -34,13 +34,12 @@ def write_model_card(directory: str | Path) -> Path:
         "- score type: " + ", ".join(sorted({'0/1' if b else 'graded' for b in rc.binary})),
     ]
     if tm:
+        runs = len({h["run"] for h in tm.get("history", []) if "run" in h})   # > 1: a soup's fine-tunes
+        soup = f" over a soup of {runs} fine-tunes (weights averaged)" if runs > 1 else ""
         lines += [f"- trained on: {', '.join(tm.get('data', []))} — {tm.get('train_prompts')} prompts "
                   f"({tm.get('val_prompts')} held out for validation, split by prompt hash, salt "
                   f"{tm.get('split_salt')!r}), {_fmt(tm.get('train_minutes'), '.1f')} min",
-                  f"- epochs run: {len(tm.get('history', []))}"
-                  + (f" over a soup of {runs} fine-tunes (weights averaged)" if (runs := len(
-                      {h['run'] for h in tm.get('history', []) if 'run' in h})) > 1 else "")
-                  + ", best validation quality loss: "
+                  f"- epochs run: {len(tm.get('history', []))}{soup}, best validation quality loss: "
                   f"{_fmt(min((h.get('val_quality_loss', float('inf')) for h in tm.get('history', [{}])), default=float('nan')))}"]
     if ev:
         lines += ["", "## Evaluation (validation split)", "",
