@@ -7,6 +7,7 @@
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
         [--margin 0.1] [--gate] [--promote-on dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
         [--interpolate 0.5] [--interpolate-all] [--bias-calibration K] [--head-transfer P] [--soup N]
+        [--init-bias]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -137,6 +138,11 @@ def parse_args(argv=None):
                     help="exploring methods refit the new model's quality head as a mixture of the other "
                          "models' rows, with a prior at their average as strong as P outcomes "
                          "(run_update head_transfer; default 20 as there, 0 = off)")
+    ap.add_argument("--init-bias", action="store_true",
+                    help="the initial router starts each model's quality bias at its mean training score "
+                         "(TrainConfig.init_quality_bias) instead of p = 0.5: on the small slice the initial "
+                         "router's few optimizer steps otherwise leave every model's predictions well below "
+                         "its scores, and the rounds then largely recalibrate")
     ap.add_argument("--soup", type=int, default=None, metavar="N",
                     help="exploring methods' updates average the weights of N fine-tunes with different seeds "
                          "(neural-router update --soup N)")
@@ -420,7 +426,8 @@ def run(args) -> dict:
     cfg_file = out / "train.yaml"
     cfg_file.write_text(json.dumps({"max_length": args.max_length, "head_tokens": 16,
                                     "freeze_layers": args.freeze_layers, "epochs": args.epochs,
-                                    "patience": 2, "seed": args.seed, "data": {"val_fraction": 0.2}}))
+                                    "patience": 2, "seed": args.seed, "data": {"val_fraction": 0.2},
+                                    **({"init_quality_bias": True} if args.init_bias else {})}))
     log.info("data: %d eval, %d initial, %d traffic prompts, %d models", len(ev), len(init), len(traffic),
              len(ds.models))
     r0 = run_train([str(init_file)], out / "r0", cfg_file, init_pool, progress=False)

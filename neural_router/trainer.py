@@ -75,6 +75,11 @@ class TrainConfig(BaseModel):
         "rank_temperature); prompts with fewer than two observed models, or where all scored the same, "
         "carry no ranking and are skipped. 0 = off"))
     rank_temperature: float = Field(default=0.1, gt=0)
+    init_quality_bias: bool = Field(default=False, description=(
+        "a router trained from scratch starts each model's quality bias at the logit of its mean "
+        "training score (weighted, clipped to [0.02, 0.98]) instead of 0 (p = 0.5), so that a router "
+        "trained on little data (a few optimizer steps) is calibrated from the start; updates and a "
+        "new pool member's cold-start prior start from the parent as before"))
     seed: int = 0
     soup: int = Field(default=1, ge=1, description="average the weights of this many fine-tunes that start "
                       "from the same weights with seeds seed, seed+1, ... (a uniform model soup; "
@@ -489,6 +494,9 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         model = RouterModel.from_encoder_config(rc, encoder_config)
     else:
         model = RouterModel.from_encoder(rc, cfg.encoder)
+    if cfg.init_quality_bias and init_from is None:
+        with torch.no_grad():
+            model.quality.bias.copy_(torch.as_tensor(initial_quality_bias(train.scores, sample_weights)))
     if cfg.encoder_layers and init_from is None and cfg.encoder_layers != model.num_layers():
         level = logging.INFO if cfg.encoder == DEFAULT_ENCODER else logging.WARNING
         log.log(level, "keeping the first %d of the encoder's %d layers (encoder_layers; 0 keeps all)",
@@ -697,6 +705,19 @@ def transfer_heads(model: RouterModel, train: RoutingDataset, pred: np.ndarray, 
             log.info("head transfer for %s from %d outcomes: %s", m, int(obs.sum()),
                      {k: v for k, v in out[m]["weights"].items() if abs(v) >= 0.05})
     return out
+
+
+def initial_quality_bias(scores: np.ndarray, weights: np.ndarray | None = None,
+                         lo: float = 0.02, hi: float = 0.98) -> np.ndarray:
+    """Per model, the logit of its mean observed score (weighted by ``weights`` where given),
+    clipped to ``[lo, hi]`` so that an all-0 or all-1 model keeps a finite bias; a model without
+    observed cells gets 0 (p = 0.5). The starting quality bias of ``TrainConfig.init_quality_bias``."""
+    obs = np.isfinite(scores)
+    w = np.where(obs, 1.0 if weights is None else weights, 0.0).astype(np.float64)
+    tot = w.sum(0)
+    mean = np.where(tot > 0, (w * np.where(obs, scores, 0.0)).sum(0) / np.maximum(tot, 1e-12), 0.5)
+    p = np.clip(mean, lo, hi)
+    return np.log(p / (1 - p)).astype(np.float32)
 
 
 def calibrate_quality_bias(scores: np.ndarray, pred: np.ndarray, weights: np.ndarray, pseudo_count: float,

@@ -18,7 +18,7 @@ from neural_router.model import RouterModel
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
 from neural_router.trainer import (ActivationCache, TrainConfig, calibrate_quality_bias, fit_head_mixture,
-                                   masked_losses, model_from_parent, rank_loss, train_router)
+                                   initial_quality_bias, masked_losses, model_from_parent, rank_loss, train_router)
 from training.update import (compare_on_logs, logged_dataset, policy_probs, predict_router,
                              promotion_verdict, row_shares, run_update)
 
@@ -282,6 +282,33 @@ def test_train_router_bias_calibration_shifts_only_the_quality_bias(tiny_trained
         assert p[obs, j].mean() == pytest.approx(ds.scores[obs, j].mean(), abs=0.01)
     with pytest.raises(ValueError, match="bias_calibration"):   # refused before any training
         fit(-1.0)
+
+
+def test_initial_quality_bias_is_the_logit_of_each_models_mean_score():
+    scores = np.array([[1, 0, np.nan, 1], [0, 0, np.nan, 1], [1, 0, np.nan, 1], [1, np.nan, np.nan, 1]],
+                      dtype=np.float32)
+    b = initial_quality_bias(scores)
+    assert b[0] == pytest.approx(np.log(0.75 / 0.25), abs=1e-5)
+    assert b[1] == pytest.approx(np.log(0.02 / 0.98), abs=1e-5)   # all failures: clipped, still finite
+    assert b[2] == 0.0                                             # never observed: p = 0.5
+    assert b[3] == pytest.approx(np.log(0.98 / 0.02), abs=1e-5)
+    w = np.ones_like(scores)
+    w[1, 0] = 3.0                                                  # weights count: 3 / 6 successes
+    assert initial_quality_bias(scores, w)[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_init_quality_bias_starts_a_router_trained_on_little_data_calibrated(tiny_data_file, tiny_pool_file):
+    pool, ds = _tiny(tiny_data_file, tiny_pool_file)
+    ds = ds.subset(np.arange(12))
+    mean = np.array([np.nanmean(ds.scores[:, j]) for j in range(len(ds.models))])
+
+    def fit(init):
+        cfg = TrainConfig(**{**CFG, "epochs": 1, "lr_head": 1e-6, "init_quality_bias": init})
+        model, tok, _ = train_router(ds, None, pool, cfg, encoder_config=tiny_encoder_config(), progress=False)
+        return predict_router(model, tok, pool, ds.prompts).quality.mean(0)
+
+    # a few optimizer steps leave the heads where they start: near 0.5 from 0, at the means with the option
+    assert np.abs(fit(True) - mean).max() < 0.05 < np.abs(fit(False) - mean).max()
 
 
 def test_fit_head_mixture_starts_at_the_average_model_and_learns_which_models_the_target_follows():
