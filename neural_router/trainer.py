@@ -654,7 +654,7 @@ def fit_head_mixture(basis_logits: np.ndarray, y: np.ndarray, w: np.ndarray, pse
     stays near the average model; as they accumulate it moves to the models the target behaves
     like. The known models' logits are strongly correlated, so their sum (how steep the target's
     logit is) can move further from 1 than one coordinate's prior alone would suggest; in the replay
-    (README) that helped: a g-prior, as strong in every direction, learned the new model slower
+    (benchmarks/FEEDBACK.md) that helped: a g-prior, as strong in every direction, learned the new model slower
     and ended lower."""
     n, k = basis_logits.shape
     x = np.concatenate([basis_logits, np.ones((n, 1))], axis=1).astype(np.float64)

@@ -440,7 +440,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         promote_on: the estimators that must all say "better" (``ips``, ``snips``, ``dr``).
             Default: DR alone. In the replay simulation, requiring IPS as well kept a new pool
             member's gain from ever serving (IPS credits nothing to choices the logs rarely
-            made); DR alone let it through (README, "Learning from outcomes").
+            made); DR alone let it through (benchmarks/FEEDBACK.md).
         pool_file: pool YAML; its models the router does not know are added (cold-start prior).
         holdout_fraction: share of logged prompts (by prompt hash) kept out of training for the
             promotion check.
@@ -450,16 +450,16 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         importance_weighting: False = naive retraining (weight 1 on every logged outcome).
         normalize_weights: divide the clipped 1/propensity weights by their mean (default), so the
             logs weigh as much in total as in naive retraining; False = the raw clipped weights. In
-            the replay simulation (benchmarks/bench_feedback.py, README) self-normalised weights
-            beat raw clip-10 weights both in the warm start (0.772 vs 0.762 utility) and when a
-            new model joins the pool (0.762 vs 0.737).
+            the replay simulation (benchmarks/bench_feedback.py, benchmarks/FEEDBACK.md)
+            self-normalised weights beat raw clip-10 weights both in the warm start (0.772 vs 0.762
+            utility) and when a new model joins the pool (0.762 vs 0.737).
         log_val_fraction: share of the (non-held-out) logged prompts used, with their weights,
             for early stopping, next to the original validation split.
         interpolate: keep only this share of the update's change: the new weights are
             ``interpolate * fine-tuned + (1 - interpolate) * current`` (WiSE-FT style; 1 = the
             fine-tuned weights). A model's head rows keep more where the current router had little
             evidence for that model (:func:`row_shares`: a new pool member keeps all of its first
-            update). Default 0.5: in the replay simulation (README, "Learning from outcomes") the
+            update). Default 0.5: in the replay simulation (benchmarks/FEEDBACK.md) the
             mean curve rose every round and ended higher than with 1, in the warm start and when a
             new model joins.
         compare_with: the router that serves now, which the new one must beat on the held-out logs
@@ -474,9 +474,9 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
             outcomes (``train_router(head_transfer=)``, :func:`neural_router.trainer.fit_head_mixture`;
             default 20; None or 0 = off). Meant for new pool members: a model with a few dozen
             outcomes learns which known models it behaves like, and how much better or worse, instead
-            of a whole head row. In the replay simulation (README, "Head transfer for a new pool
-            member") it learned the new model two rounds sooner, and it changes nothing when no
-            model is new.
+            of a whole head row. In the replay simulation (benchmarks/FEEDBACK.md, "Head transfer
+            for a new pool member") it learned the new model two rounds sooner, and it changes
+            nothing when no model is new.
         head_transfer_models: the models to rewrite. None = the models this update adds to the pool
             plus those the parent's update rewrote (so a new member keeps the transfer over its
             first updates until it is switched off or the list is given).
