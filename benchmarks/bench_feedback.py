@@ -427,7 +427,7 @@ def run(args) -> dict:
     cfg_file.write_text(json.dumps({"max_length": args.max_length, "head_tokens": 16,
                                     "freeze_layers": args.freeze_layers, "epochs": args.epochs,
                                     "patience": 2, "seed": args.seed, "data": {"val_fraction": 0.2},
-                                    **({"init_quality_bias": True} if args.init_bias else {})}))
+                                    "init_quality_bias": args.init_bias}))
     log.info("data: %d eval, %d initial, %d traffic prompts, %d models", len(ev), len(init), len(traffic),
              len(ds.models))
     r0 = run_train([str(init_file)], out / "r0", cfg_file, init_pool, progress=False)

@@ -716,8 +716,7 @@ def initial_quality_bias(scores: np.ndarray, weights: np.ndarray | None = None,
     w = np.where(obs, 1.0 if weights is None else weights, 0.0).astype(np.float64)
     tot = w.sum(0)
     mean = np.where(tot > 0, (w * np.where(obs, scores, 0.0)).sum(0) / np.maximum(tot, 1e-12), 0.5)
-    p = np.clip(mean, lo, hi)
-    return np.log(p / (1 - p)).astype(np.float32)
+    return _logits(np.clip(mean, lo, hi)).astype(np.float32)
 
 
 def calibrate_quality_bias(scores: np.ndarray, pred: np.ndarray, weights: np.ndarray, pseudo_count: float,

@@ -300,7 +300,7 @@ def test_initial_quality_bias_is_the_logit_of_each_models_mean_score():
 def test_init_quality_bias_starts_a_router_trained_on_little_data_calibrated(tiny_data_file, tiny_pool_file):
     pool, ds = _tiny(tiny_data_file, tiny_pool_file)
     ds = ds.subset(np.arange(12))
-    mean = np.array([np.nanmean(ds.scores[:, j]) for j in range(len(ds.models))])
+    mean = np.nanmean(ds.scores, 0)
 
     def fit(init):
         cfg = TrainConfig(**{**CFG, "epochs": 1, "lr_head": 1e-6, "init_quality_bias": init})
