@@ -7,7 +7,7 @@
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
         [--margin 0.1] [--gate] [--promote-on dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
         [--interpolate 0.5] [--interpolate-all] [--bias-calibration K] [--head-transfer P] [--soup N]
-        [--init-bias]
+        [--init-bias] [--max-shift S]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -51,6 +51,9 @@ gets traffic only from the exploration policy itself). The exploring methods' up
 quality head as a mixture of the known models' heads fitted to its outcomes, with a prior at their
 average as strong as P outcomes (``--head-transfer P``, default 20 as in ``run_update``; 0 = off,
 which is how the replays run before it became the default reproduce).
+With ``--max-shift S`` the exploring methods' updates are scaled back toward the router they
+fine-tuned from until at most S of the logged traffic moves to another model (``run_update(max_shift=)``,
+a trust region on the policy; off by default).
 Utility and AIQ are computed over the models each router can route to.
 The default sizes (150 initial prompts, 300 per round, 450 evaluation prompts) leave little to learn
 after round 1: the full-information router's mean utility gains under 0.01 after round 1 there (README).
@@ -138,6 +141,9 @@ def parse_args(argv=None):
                     help="exploring methods refit the new model's quality head as a mixture of the other "
                          "models' rows, with a prior at their average as strong as P outcomes "
                          "(run_update head_transfer; default 20 as there, 0 = off)")
+    ap.add_argument("--max-shift", type=float, default=None, metavar="S",
+                    help="exploring methods' updates move at most this share of the logged traffic to other "
+                         "models (run_update max_shift, a trust region; off by default)")
     ap.add_argument("--init-bias", action="store_true",
                     help="the initial router starts each model's quality bias at its mean training score "
                          "(TrainConfig.init_quality_bias) instead of p = 0.5: on the small slice the initial "
@@ -480,6 +486,7 @@ def run(args) -> dict:
                              bias_calibration=args.bias_calibration if m in EXPLORING else None,
                              head_transfer=args.head_transfer if m in EXPLORING else None,
                              head_transfer_models=new if args.head_transfer and m in EXPLORING else None,
+                             max_shift=args.max_shift if m in EXPLORING else None,
                              overrides={"soup": args.soup} if args.soup and m in EXPLORING else None)
             new_dir = Path(res["router_dir"])
             score = evaluate(new_dir)
@@ -497,7 +504,8 @@ def run(args) -> dict:
                 **{f"{e}_diff": diff.get(e, {}).get("value") for e in ("ips", "snips", "dr")},
                 "dr_diff_ci": [diff.get("dr", {}).get("ci_low"), diff.get("dr", {}).get("ci_high")],
                 "n_holdout": res["n_holdout"], "n_logged_train": res["n_logged_train"],
-                "epochs": len(res["history"]), "update_minutes": (time.time() - t1) / 60})
+                "epochs": len(res["history"]), "trust_region": res["trust_region"],
+                "update_minutes": (time.time() - t1) / 60})
             keep_lineage = gated and args.lineage
             old_dirs = {current[m], lineage[m]}
             if adopt:

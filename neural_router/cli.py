@@ -69,6 +69,9 @@ def add_update_arguments(p) -> None:
     p.add_argument("--head-transfer-models", nargs="+", default=None, metavar="MODEL",
                    help="the models --head-transfer rewrites (default: those this update adds to the pool "
                         "and those the parent's update rewrote)")
+    p.add_argument("--max-shift", type=float, default=None, metavar="S",
+                   help="trust region: scale the update down until at most this share (0-1] of the logged "
+                        "traffic moves to another model (default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,8 +19,8 @@ from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
 from neural_router.trainer import (ActivationCache, TrainConfig, calibrate_quality_bias, fit_head_mixture,
                                    initial_quality_bias, masked_losses, model_from_parent, rank_loss, train_router)
-from training.update import (compare_on_logs, logged_dataset, policy_probs, predict_router,
-                             promotion_verdict, row_shares, run_update)
+from training.update import (compare_on_logs, largest_scale, logged_dataset, parent_state_like, policy_probs,
+                             predict_router, promotion_verdict, row_shares, run_update, share_shift)
 
 from conftest import TINY_POOL, TOPICS, WORDS, tiny_encoder_config
 
@@ -612,6 +612,81 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert tm3["update"]["head_transfer_models"] == ["newbie"]   # inherited from the parent's update
 
 
+def test_share_shift_and_largest_scale():
+    a = np.eye(3)[[0, 0, 1, 2]]                 # shares 0.5, 0.25, 0.25
+    assert share_shift(a, a) == 0.0
+    assert share_shift(a, a[[1, 0, 3, 2]]) == 0.0            # requests swap models: no share moves
+    assert share_shift(a, np.eye(3)[[1, 1, 1, 1]]) == pytest.approx(0.75)
+    assert share_shift(a[:0], a[:0]) == 0.0
+    calls = []
+
+    def shift_at(t):
+        calls.append(t)
+        return 0.8 * t
+
+    t, s, full = largest_scale(shift_at, 0.3)
+    assert full == 0.8 and s == pytest.approx(0.8 * t) and s <= 0.3
+    assert 0.375 - 2 ** -7 <= t <= 0.375 and len(calls) == 8       # 1 + 7 bisection steps
+    assert largest_scale(shift_at, 0.9) == (1.0, 0.8, 0.8)         # inside the region: unchanged
+    assert largest_scale(lambda t: 1.0, 0.5)[:2] == (0.0, 0.0)     # any move too far: no change
+
+
+def test_parent_state_like_keeps_a_new_members_rows(tiny_trained_dir, tiny_data_file, tiny_pool_file):
+    from dataclasses import replace
+
+    from training.update import align_models
+
+    parent = RouterModel.from_pretrained(tiny_trained_dir)
+    _, ds = _tiny(tiny_data_file, tiny_pool_file)
+    rc = parent.config
+    models = ["newbie"] + list(rc.models)[::-1]      # a new member first, the known models reordered
+    rc = replace(rc, models=models, binary=[True] + rc.binary[::-1],
+                 latency_learned=[False] + rc.latency_learned[::-1], cost_scale=[1.0] + rc.cost_scale[::-1],
+                 default_output_tokens=[99.0] + rc.default_output_tokens[::-1])
+    child = model_from_parent(rc, parent, align_models(ds, models))
+    with torch.no_grad():
+        for p in child.parameters():
+            p.add_(1.0)                               # an update that moved every weight
+    start = parent_state_like(parent, child)
+    assert torch.equal(start["trunk.1.weight"], parent.trunk[1].weight)
+    for j, m in enumerate(models[1:], 1):             # known rows by name, from the parent
+        i = parent.config.models.index(m)
+        assert torch.equal(start["quality.weight"][j], parent.quality.weight[i])
+        assert torch.equal(start["latency.bias"][j], parent.latency.bias[i])
+    assert torch.equal(start["quality.weight"][0], child.quality.weight[0])   # the new member: its own
+
+
+def test_run_update_max_shift_caps_the_traffic_an_update_moves(tiny_trained_dir, tmp_path):
+    from neural_router import Router
+
+    url = f"sqlite:///{tmp_path / 'fb.db'}"
+    with FeedbackStore.from_url(url) as store:
+        _log_traffic(store, tiny_trained_dir, 120, 0.5)
+        prompts = [d.prompt for d, _ in store.iter_logged(chosen_only=True)]
+    kw = dict(preferences={"cost_weight": 0.3}, overrides={"epochs": 3, "lr_head": 0.05}, n_boot=50,
+              interpolate=1.0)
+    free = run_update(tiny_trained_dir, url, tmp_path / "free", **kw)
+    capped = run_update(tiny_trained_dir, url, tmp_path / "capped", max_shift=0.02, **kw)
+    assert free["trust_region"] is None
+    tr = capped["trust_region"]
+    tm = json.loads((Path(capped["router_dir"]) / "training_metrics.json").read_text())
+    assert tm["update"]["trust_region"] == tr and tr["n_requests"] == 120 and tr["max_shift"] == 0.02
+
+    def routed(d):
+        r = Router.from_pretrained(d)
+        w = tuple(np.full(len(prompts), x) for x in (1.0, 0.3, 0.0))
+        return policy_probs(r.predict(prompts), r.models, r.pool, w)
+
+    parent = routed(tiny_trained_dir)
+    moved = share_shift(parent, routed(free["router_dir"]))
+    assert moved > 0.02                                  # the unconstrained update moves traffic ...
+    assert tr["shift_unscaled"] == pytest.approx(moved, abs=1e-9) and tr["scale"] < 1.0
+    assert share_shift(parent, routed(capped["router_dir"])) == pytest.approx(tr["shift"])   # ... the capped one
+    assert tr["shift"] <= 0.02                                                               # no more than allowed
+    with pytest.raises(ValueError, match=r"max_shift must be in \(0, 1\]"):
+        run_update(tiny_trained_dir, url, tmp_path / "out", max_shift=0.0)
+
+
 def test_run_update_errors(tiny_trained_dir, tmp_path):
     with pytest.raises(ValueError, match="no logged outcomes"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out")
@@ -667,3 +742,7 @@ def test_update_command_passes_bias_calibration_to_run_update(monkeypatch):
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                                  "--soup", "3", "--epochs", "4"]))
     assert seen["overrides"] == {"epochs": 4, "soup": 3}
+    assert seen["max_shift"] is None                               # the trust region is off by default
+    upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
+                                                 "--max-shift", "0.2"]))
+    assert seen["max_shift"] == 0.2

@@ -47,7 +47,7 @@ from neural_router import offpolicy as op
 from neural_router.card import write_model_card
 from neural_router.data import RoutingDataset, load_routing_data, prompt_hash_unit
 from neural_router.feedback import FeedbackStore, replay_context
-from neural_router.model import RouterModel
+from neural_router.model import HEADS, RouterModel
 from neural_router.policy import Preferences
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
@@ -299,6 +299,89 @@ def row_shares(models: list[str], n_now, seen_before: dict[str, int], interpolat
                      else interpolate for m, n in zip(models, n_now)], dtype=np.float32)
 
 
+# --------------------------------------------------------------------------------------------------
+# trust region: how far one update may move the traffic
+
+
+def share_shift(probs_a: np.ndarray, probs_b: np.ndarray) -> float:
+    """The share of traffic that moves to another model between two routings of the same requests
+    (``[N, M]`` choice probabilities): the total-variation distance of the per-model traffic shares,
+    ``0.5 * sum_m |share_a[m] - share_b[m]|``. 0 = every model keeps its share (requests may still
+    swap models), 1 = all traffic moves to models that had none."""
+    if not len(probs_a):
+        return 0.0
+    return float(0.5 * np.abs(probs_a.mean(0) - probs_b.mean(0)).sum())
+
+
+def largest_scale(shift_at, max_shift: float, steps: int = 7) -> tuple[float, float, float]:
+    """The largest ``t`` in [0, 1] (to ``2**-steps``) whose ``shift_at(t)`` is at most ``max_shift``,
+    by bisection (``shift_at(0)`` is taken as 0: no change). Returns ``(t, shift_at(t), shift_at(1))``."""
+    full = shift_at(1.0)
+    if full <= max_shift:
+        return 1.0, full, full
+    lo, lo_shift, hi = 0.0, 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        s = shift_at(mid)
+        if s <= max_shift:
+            lo, lo_shift = mid, s
+        else:
+            hi = mid
+    return lo, lo_shift, full
+
+
+def parent_state_like(parent: RouterModel, model: RouterModel) -> dict[str, Any]:
+    """The parent's weights in ``model``'s layout: head rows by model name; a model the parent lacks
+    (a new pool member) keeps ``model``'s own row, so a trust region never holds back its start."""
+    ps, out = parent.state_dict(), {}
+    old = list(parent.config.models)
+    for k, v in model.state_dict().items():
+        if k.split(".")[0] in HEADS:
+            rows = v.detach().clone()
+            for j, m in enumerate(model.config.models):
+                if m in old:
+                    rows[j] = ps[k][old.index(m)]
+            out[k] = rows
+        else:
+            out[k] = ps[k].detach().clone()
+    return out
+
+
+def limit_traffic_shift(model: RouterModel, parent: RouterModel, tokenizer, pool: ModelPool,
+                        requests: list[dict[str, Any]], models: list[str], prefs: Preferences | None,
+                        max_shift: float, cfg: TrainConfig, cache: ActivationCache) -> dict[str, Any]:
+    """Trust region on the policy: scale the update in place, to ``parent + t * (model - parent)``
+    (``parent``: the router the update fine-tuned from) with the largest ``t`` such that on
+    ``requests`` (dicts with prompt, preferences, context: the logged traffic) at most ``max_shift``
+    of the traffic moves to another model (:func:`share_shift`). One update that sends most requests
+    to one model on the strength of a few explored outcomes is what made the replay's mean curve
+    fall (benchmarks/FEEDBACK.md); a capped move still brings in the next round's outcomes of that
+    model, so a right move completes over the following updates. Returns what it did."""
+    prompts = [r["prompt"] for r in requests]
+    weights = _pref_weights(prefs, [r["preferences"] for r in requests])
+    contexts = [r.get("context") or {} for r in requests]
+    full = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start = parent_state_like(parent, model)
+
+    def load(t: float) -> None:
+        model.load_state_dict({k: start[k] + t * (v - start[k]) if v.is_floating_point() else v
+                               for k, v in full.items()})
+
+    def decisions(t: float) -> np.ndarray:
+        load(t)
+        return policy_probs(predict_router(model, tokenizer, pool, prompts, cfg, cache), models, pool,
+                            weights, contexts)
+
+    before = decisions(0.0)
+    t, shift, full_shift = largest_scale(lambda t: share_shift(before, decisions(t)), max_shift)
+    load(t)
+    if t < 1.0:
+        log.info("trust region: the update would move %.0f%% of the logged traffic to other models; "
+                 "scaled to %.3f of it (%.0f%%, max_shift %.2f)", 100 * full_shift, t, 100 * shift, max_shift)
+    return {"max_shift": max_shift, "n_requests": len(prompts), "shift_unscaled": full_shift,
+            "scale": t, "shift": shift}
+
+
 def parse_promote_on(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """``"ips,dr"`` -> ``("ips", "dr")``, checked against the estimators the comparison computes."""
     names = tuple(x.strip().lower() for x in (value.split(",") if isinstance(value, str) else value) if x.strip())
@@ -418,7 +501,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                log_val_fraction: float = 0.1, interpolate: float = 0.5,
                compare_with: str | Path | None = None, bias_calibration: float | None = None,
                head_transfer: float | None = 20.0, head_transfer_models: tuple[str, ...] | None = None,
-               overrides: dict | None = None,
+               max_shift: float | None = None, overrides: dict | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
     """Fine-tune ``router_dir`` on the logged outcomes in ``feedback_url`` and judge the result.
@@ -480,13 +563,16 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         head_transfer_models: the models to rewrite. None = the models this update adds to the pool
             plus those the parent's update rewrote (so a new member keeps the transfer over its
             first updates until it is switched off or the list is given).
+        max_shift: trust region on the policy: scale the update down (toward ``router_dir``'s weights)
+            until at most this share of the logged traffic moves to another model
+            (:func:`limit_traffic_shift`; None = off, the default).
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
         n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
         activation_cache: share frozen-layer activations with other updates in this process.
 
     Returns a dict: ``router_dir``, ``version``, ``parent_version``, ``promote`` (bool),
     ``promotion`` (what ``promotion.json`` holds), ``n_logged``, ``n_logged_train``, ``n_logged_val``,
-    ``n_holdout``, ``n_original``, ``new_models``, ``history``.
+    ``n_holdout``, ``n_original``, ``new_models``, ``history``, ``trust_region`` (None when off).
     """
     t0 = time.time()
     if not 0.0 <= holdout_fraction < 1.0:
@@ -509,6 +595,9 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                     list(parent.config.models))
     models = list(parent.config.models) + new_models
     head_transfer = head_transfer or None   # 0 = off, as on the command line
+    if max_shift is not None and not 0.0 < max_shift <= 1.0:
+        raise ValueError(f"max_shift must be in (0, 1] (the share of logged traffic one update may move "
+                         f"to another model), got {max_shift}")
     if head_transfer is not None and not (math.isfinite(head_transfer) and head_transfer > 0):
         raise ValueError(f"head_transfer must be a finite pseudo count > 0 (0 = off), got {head_transfer}")
     if head_transfer is None and head_transfer_models:
@@ -587,6 +676,12 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                        row_interpolate=row_a if interpolate < 1.0 else None,
                                        bias_calibration=bias_calibration, head_transfer=head_transfer,
                                        head_transfer_models=head_transfer_models)
+    trust_region = None
+    if max_shift is not None:
+        requests = [{"prompt": d.prompt, "preferences": d.preferences, "context": d.context}
+                    for d, _ in chosen_pairs]
+        trust_region = limit_traffic_shift(model, parent, tok, pool, requests, models, prefs, max_shift,
+                                           cfg, cache)
 
     # ---- save --------------------------------------------------------------------------------------
     out_root = Path(output_dir)
@@ -607,7 +702,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                               "max": float(w_train.max()) if w_train.size else None},
         "new_models": new_models, "cold_start_prior": cold_start_prior, "interpolate": interpolate,
         "bias_calibration": bias_calibration, "head_transfer": head_transfer,
-        "head_transfer_models": list(head_transfer_models),
+        "head_transfer_models": list(head_transfer_models), "trust_region": trust_region,
         "row_interpolate": dict(zip(train.models, row_a.round(3).tolist())), "skipped": skipped}
     metrics = {"data": data_paths, "summary": train.summary(),
                "train_prompts": len(train), "val_prompts": len(val) if val is not None else 0,
@@ -649,7 +744,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
             "promote": promotion["promote"], "promotion": promotion, "n_logged": len(logs),
             "n_logged_train": len(logs_train), "n_logged_val": len(logs_val), "n_holdout": int(hold.sum()),
             "n_original": len(orig_train) if orig_train is not None else 0,
-            "new_models": new_models, "history": history,
+            "new_models": new_models, "history": history, "trust_region": trust_region,
             "minutes": (time.time() - t0) / 60}
 
 
@@ -671,6 +766,7 @@ def run_from_args(args) -> dict[str, Any]:
                       interpolate=args.interpolate, compare_with=args.compare_with,
                       bias_calibration=args.bias_calibration, head_transfer=args.head_transfer,
                       head_transfer_models=tuple(args.head_transfer_models) if args.head_transfer_models else None,
+                      max_shift=args.max_shift,
                       overrides={"epochs": args.epochs, "soup": args.soup})
 
 
