@@ -15,7 +15,9 @@ logged propensities the bias can be corrected. The update:
    outcomes (1 on other logged outcomes and on the original data). Models in ``pool_file`` that the
    router does not know are added, starting from a cold-start prior. The new weights keep half of
    what the fine-tuning changed (``interpolate``, WiSE-FT style), which steadies the rounds; a
-   model's head rows keep more where the current router had seen few of its outcomes;
+   model's head rows keep more where the current router had seen few of its outcomes; optionally
+   (``max_shift``) the update is scaled back further until it moves at most that share of the
+   logged traffic to other models;
 5. writes a new versioned folder ``<output_dir>/<root version>+<timestamp>`` (``parent_version`` in
    its ``training_metrics.json``);
 6. estimates on the held-out logs, with IPS, SNIPS and doubly robust estimators (bootstrap CIs), the
@@ -354,9 +356,11 @@ def limit_traffic_shift(model: RouterModel, parent: RouterModel, tokenizer, pool
     (``parent``: the router the update fine-tuned from) with the largest ``t`` such that on
     ``requests`` (dicts with prompt, preferences, context: the logged traffic) at most ``max_shift``
     of the traffic moves to another model (:func:`share_shift`). One update that sends most requests
-    to one model on the strength of a few explored outcomes is what made the replay's mean curve
-    fall (benchmarks/FEEDBACK.md); a capped move still brings in the next round's outcomes of that
-    model, so a right move completes over the following updates. Returns what it did."""
+    to one model on the strength of a few explored outcomes is what made the small-slice replay's
+    mean curve fall on fresh seeds; a capped move still brings in the next round's outcomes of that
+    model, so a right move can complete over the following updates. In that replay (README, "A trust
+    region on the policy") S = 0.2 removed the large falls but slowed the seeds that start far off,
+    and ended level with no trust region; hence off by default. Returns what it did."""
     prompts = [r["prompt"] for r in requests]
     weights = _pref_weights(prefs, [r["preferences"] for r in requests])
     contexts = [r.get("context") or {} for r in requests]
