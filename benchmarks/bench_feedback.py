@@ -5,9 +5,9 @@
         [--exploration epsilon_greedy|thompson] [--epsilon 0.2] [--thompson-evidence K] [--no-boost]
         [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
-        [--margin 0.1] [--gate] [--promote-on dr] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
+        [--margin 0.1] [--gate] [--promote-on dm] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
         [--interpolate 0.5] [--interpolate-all] [--bias-calibration K] [--head-transfer P] [--soup N]
-        [--init-bias] [--max-shift S]
+        [--init-bias] [--max-shift S] [--reward-calibration K|off] [--keep-weights]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -81,6 +81,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from neural_router.cli import float_or_off  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_feedback")
 EXPLORING = ("ips", "ips_thompson", "explore_noweight")  # the methods that log propensities < 1
@@ -118,7 +120,7 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--freeze-layers", type=int, default=-1)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--promote-on", default="dr",
+    ap.add_argument("--promote-on", default="dm",
                     help="estimators that must all show a gain for promotion (run_update promote_on)")
     ap.add_argument("--holdout", type=float, default=0.25, help="share of logs held out for promotion")
     ap.add_argument("--n-boot", type=int, default=500)
@@ -152,6 +154,13 @@ def parse_args(argv=None):
     ap.add_argument("--soup", type=int, default=None, metavar="N",
                     help="exploring methods' updates average the weights of N fine-tunes with different seeds "
                          "(neural-router update --soup N)")
+    ap.add_argument("--reward-calibration", type=float_or_off, default=10.0, metavar="K",
+                    help="calibration of the promotion check's reward model (run_update reward_calibration; "
+                         "default 10, off = uncalibrated as before it existed)")
+    ap.add_argument("--keep-weights", action="store_true",
+                    help="keep every router's weights (by default those no method serves or fine-tunes from "
+                         "any more are deleted to save disk), so that candidates can be re-judged afterwards "
+                         "(benchmarks/gate_accuracy.py --rejudge)")
     ap.add_argument("--new-model", help="cold-start scenario: this model joins the pool after round 1 "
                                         "(left out of the initial slice and router)")
     ap.add_argument("--seed", type=int, default=0)
@@ -487,6 +496,7 @@ def run(args) -> dict:
                              head_transfer=args.head_transfer if m in EXPLORING else None,
                              head_transfer_models=new if args.head_transfer and m in EXPLORING else None,
                              max_shift=args.max_shift if m in EXPLORING else None,
+                             reward_calibration=args.reward_calibration,
                              overrides={"soup": args.soup} if args.soup and m in EXPLORING else None)
             new_dir = Path(res["router_dir"])
             score = evaluate(new_dir)
@@ -501,7 +511,7 @@ def run(args) -> dict:
                 "candidate_utility": score["utility"], "adopted": adopt, "promote": res["promote"],
                 "promote_ci": promotion_verdict(pr, 0.0, require_ci=True, promote_on=args.promote_on)[0],
                 "truly_better": score["utility"] > prev["utility"],
-                **{f"{e}_diff": diff.get(e, {}).get("value") for e in ("ips", "snips", "dr")},
+                **{f"{e}_diff": diff.get(e, {}).get("value") for e in ("ips", "snips", "dr", "dm")},
                 "dr_diff_ci": [diff.get("dr", {}).get("ci_low"), diff.get("dr", {}).get("ci_high")],
                 "n_holdout": res["n_holdout"], "n_logged_train": res["n_logged_train"],
                 "epochs": len(res["history"]), "trust_region": res["trust_region"],
@@ -512,7 +522,7 @@ def run(args) -> dict:
                 current[m] = new_dir
             lineage[m] = new_dir if (adopt or keep_lineage) else current[m]
             for d in old_dirs | {new_dir}:
-                if d not in (current[m], lineage[m], r0):
+                if d not in (current[m], lineage[m], r0) and not args.keep_weights:
                     _drop_weights(d)
             log.info("round %d %-16s utility %.4f AIQ %.4f (served %.4f) promote=%s truly better=%s%s [%.1f min]",
                      rnd, m, score["utility"], score["aiq"], served["served_utility"], res["promote"],

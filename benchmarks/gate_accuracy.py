@@ -48,10 +48,11 @@ def candidates(replay: Path, method: str) -> list[dict]:
             promo = json.loads(pf.read_text())
             if "difference" not in promo:
                 continue  # no held-out logs that round: nothing to judge
-            stats = {"dr": promo["difference"]["dr"]["value"]}
+            stats = {k: promo["difference"][k]["value"] for k in ("dr", "dm") if k in promo["difference"]}
             stats.update({f"dr, clip {c}": v for c, v in (promo.get("dr_difference_by_clip") or {}).items()})
             rows.append({"replay": str(replay), "seed": sd.name, "round": row["round"],
-                         "true_gain": row["candidate_utility"] - prev["utility"], "stats": stats})
+                         "true_gain": row["candidate_utility"] - prev["utility"], "stats": stats,
+                         "promotion_file": pf})
     return rows
 
 
@@ -73,6 +74,17 @@ def score(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def print_table(name: str, part: dict, width: int = 14) -> None:
+    """``part``: {"candidates", "really_better", "statistics": score(rows)}."""
+    print(f"\n{name}: {part['candidates']} candidates, {part['really_better']} really better")
+    print(f"{'statistic':{width}s} {'agrees':>7s} {'promotes':>9s} {'false':>6s} {'missed':>7s} "
+          f"{'gain promoted':>14s} {'corr':>6s}")
+    for k, s in part["statistics"].items():
+        corr = f"{s['correlation']:+.2f}" if s["correlation"] is not None else "   -"
+        print(f"{k:{width}s} {s['agree']:7.2f} {s['promoted']:9d} {s['false_promotions']:6d} "
+              f"{s['missed_improvements']:7d} {s['gain_of_promoted']:+14.3f} {corr:>6s}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("replays", nargs="+", type=Path, help="bench_feedback.py --out folders (gated runs)")
@@ -92,13 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         report["all"] = {"candidates": len(every), "really_better": int(sum(r["true_gain"] > 0 for r in every)),
                          "statistics": score(every)}
     for name, part in list(report["replays"].items()) + ([("all", report["all"])] if "all" in report else []):
-        print(f"\n{name}: {part['candidates']} candidates, {part['really_better']} really better")
-        print(f"{'statistic':14s} {'agrees':>7s} {'promotes':>9s} {'false':>6s} {'missed':>7s} "
-              f"{'gain promoted':>14s} {'corr':>6s}")
-        for k, s in part["statistics"].items():
-            corr = f"{s['correlation']:+.2f}" if s["correlation"] is not None else "   -"
-            print(f"{k:14s} {s['agree']:7.2f} {s['promoted']:9d} {s['false_promotions']:6d} "
-                  f"{s['missed_improvements']:7d} {s['gain_of_promoted']:+14.3f} {corr:>6s}")
+        print_table(name, part)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2))

@@ -24,6 +24,15 @@ def _add_prefs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image", action="store_true", help="the request carries an image")
 
 
+def float_or_off(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
+
+
 def add_update_arguments(p) -> None:
     """The options of `neural-router update` and `python -m training.update`."""
     p.add_argument("--router", required=True, help="current router folder (trained, not ONNX)")
@@ -38,9 +47,9 @@ def add_update_arguments(p) -> None:
     p.add_argument("--min-improvement", type=float, default=0.0)
     p.add_argument("--require-ci", action="store_true",
                    help="promote only if the lower CI bounds of the gains exceed it")
-    p.add_argument("--promote-on", default="dr",
-                   help="comma-separated estimators that must all show a gain: ips, snips, dr "
-                        "(default: dr; ips,dr is stricter)")
+    p.add_argument("--promote-on", default="dm",
+                   help="comma-separated estimators that must all show a gain: ips, snips, dr, dm "
+                        "(default: dm, the calibrated reward model; dm,dr is stricter)")
     p.add_argument("--clip", type=float, default=10.0, help="clip of the 1/propensity weights")
     p.add_argument("--holdout-fraction", type=float, default=0.3)
     p.add_argument("--router-version", help="only decisions logged by this router version")
@@ -72,6 +81,10 @@ def add_update_arguments(p) -> None:
     p.add_argument("--max-shift", type=float, default=None, metavar="S",
                    help="trust region: scale the update down until at most this share (0-1] of the logged "
                         "traffic moves to another model (default: off)")
+    p.add_argument("--reward-calibration", type=float_or_off, default=10.0, metavar="K",
+                   help="calibrate the promotion check's reward model on the logs the update trained on: "
+                        "each model's predicted quality moves by its mean residual there, shrunk by K "
+                        "pseudo-requests (default 10; off = uncalibrated)")
 
 
 def build_parser() -> argparse.ArgumentParser:

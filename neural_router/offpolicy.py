@@ -11,7 +11,11 @@ logging probability p_i, observed reward r_i)`` and a *target* policy's action p
   invariant to a constant shift of the reward;
 * **DR** (doubly robust): ``mean(sum_a pi[i, a] * rhat[i, a] + w_i * (r_i - rhat[i, a_i]))`` with a
   reward model ``rhat`` (e.g. the router's predicted quality or predicted utility). Unbiased when the
-  propensities are right, whatever ``rhat`` is; the better ``rhat``, the lower the variance.
+  propensities are right, whatever ``rhat`` is; the better ``rhat``, the lower the variance;
+* **DM** (direct method): ``mean(sum_a pi[i, a] * rhat[i, a])``, the reward model alone. Biased as
+  far as ``rhat`` is, but free of the importance weights: with few logged rows and small exploration
+  probabilities DR's correction rests on a handful of outcomes weighted ``1/p`` (tens), while a
+  reward model calibrated on the logged outcomes (:func:`action_shift`) keeps DM steady.
 
 Confidence intervals are percentile bootstrap intervals over logged rows. :func:`compare_policies`
 bootstraps the *paired* difference of two target policies on the same rows, which is much tighter
@@ -354,8 +358,9 @@ def compare_policies(chosen, propensity, reward, probs_a, probs_b, reward_model_
     """Policy B vs policy A on the same logged rows.
 
     Returns ``{"a": evaluate_policy(A), "b": evaluate_policy(B), "diff": {method: Estimate of
-    value(B) - value(A)}}``; the difference intervals come from a paired bootstrap. DR uses
-    ``reward_model_b`` for B and ``reward_model_a`` (default: the same as B's) for A.
+    value(B) - value(A)}}`` for IPS, SNIPS and, with a reward model, DR and the direct method (DM);
+    the difference intervals come from a paired bootstrap. DR and DM use ``reward_model_b`` for B
+    and ``reward_model_a`` (default: the same as B's) for A.
     """
     rm_b = reward_model_b
     rm_a = reward_model_a if reward_model_a is not None else reward_model_b
@@ -364,11 +369,36 @@ def compare_policies(chosen, propensity, reward, probs_a, probs_b, reward_model_
     out: dict[str, Any] = {"a": evaluate_policy(a, p, r, pi_a, rma, clip, n_boot, alpha, seed),
                            "b": evaluate_policy(a, p, r, pi_b, rmb, clip, n_boot, alpha, seed),
                            "diff": {}}
-    for m in ("ips", "snips") + (("dr",) if rmb is not None else ()):
+    for m in ("ips", "snips") + (("dr", "dm") if rmb is not None else ()):
         na, da = _terms(m, a, p, r, pi_a, rma, clip)
         nb, db = _terms(m, a, p, r, pi_b, rmb, clip)
         out["diff"][m] = _estimate(m, [(nb, db, 1.0), (na, da, -1.0)], len(a), n_boot, alpha, seed)
     return out
+
+
+def action_shift(chosen: np.ndarray, observed: np.ndarray, predicted: np.ndarray, n_actions: int,
+                 strength: float = 10.0) -> np.ndarray:
+    """[K] per-action calibration of a reward model: the mean of ``observed - predicted`` over the
+    logged rows that took each action, shrunk toward the mean over all rows by ``strength``
+    pseudo-rows (an action with no logged rows gets the overall mean; no rows at all: zeros).
+    ``predicted[i]`` is the model's prediction for the action row ``i`` took."""
+    a = np.asarray(chosen, dtype=np.int64)
+    obs, pred = np.asarray(observed, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+    if a.ndim != 1 or obs.shape != a.shape or pred.shape != a.shape:
+        raise ValueError(f"chosen, observed and predicted must be 1-D of the same length (got {a.shape}, "
+                         f"{obs.shape}, {pred.shape})")
+    resid = obs - pred
+    if not strength >= 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    ok = (a >= 0) & (a < n_actions) & np.isfinite(resid)
+    a, resid = a[ok], resid[ok]
+    if not len(a):
+        return np.zeros(n_actions)
+    overall = float(resid.mean())
+    total = np.bincount(a, weights=resid, minlength=n_actions)
+    count = np.bincount(a, minlength=n_actions).astype(np.float64)
+    return np.where(count + strength > 0, (total + strength * overall) / np.maximum(count + strength, 1e-12),
+                    overall)
 
 
 def dr_difference_by_clip(chosen, propensity, reward, probs_a, probs_b, reward_model,

@@ -132,6 +132,24 @@ def test_dr_difference_by_clip_spans_direct_method_to_dr():
         op.dr_difference_by_clip(a, p, r, worse, good, noisy, clips=(-1,))
 
 
+def test_action_shift_is_a_shrunk_per_action_mean_residual():
+    chosen = np.array([0, 0, 0, 1, -1, 0])
+    observed = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    predicted = np.array([0.5, 0.5, 0.5, 0.2, 0.9, np.nan])     # row 4: outside the actions; row 5: no prediction
+    overall = (0.5 + 0.5 - 0.5 + 0.8) / 4
+    s = op.action_shift(chosen, observed, predicted, 3, strength=2.0)
+    assert s[0] == pytest.approx((0.5 + 2 * overall) / (3 + 2))
+    assert s[1] == pytest.approx((0.8 + 2 * overall) / (1 + 2))
+    assert s[2] == pytest.approx(overall)                          # never chosen: the overall mean
+    assert op.action_shift(chosen, observed, predicted, 3, strength=0.0)[:2] == pytest.approx([0.5 / 3, 0.8])
+    assert op.action_shift(chosen, observed, predicted, 3, strength=0.0)[2] == pytest.approx(overall)
+    assert op.action_shift(chosen[:0], observed[:0], predicted[:0], 3).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="same length"):
+        op.action_shift(chosen, observed[:2], predicted, 3)
+    with pytest.raises(ValueError, match="strength"):
+        op.action_shift(chosen, observed, predicted, 3, strength=-1)
+
+
 def test_greedy_logging_cannot_see_unexplored_actions():
     """With propensity-1 logging, IPS gives an action the logger never took no credit at all."""
     mu = np.tile([[0.2, 0.9]], (500, 1))

@@ -19,7 +19,7 @@ from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
 from neural_router.trainer import (ActivationCache, TrainConfig, calibrate_quality_bias, fit_head_mixture,
                                    initial_quality_bias, masked_losses, model_from_parent, rank_loss, train_router)
-from training.update import (compare_on_logs, largest_scale, logged_dataset, parent_state_like, policy_probs,
+from training.update import (compare_on_logs, largest_scale, reward_model_shift, logged_dataset, parent_state_like, policy_probs,
                              predict_router, promotion_verdict, row_shares, run_update, share_shift)
 
 from conftest import TINY_POOL, TOPICS, WORDS, tiny_encoder_config
@@ -476,7 +476,7 @@ def test_off_policy_comparison_and_verdict():
     assert res_d["new"]["dr"]["value"] == pytest.approx(res["new"]["dr"]["value"], abs=1e-9)  # ... same value
     assert promotion_verdict(res, 10.0)[0] is False                      # min_improvement gates it
     assert promotion_verdict(res, 0.0, require_ci=True)[0] is True         # significant as well
-    wide = {"n": 10, "difference": {m: {"value": 0.05, "ci_low": -0.02} for m in ("ips", "dr")}}
+    wide = {"n": 10, "difference": {m: {"value": 0.05, "ci_low": -0.02} for m in ("ips", "dr", "dm")}}
     assert promotion_verdict(wide, 0.0)[0] is True and promotion_verdict(wide, 0.0, require_ci=True)[0] is False
     back = compare_on_logs(logged, models, good, bad, pool, None, n_boot=200)
     assert promotion_verdict(back, 0.0)[0] is False
@@ -486,13 +486,48 @@ def test_off_policy_comparison_and_verdict():
     assert back["difference"]["dr"]["value"] == pytest.approx(-res["difference"]["dr"]["value"], abs=1e-9)
     # promote_on picks the estimators that must all agree
     split = {"n": 10, "difference": {"ips": {"value": -0.01, "ci_low": -0.1}, "snips": {"value": 0.02, "ci_low": -0.1},
-                                     "dr": {"value": 0.03, "ci_low": 0.01}}}
-    ok, why = promotion_verdict(split, 0.0)                                          # default: DR alone
-    assert ok and "DR +0.0300" in why and "IPS" not in why
+                                     "dr": {"value": 0.03, "ci_low": 0.01}, "dm": {"value": 0.01, "ci_low": 0.0}}}
+    ok, why = promotion_verdict(split, 0.0)                                          # default: DM alone
+    assert ok and "DM +0.0100" in why and "IPS" not in why and "DR" not in why
+    assert promotion_verdict(split, 0.0, promote_on="dr")[0] is True
     assert promotion_verdict(split, 0.0, promote_on="ips,dr")[0] is False           # stricter: IPS as well
     assert promotion_verdict(split, 0.0, require_ci=True, promote_on=("snips", "dr"))[0] is False
-    with pytest.raises(ValueError, match="promote_on: 'dm' must name one or more of ips, snips, dr"):
-        promotion_verdict(split, 0.0, promote_on="dm")
+    with pytest.raises(ValueError, match="promote_on: 'dmx' must name one or more of ips, snips, dr, dm"):
+        promotion_verdict(split, 0.0, promote_on="dmx")
+    with pytest.raises(ValueError, match=r"no 'snips' estimate \(it has dm\)"):
+        promotion_verdict({"n": 5, "difference": {"dm": {"value": 0.1}}}, 0.0, promote_on="snips")
+    assert set(res["difference"]) == {"ips", "snips", "dr", "dm"}
+    split["difference"]["dm"] = {"value": -0.01, "ci_low": -0.02}
+    assert promotion_verdict(split, 0.0)[0] is False and promotion_verdict(split, 0.0, promote_on="dr")[0]
+
+
+def test_reward_model_calibration_moves_the_direct_method_toward_the_outcomes():
+    """Both routers under-predict 'big' (a new member at its prior, say): the uncalibrated direct
+    method prefers the router that avoids it; calibrated on logged outcomes of 'big' it prefers the
+    router that sends the hard prompts there. A shift common to all models changes no difference."""
+    models = ["big", "mid", "small"]
+    pool = ModelPool.model_validate(TINY_POOL)
+    n = 40
+    truth = np.tile([0.95, 0.5, 0.45], (n, 1))
+    cur = _preds(np.tile([0.3, 0.5, 0.45], (n, 1)), models)        # sends everything to mid
+    new = _preds(np.tile([0.62, 0.5, 0.45], (n, 1)), models)       # sends everything to big
+    logged = [{"model": models[i % 3], "propensity": 1 / 3, "score": float(truth[i, i % 3]), "cost_usd": None,
+               "latency_ms": None, "preferences": {"quality_weight": 1.0, "cost_weight": 0.1},
+               "predictions": {m: {"quality": 0.5, "cost_usd": [0.02, 0.002, 0.0002][j],
+                                   "latency_ms": [900.0, 400.0, 150.0][j]} for j, m in enumerate(models)}}
+              for i in range(n)]
+    plain = compare_on_logs(logged, models, cur, new, pool, None, n_boot=0)
+    assert plain["difference"]["dm"]["value"] < 0                  # mean of the two: big at 0.46
+    shift = reward_model_shift(logged, models, cur, new, strength=0.0)
+    assert shift == pytest.approx([0.95 - 0.46, 0.0, 0.0], abs=1e-9)
+    calibrated = compare_on_logs(logged, models, cur, new, pool, None, n_boot=0, quality_shift=shift)
+    assert calibrated["difference"]["dm"]["value"] > 0.3
+    common = compare_on_logs(logged, models, cur, new, pool, None, n_boot=0, quality_shift=np.full(3, 0.02))
+    assert common["difference"]["dm"]["value"] == pytest.approx(plain["difference"]["dm"]["value"])
+    # shrinkage pulls a model seen on few requests toward the mean residual of all of them
+    few = reward_model_shift(logged[:4], models, cur, new, strength=10.0)   # big twice, mid, small
+    overall = (2 * (0.95 - 0.46) + 0 + 0) / 4
+    assert few[0] == pytest.approx((2 * (0.95 - 0.46) + 10 * overall) / 12)
 
 
 def _log_traffic(store: FeedbackStore, router_dir, n: int, epsilon: float, seed: int = 1):
@@ -561,10 +596,14 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
             e = promo[who][m]
             assert e["ci_low"] <= e["value"] <= e["ci_high"] and e["n"] == promo["n"]
     d = promo["difference"]
-    assert promo["promote"] == (d["dr"]["value"] > 0)               # the default: DR alone decides
+    assert promo["promote"] == (d["dm"]["value"] > 0)               # the default: the direct method decides
     by_clip = promo["dr_difference_by_clip"]                        # the verdict's sensitivity
     assert set(by_clip) == {"0", "1", "3", "10", "30"} and all(np.isfinite(list(by_clip.values())))
     assert promo["preferences"]["cost_weight"] == 0.3
+    # the reward model was calibrated on the logs the update trained on (the default)
+    rm = promo["reward_model"]
+    assert rm["calibration"] == 10.0 and rm["n_calibration"] == res["n_logged"] - res["n_holdout"]
+    assert set(rm["quality_shift"]) == {"big", "mid", "small", "newbie"} and "dm" in d
 
     from neural_router import Router
 
@@ -705,6 +744,8 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
                    head_transfer_models=("nobody",))
     with pytest.raises(ValueError, match=r"head_transfer must be a finite pseudo count > 0 \(0 = off\), got -5"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer=-5)
+    with pytest.raises(ValueError, match=r"reward_calibration must be a finite pseudo count >= 0 \(None = off\)"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", reward_calibration=-1)
     with pytest.raises(ValueError, match="head_transfer .* is not set"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer=0,
                    head_transfer_models=("mid",))
@@ -725,7 +766,7 @@ def test_neural_router_update_has_the_same_options_as_training_update():
     assert args.interpolate == 0.5 and args.bias_calibration is None
 
 
-def test_update_command_passes_bias_calibration_to_run_update(monkeypatch):
+def test_update_command_passes_bias_calibration_to_run_update(monkeypatch, capsys):
     import training.update as upd
     from neural_router.cli import build_parser
 
@@ -745,4 +786,11 @@ def test_update_command_passes_bias_calibration_to_run_update(monkeypatch):
     assert seen["max_shift"] is None                               # the trust region is off by default
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                                  "--max-shift", "0.2"]))
-    assert seen["max_shift"] == 0.2
+    assert seen["max_shift"] == 0.2 and seen["reward_calibration"] == 10.0
+    upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
+                                                 "--reward-calibration", "off"]))
+    assert seen["reward_calibration"] is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
+                                   "--reward-calibration", "lots"])
+    assert "expected a number or 'off', got 'lots'" in capsys.readouterr().err

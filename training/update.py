@@ -23,8 +23,10 @@ logged propensities the bias can be corrected. The update:
 6. estimates on the held-out logs, with IPS, SNIPS and doubly robust estimators (bootstrap CIs), the
    value of the current and of the new router's greedy policy at the given preferences, and writes
    ``promotion.json``: ``promote`` is true only when the new router is better by more than
-   ``min_improvement`` under every estimator in ``promote_on`` (default: doubly robust). The DR reward
-   model is the mean of the two routers' predictions, so that neither is judged by its own.
+   ``min_improvement`` under every estimator in ``promote_on`` (default: the direct method). The reward
+   model of DR and of the direct method (DM) is the mean of the two routers' predictions, so that
+   neither is judged by its own, calibrated per model on the logs the update trained on
+   (``reward_calibration``).
 
 The reward of a logged request is its utility, ``qw*score - cw*cost/max_cost - lw*latency/max_latency``
 with the maxima taken from the predictions logged with the decision (fixed per request, so both
@@ -228,12 +230,53 @@ def policy_probs(pred: Predictions, models: list[str], pool: ModelPool, weights:
     return probs
 
 
+def logged_request(decision, outcome, pool: ModelPool) -> dict[str, Any]:
+    """One logged (decision, chosen outcome) pair as :func:`compare_on_logs` reads it."""
+    return {"prompt": decision.prompt, "model": pool.resolve(decision.model) or decision.model,
+            "propensity": decision.propensity, "score": outcome.score, "cost_usd": outcome.cost_usd,
+            "latency_ms": outcome.latency_ms,
+            "predictions": {(pool.resolve(k) or k): v for k, v in decision.predictions.items()},
+            "preferences": decision.preferences, "exploration": decision.exploration,
+            "context": decision.context}
+
+
+def _quality_columns(models: list[str], pred_current: Predictions, pred_new: Predictions
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """([N, M] new, [N, M] current) predicted quality in the order of ``models`` (the new router's
+    for a model the current one lacks)."""
+    cols = [pred_new.models.index(m) for m in models]
+    q_new = pred_new.quality[:, cols].astype(np.float64)
+    q_cur = q_new.copy()
+    for j, m in enumerate(models):
+        if m in pred_current.models:
+            q_cur[:, j] = pred_current.quality[:, pred_current.models.index(m)]
+    return q_new, q_cur
+
+
+def reward_model_shift(logged: list[dict[str, Any]], models: list[str], pred_current: Predictions,
+                       pred_new: Predictions, strength: float = 10.0) -> np.ndarray:
+    """[M] calibration of the promotion check's reward model (the mean of the two routers' predicted
+    qualities): per model, the mean observed score minus that prediction over the logged requests
+    that chose it, shrunk toward the mean over all of them by ``strength`` pseudo-requests
+    (:func:`neural_router.offpolicy.action_shift`). Fitted on the logs the update trained on, not
+    on the held-out ones it is then applied to."""
+    q_new, q_cur = _quality_columns(models, pred_current, pred_new)
+    col = {m: j for j, m in enumerate(models)}
+    chosen = np.array([col.get(d["model"], -1) for d in logged], dtype=np.int64)
+    rows = np.arange(len(logged))
+    pred = ((q_new + q_cur) / 2)[rows, np.maximum(chosen, 0)]
+    score = np.array([d["score"] for d in logged], dtype=np.float64)
+    return op.action_shift(chosen, score, pred, len(models), strength)
+
+
 def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_current: Predictions,
                     pred_new: Predictions, pool: ModelPool, prefs: Preferences | None,
-                    n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
-    """IPS / SNIPS / DR values of the current and the new router's greedy policies on logged requests
-    (``logged``: dicts with model, propensity, score, cost_usd, latency_ms, predictions, preferences
-    and, optionally, context)."""
+                    n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+                    quality_shift: np.ndarray | None = None) -> dict[str, Any]:
+    """IPS / SNIPS / DR / DM values of the current and the new router's greedy policies on logged
+    requests (``logged``: dicts with model, propensity, score, cost_usd, latency_ms, predictions,
+    preferences and, optionally, context, as :func:`logged_request` makes them). ``quality_shift``
+    ([M], :func:`reward_model_shift`) is added to the reward model's predicted qualities."""
     n = len(logged)
     weights = _pref_weights(prefs, [d["preferences"] for d in logged])
     col = {m: j for j, m in enumerate(models)}
@@ -254,22 +297,23 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
     # routers' predicted qualities (the new router's alone for a model the current one lacks). With
     # one router's own predictions the direct-method part always favours that router's greedy choice
     # (it is the argmax of those very predictions), so the check would mostly grade its own homework.
+    # ``quality_shift`` calibrates it on the logs the update trained on: in the replay a new pool
+    # member's predictions (half of them its cold-start prior) sat far from its outcomes.
     # Cost and latency as logged with the decision (the new router's own estimate, capped at the
     # logged maximum, for a model the logger lacked), so that the model stays on the reward's scale
     # even if cost predictions moved.
     cols = [pred_new.models.index(m) for m in models]
-    q_new = pred_new.quality[:, cols].astype(np.float64)
-    q_cur = q_new.copy()
-    for j, m in enumerate(models):
-        if m in pred_current.models:
-            q_cur[:, j] = pred_current.quality[:, pred_current.models.index(m)]
+    q_new, q_cur = _quality_columns(models, pred_current, pred_new)
+    q_hat = (q_new + q_cur) / 2
+    if quality_shift is not None:
+        q_hat = np.clip(q_hat + np.asarray(quality_shift, dtype=np.float64)[None, :], 0.0, 1.0)
     logged_est = {f: np.array([[d["predictions"].get(m, {}).get(f, np.nan) for m in models] for d in logged],
                               dtype=np.float64) for f in ("cost_usd", "latency_ms")}
     c_hat = np.where(np.isfinite(logged_est["cost_usd"]), logged_est["cost_usd"],
                      np.minimum(pred_new.cost_usd[:, cols], cmax[:, None]))
     l_hat = np.where(np.isfinite(logged_est["latency_ms"]), logged_est["latency_ms"],
                      np.minimum(pred_new.latency_ms[:, cols], lmax[:, None]))
-    rhat = op.utilities((q_new + q_cur) / 2, c_hat, l_hat, *weights, cost_max=cmax, latency_max=lmax)
+    rhat = op.utilities(q_hat, c_hat, l_hat, *weights, cost_max=cmax, latency_max=lmax)
     cmp = op.compare_policies(chosen, prop, reward, probs_cur, probs_new, reward_model_b=rhat,
                               n_boot=n_boot, alpha=alpha, seed=seed)
     # how much the DR verdict leans on a few heavily weighted outcomes (benchmarks/gate_accuracy.py)
@@ -289,7 +333,29 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
             "dr_difference_by_clip": by_clip}
 
 
-PROMOTE_ON = ("ips", "snips", "dr")
+def check_on_logs(current: tuple, new: tuple, pool: ModelPool, models: list[str],
+                  logged: list[dict[str, Any]], fit: list[dict[str, Any]], prefs: Preferences | None,
+                  reward_calibration: float | None = 10.0, n_boot: int = 1000, alpha: float = 0.05,
+                  seed: int = 0, cache: ActivationCache | None = None) -> dict[str, Any]:
+    """The promotion check: :func:`compare_on_logs` of the ``current`` and ``new`` routers (each a
+    ``(model, tokenizer, TrainConfig)``) on the held-out ``logged`` requests, its reward model
+    calibrated on ``fit`` (the logged requests the update trained on; the most recent
+    ``CALIBRATION_MAX``) unless ``reward_calibration`` is None. Adds ``reward_model``: what the
+    calibration did."""
+    def both(prompts):
+        return tuple(predict_router(m, t, pool, prompts, c, cache) for m, t, c in (current, new))
+
+    fit = fit[-CALIBRATION_MAX:] if reward_calibration is not None else []
+    shift = reward_model_shift(fit, models, *both([d["prompt"] for d in fit]), reward_calibration) if fit else None
+    res = compare_on_logs(logged, models, *both([d["prompt"] for d in logged]), pool, prefs, n_boot, alpha,
+                          seed, quality_shift=shift)
+    res["reward_model"] = {"calibration": reward_calibration, "n_calibration": len(fit),
+                           "quality_shift": dict(zip(models, shift.round(4).tolist())) if shift is not None else None}
+    return res
+
+
+PROMOTE_ON = ("ips", "snips", "dr", "dm")
+CALIBRATION_MAX = 5000  # most recent training logs the promotion check's reward model is calibrated on
 
 
 def row_shares(models: list[str], n_now, seen_before: dict[str, int], interpolate: float) -> np.ndarray:
@@ -397,7 +463,7 @@ def parse_promote_on(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...
 
 
 def promotion_verdict(comparison: dict[str, Any], min_improvement: float = 0.0,
-                      require_ci: bool = False, promote_on: str | tuple[str, ...] = ("dr",)
+                      require_ci: bool = False, promote_on: str | tuple[str, ...] = ("dm",)
                       ) -> tuple[bool, str]:
     """Promote only when new - current exceeds ``min_improvement`` under every estimator named in
     ``promote_on`` (point estimates; with ``require_ci`` the lower ends of their confidence
@@ -407,6 +473,11 @@ def promotion_verdict(comparison: dict[str, Any], min_improvement: float = 0.0,
     if not n:
         return False, "no held-out logged requests to evaluate on"
     key = "ci_low" if require_ci else "value"
+    missing = [m for m in names if m not in comparison.get("difference", {})]
+    if missing:
+        raise ValueError(f"promote_on: the comparison has no {', '.join(map(repr, missing))} estimate (it has "
+                         f"{', '.join(comparison.get('difference', {})) or 'none'}); a comparison made "
+                         "before that estimator existed cannot be judged by it")
     diffs = {m: comparison["difference"][m][key] for m in names}
     promote = bool(all(d > min_improvement for d in diffs.values()))
     what = "lower CI bound of new - current" if require_ci else "new - current"
@@ -497,7 +568,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                data: list[str] | None = None, config: str | Path | TrainConfig | dict | None = None,
                preferences: Preferences | dict | None = None, min_improvement: float = 0.0,
                clip: float | None = 10.0, *, require_ci: bool = False,
-               promote_on: str | tuple[str, ...] = ("dr",),
+               promote_on: str | tuple[str, ...] = ("dm",),
                pool_file: str | Path | None = None,
                holdout_fraction: float = 0.3, original_sample: int | None = 2000,
                router_version: str | None = None, cold_start_prior: float | None = None,
@@ -505,7 +576,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                log_val_fraction: float = 0.1, interpolate: float = 0.5,
                compare_with: str | Path | None = None, bias_calibration: float | None = None,
                head_transfer: float | None = 20.0, head_transfer_models: tuple[str, ...] | None = None,
-               max_shift: float | None = None, overrides: dict | None = None,
+               max_shift: float | None = None, reward_calibration: float | None = 10.0,
+               overrides: dict | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
     """Fine-tune ``router_dir`` on the logged outcomes in ``feedback_url`` and judge the result.
@@ -524,10 +596,14 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         clip: clip of the inverse-propensity training weights (None: no clipping).
         require_ci: stricter promotion: the lower ends of the (1 - alpha) bootstrap intervals of
             those differences must exceed ``min_improvement``.
-        promote_on: the estimators that must all say "better" (``ips``, ``snips``, ``dr``).
-            Default: DR alone. In the replay simulation, requiring IPS as well kept a new pool
-            member's gain from ever serving (IPS credits nothing to choices the logs rarely
-            made); DR alone let it through (benchmarks/FEEDBACK.md).
+        promote_on: the estimators that must all say "better" (``ips``, ``snips``, ``dr``, ``dm``).
+            Default: the direct method (DM: the calibrated reward model alone) since 2026-12-02.
+            Re-judging 100 candidates of gated replays (benchmarks/gate_rejudge.py,
+            benchmarks/FEEDBACK.md) DR's verdict was anti-correlated with the candidates' true gain
+            (a few exploration outcomes weighted 1/p ~ 55 decide it, and rows logged before a new
+            member joined cannot credit it) and missed 61 of 87 real improvements; the calibrated
+            DM missed 27 for as many false promotions (6). IPS and DR are still computed and
+            written to ``promotion.json``; ``"dm,dr"`` requires both.
         pool_file: pool YAML; its models the router does not know are added (cold-start prior).
         holdout_fraction: share of logged prompts (by prompt hash) kept out of training for the
             promotion check.
@@ -570,6 +646,10 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         max_shift: trust region on the policy: scale the update down (toward ``router_dir``'s weights)
             until at most this share of the logged traffic moves to another model
             (:func:`limit_traffic_shift`; None = off, the default).
+        reward_calibration: calibrate the promotion check's reward model on the logs the update
+            trained on: each model's predicted quality is shifted by its mean residual there, shrunk
+            by this many pseudo-requests toward the mean residual (:func:`reward_model_shift`; None =
+            off). Default 10.
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
         n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
         activation_cache: share frozen-layer activations with other updates in this process.
@@ -599,6 +679,9 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                     list(parent.config.models))
     models = list(parent.config.models) + new_models
     head_transfer = head_transfer or None   # 0 = off, as on the command line
+    if reward_calibration is not None and not (math.isfinite(reward_calibration) and reward_calibration >= 0):
+        raise ValueError(f"reward_calibration must be a finite pseudo count >= 0 (None = off), "
+                         f"got {reward_calibration}")
     if max_shift is not None and not 0.0 < max_shift <= 1.0:
         raise ValueError(f"max_shift must be in (0, 1] (the share of logged traffic one update may move "
                          f"to another model), got {max_shift}")
@@ -719,11 +802,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
 
     # ---- safe promotion ----------------------------------------------------------------------------
     hold_prompts = set(np.asarray(logs.prompts, dtype=object)[hold].tolist())
-    logged = [{"prompt": d.prompt, "model": pool.resolve(d.model) or d.model, "propensity": d.propensity,
-               "score": o.score, "cost_usd": o.cost_usd, "latency_ms": o.latency_ms,
-               "predictions": {(pool.resolve(k) or k): v for k, v in d.predictions.items()},
-               "preferences": d.preferences, "exploration": d.exploration, "context": d.context}
-              for d, o in chosen_pairs if d.prompt in hold_prompts]
+    logged = [logged_request(d, o, pool) for d, o in chosen_pairs if d.prompt in hold_prompts]
     promotion: dict[str, Any] = {"current_version": serving.config.version, "trained_from": parent.config.version,
                                  "new_version": version,
                                  "preferences": asdict(prefs) if prefs is not None else "logged per request",
@@ -731,11 +810,10 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                  "promote_on": list(promote_on),
                                  "alpha": alpha, "n": len(logged)}
     if logged:
-        prompts = [d["prompt"] for d in logged]
-        pred_cur = predict_router(serving, serving_tok, pool, prompts,
-                                  cfg if serving is parent else _train_config(None, serving_tm, None), cache)
-        pred_new = predict_router(model, tok, pool, prompts, cfg, cache)
-        res = compare_on_logs(logged, models, pred_cur, pred_new, pool, prefs, n_boot, alpha, seed)
+        serving_cfg = cfg if serving is parent else _train_config(None, serving_tm, None)
+        fit = [logged_request(d, o, pool) for d, o in chosen_pairs if d.prompt not in hold_prompts]
+        res = check_on_logs((serving, serving_tok, serving_cfg), (model, tok, cfg), pool, models, logged,
+                            fit, prefs, reward_calibration, n_boot, alpha, seed, cache)
         promotion.update(res)
         promotion["promote"], promotion["reason"] = promotion_verdict(res, min_improvement, require_ci,
                                                                           promote_on)
@@ -771,6 +849,7 @@ def run_from_args(args) -> dict[str, Any]:
                       bias_calibration=args.bias_calibration, head_transfer=args.head_transfer,
                       head_transfer_models=tuple(args.head_transfer_models) if args.head_transfer_models else None,
                       max_shift=args.max_shift,
+                      reward_calibration=args.reward_calibration,
                       overrides={"epochs": args.epochs, "soup": args.soup})
 
 
