@@ -297,8 +297,9 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
     # routers' predicted qualities (the new router's alone for a model the current one lacks). With
     # one router's own predictions the direct-method part always favours that router's greedy choice
     # (it is the argmax of those very predictions), so the check would mostly grade its own homework.
-    # ``quality_shift`` calibrates it on the logs the update trained on: in the replay a new pool
-    # member's predictions (half of them its cold-start prior) sat far from its outcomes.
+    # ``quality_shift`` calibrates it per model on the logs the update trained on: in the replay that
+    # mean misplaced some models against others by up to 0.2 (benchmarks/FEEDBACK.md, "The promotion
+    # check re-judged").
     # Cost and latency as logged with the decision (the new router's own estimate, capped at the
     # logged maximum, for a model the logger lacked), so that the model stays on the reward's scale
     # even if cost predictions moved.
