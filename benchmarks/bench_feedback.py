@@ -160,7 +160,7 @@ def parse_args(argv=None):
     ap.add_argument("--keep-weights", action="store_true",
                     help="keep every router's weights (by default those no method serves or fine-tunes from "
                          "any more are deleted to save disk), so that candidates can be re-judged afterwards "
-                         "(benchmarks/gate_accuracy.py --rejudge)")
+                         "(benchmarks/gate_rejudge.py)")
     ap.add_argument("--new-model", help="cold-start scenario: this model joins the pool after round 1 "
                                         "(left out of the initial slice and router)")
     ap.add_argument("--seed", type=int, default=0)

@@ -84,9 +84,9 @@ def rejudge_seed(sd: Path, method: str, data_cache: dict) -> list[dict]:
         if not (pf.parent / "model.safetensors").is_file() or not (current_dir / "model.safetensors").is_file():
             raise SystemExit(f"{pf.parent}: router weights were deleted; re-run the replay with --keep-weights")
         upto = [(d, o) for d, o in pairs if request_round(d.request_id)[0] <= cand["round"]]
-        hold = [is_holdout(d.prompt, a["holdout"]) for d, _ in upto]
-        logged = [logged_request(d, o, pool) for (d, o), h in zip(upto, hold) if h]
-        fit = [logged_request(d, o, pool) for (d, o), h in zip(upto, hold) if not h]
+        held = [(d, o) for d, o in upto if is_holdout(d.prompt, a["holdout"])]
+        logged = [logged_request(d, o, pool) for d, o in held]
+        fit = [logged_request(d, o, pool) for d, o in upto if not is_holdout(d.prompt, a["holdout"])]
         if len(logged) != promo["n"]:
             raise SystemExit(f"{pf}: rebuilt {len(logged)} held-out requests, the check saw {promo['n']}")
         cur, new = load_router(current_dir), load_router(pf.parent)
@@ -94,9 +94,9 @@ def rejudge_seed(sd: Path, method: str, data_cache: dict) -> list[dict]:
         plain = check_on_logs(cur, new, pool, models, logged, [], prefs, None, 200, 0.05, 0, cache)
         calib = check_on_logs(cur, new, pool, models, logged, fit, prefs, CALIBRATION, 200, 0.05, 0, cache)
         # the re-run check with the replay's own calibration must reproduce the recorded DR difference
-        ran = {None: plain, CALIBRATION: calib}.get((promo.get("reward_model") or {}).get("calibration"), "?")
+        ran = {None: plain, CALIBRATION: calib}.get((promo.get("reward_model") or {}).get("calibration"))
         recorded = promo["difference"]["dr"]["value"]
-        if ran == "?" or abs(ran["difference"]["dr"]["value"] - recorded) > 1e-6:
+        if ran is None or abs(ran["difference"]["dr"]["value"] - recorded) > 1e-6:
             raise SystemExit(f"{pf}: the re-run check does not reproduce the recorded DR difference "
                              f"{recorded:+.6f} (reward model calibration {promo.get('reward_model')})")
         # the oracle: the true utilities of both routers' choices on these prompts
@@ -106,7 +106,7 @@ def rejudge_seed(sd: Path, method: str, data_cache: dict) -> list[dict]:
         choice = [policy_probs(predict_router(*r[:2], pool, prompts, r[2], cache), models, pool, weights,
                                contexts).argmax(1) for r in (cur, new)]
         tcol = np.array([traffic.models.index(m) for m in models])
-        trow = np.array([request_round(d.request_id)[1] for (d, o), h in zip(upto, hold) if h])
+        trow = np.array([request_round(d.request_id)[1] for d, _ in held])
         oracle = float(np.mean(u_true[trow, tcol[choice[1]]] - u_true[trow, tcol[choice[0]]]))
         stats = {k: plain["difference"][k]["value"] for k in ("ips", "snips", "dr", "dm")}
         stats.update({f"{k} calibrated": calib["difference"][k]["value"] for k in ("dr", "dm")})

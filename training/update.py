@@ -703,8 +703,10 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     store = FeedbackStore.from_url(feedback_url) if own_store else feedback_url
     try:
         rows = store.export_long(router_version=router_version)
-        chosen_pairs = [(d, o) for d, o in store.iter_logged(chosen_only=True, router_version=router_version)
-                        if d.prompt is not None]
+        # every logged request with its chosen outcome, as the trust region and the promotion check read it
+        requests = [logged_request(d, o, pool)
+                    for d, o in store.iter_logged(chosen_only=True, router_version=router_version)
+                    if d.prompt is not None]
     finally:
         if own_store:
             store.close()
@@ -766,8 +768,6 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                        head_transfer_models=head_transfer_models)
     trust_region = None
     if max_shift is not None:
-        requests = [{"prompt": d.prompt, "preferences": d.preferences, "context": d.context}
-                    for d, _ in chosen_pairs]
         trust_region = limit_traffic_shift(model, parent, tok, pool, requests, models, prefs, max_shift,
                                            cfg, cache)
 
@@ -803,7 +803,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
 
     # ---- safe promotion ----------------------------------------------------------------------------
     hold_prompts = set(np.asarray(logs.prompts, dtype=object)[hold].tolist())
-    logged = [logged_request(d, o, pool) for d, o in chosen_pairs if d.prompt in hold_prompts]
+    logged = [r for r in requests if r["prompt"] in hold_prompts]
     promotion: dict[str, Any] = {"current_version": serving.config.version, "trained_from": parent.config.version,
                                  "new_version": version,
                                  "preferences": asdict(prefs) if prefs is not None else "logged per request",
@@ -812,7 +812,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                  "alpha": alpha, "n": len(logged)}
     if logged:
         serving_cfg = cfg if serving is parent else _train_config(None, serving_tm, None)
-        fit = [logged_request(d, o, pool) for d, o in chosen_pairs if d.prompt not in hold_prompts]
+        fit = [r for r in requests if r["prompt"] not in hold_prompts]
         res = check_on_logs((serving, serving_tok, serving_cfg), (model, tok, cfg), pool, models, logged,
                             fit, prefs, reward_calibration, n_boot, alpha, seed, cache)
         promotion.update(res)
