@@ -7,7 +7,7 @@
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
         [--margin 0.1] [--gate] [--promote-on dm] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
         [--interpolate 0.5] [--interpolate-all] [--bias-calibration K] [--head-transfer P] [--soup N]
-        [--init-bias] [--max-shift S] [--reward-calibration K|off] [--keep-weights]
+        [--init-bias] [--max-shift S] [--reward-calibration K|off] [--keep-weights] [--pessimism K]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
 trains the initial router, and traffic served in rounds (prompts the initial router never saw). In
@@ -54,6 +54,9 @@ which is how the replays run before it became the default reproduce).
 With ``--max-shift S`` the exploring methods' updates are scaled back toward the router they
 fine-tuned from until at most S of the logged traffic moves to another model (``run_update(max_shift=)``,
 a trust region on the policy; off by default).
+With ``--pessimism K`` the exploring methods route, when serving and when scored, on each model's
+predicted quality lowered by K standard errors of their router's evidence for it
+(``neural_router.policy.pessimistic_quality``; the round-0 row stays the initial router's own).
 Utility and AIQ are computed over the models each router can route to.
 The default sizes (150 initial prompts, 300 per round, 450 evaluation prompts) leave little to learn
 after round 1: the full-information router's mean utility gains under 0.01 after round 1 there (README).
@@ -143,6 +146,10 @@ def parse_args(argv=None):
                     help="exploring methods refit the new model's quality head as a mixture of the other "
                          "models' rows, with a prior at their average as strong as P outcomes "
                          "(run_update head_transfer; default 20 as there, 0 = off)")
+    ap.add_argument("--pessimism", type=float, default=None, metavar="K",
+                    help="the exploring methods route (and are scored) on quality lowered by K standard "
+                         "errors of their router's evidence per model (neural_router.policy."
+                         "pessimistic_quality); off by default")
     ap.add_argument("--max-shift", type=float, default=None, metavar="S",
                     help="exploring methods' updates move at most this share of the logged traffic to other "
                          "models (run_update max_shift, a trust region; off by default)")
@@ -214,11 +221,12 @@ class Evaluator:
         self.u = true_utility(ds, prefs.cost_weight)
         self.lambdas = M.lambda_grid(ds.cost_usd, n=80)
 
-    def __call__(self, router_dir: Path) -> dict:
+    def __call__(self, router_dir: Path, pessimism: float | None = None) -> dict:
         from training.update import policy_probs
 
         model, tok, cfg = load_router(router_dir)
-        pred = predict(model, tok, self.pool, self.ds.prompts, cfg, self.cache)
+        raw = predict(model, tok, self.pool, self.ds.prompts, cfg, self.cache)
+        pred = pessimistic(raw, router_dir, pessimism)
         # the models this router can route to (all of them, except before a new model joined)
         known = [j for j, m in enumerate(self.ds.models) if m in pred.models]
         cols = [pred.models.index(self.ds.models[j]) for j in known]
@@ -229,12 +237,25 @@ class Evaluator:
         scores, costs = self.ds.scores[:, known], self.ds.cost_usd[:, known]
         lambdas = self.lambdas if len(known) == len(self.ds.models) else self.M.lambda_grid(costs, n=80)
         rep = self.M.router_report("r", scores, costs, pred.quality[:, cols], pred.cost_usd[:, cols], lambdas)
-        brier = float(np.mean((pred.quality[:, cols] - scores) ** 2))
+        brier = float(np.mean((raw.quality[:, cols] - scores) ** 2))
         return {"utility": float(self.u[rows, choice].mean()),
                 "quality": float(self.ds.scores[rows, choice].mean()),
                 "cost": float(self.ds.cost_usd[rows, choice].mean()), "aiq": float(rep["aiq"]),
                 "brier": brier,
                 "choices": {m: int((choice == j).sum()) for j, m in enumerate(self.ds.models) if (choice == j).any()}}
+
+
+def pessimistic(pred, router_dir: Path, penalty: float | None):
+    """``pred`` with its qualities lowered by ``penalty`` standard errors of the router's evidence per
+    model (:func:`neural_router.policy.pessimistic_quality`); unchanged when ``penalty`` is None/0."""
+    from neural_router.exploration import read_evidence
+    from neural_router.policy import pessimistic_quality
+
+    if not penalty:
+        return pred
+    evidence = read_evidence(router_dir)
+    e = np.array([evidence.get(m, 0) for m in pred.models], dtype=np.float64)
+    return replace(pred, quality=pessimistic_quality(pred.quality, e, penalty))
 
 
 def load_router(router_dir: Path):
@@ -259,9 +280,10 @@ def predict(model, tok, pool, prompts, cfg, cache):
 
 
 def serve_round(method: str, router_dir: Path, traffic, idx: np.ndarray, rnd: int, store, pool, prefs,
-                expl_cfg, rng, cache) -> dict:
+                expl_cfg, rng, cache, pessimism: float | None = None) -> dict:
     """Route traffic[idx] with the method's router, log decisions and the revealed outcomes
-    (``store=None``: only measure what was served)."""
+    (``store=None``: only measure what was served). With ``pessimism`` the policy routes on the
+    pessimistic qualities; the log keeps the router's own predictions."""
     from neural_router.exploration import explore, read_evidence
     from neural_router.policy import Capabilities, Constraints, route
     from neural_router.predictions import RequestFeatures
@@ -271,13 +293,14 @@ def serve_round(method: str, router_dir: Path, traffic, idx: np.ndarray, rnd: in
         expl_cfg = replace(expl_cfg, evidence=read_evidence(router_dir))
     prompts = [traffic.prompts[i] for i in idx]
     pred = predict(model, tok, pool, prompts, cfg, cache)
+    q_route = pessimistic(pred, router_dir, pessimism).quality
     models = pred.models
     caps = Capabilities.from_pool(pool.subset(models))
     col = [traffic.models.index(m) for m in models]
     u_true = true_utility(traffic, prefs.cost_weight)
     served_u, explored = [], 0
     for k, i in enumerate(idx):
-        q, c, lat = pred.quality[k], pred.cost_usd[k], pred.latency_ms[k]
+        q, c, lat = q_route[k], pred.cost_usd[k], pred.latency_ms[k]
         dec = route(models, q, c, lat, prefs, Constraints(), caps, RequestFeatures(), int(pred.input_tokens[k]))
         ex = explore(dec, models, q, c, lat, prefs, expl_cfg, rng)
         rid = f"{method}-r{rnd}-{i}"
@@ -482,7 +505,9 @@ def run(args) -> dict:
             t1 = time.time()
             ecfg = (thompson_cfg if m == "ips_thompson" else explore_cfg if m in ("ips", "explore_noweight")
                     else greedy_cfg)
-            served = serve_round(m, current[m], traffic, idx, rnd, stores[m], pool, prefs, ecfg, rngs[m], cache)
+            pess = args.pessimism if m in EXPLORING else None
+            served = serve_round(m, current[m], traffic, idx, rnd, stores[m], pool, prefs, ecfg, rngs[m], cache,
+                                 pessimism=pess)
             results[m][-1]["served_utility"] = served["served_utility"]
             results[m][-1]["explored_share"] = served["explored_share"]
             res = run_update(lineage[m], stores[m], out / m, preferences=prefs, clip=args.clip,
@@ -499,7 +524,7 @@ def run(args) -> dict:
                              reward_calibration=args.reward_calibration,
                              overrides={"soup": args.soup} if args.soup and m in EXPLORING else None)
             new_dir = Path(res["router_dir"])
-            score = evaluate(new_dir)
+            score = evaluate(new_dir, pess)
             prev = results[m][-1]
             pr = res["promotion"]
             diff = pr.get("difference", {})  # absent when there were no held-out logs

@@ -173,6 +173,30 @@ def utility(quality: np.ndarray, cost: np.ndarray, latency: np.ndarray,
             - prefs.latency_weight * _normalise(l))
 
 
+def pessimistic_quality(quality: np.ndarray, evidence: np.ndarray, penalty: float) -> np.ndarray:
+    """Quality lowered by ``penalty`` standard errors of what the router knows about each model.
+
+    ``quality`` is [..., M]; ``evidence`` is [M], the outcomes of each model the router was trained on
+    (:func:`neural_router.exploration.read_evidence`). Returns
+    ``clip(q - penalty * sqrt(q (1 - q) / (evidence + 1)), 0, 1)``: the binomial standard error of a
+    mean of that many outcomes, so a model known from 30 outcomes is marked down about 2.6x as much
+    as one known from 200. Routing on it (pessimism in the face of uncertainty) keeps a few lucky
+    outcomes of a rarely served model from moving all the traffic to it. ``penalty=0`` returns
+    ``quality`` unchanged.
+    """
+    _check_number("penalty", penalty)
+    q = np.asarray(quality, dtype=np.float64)
+    e = np.asarray(evidence, dtype=np.float64)
+    if e.shape != q.shape[-1:]:
+        raise ValueError(f"pessimistic_quality: evidence has shape {e.shape}, expected ({q.shape[-1]},): "
+                         "one outcome count per model, in the quality columns' order")
+    if (e < 0).any() or not np.isfinite(e).all():
+        raise ValueError(f"pessimistic_quality: evidence must be finite counts >= 0, got {e.tolist()}")
+    if penalty == 0:
+        return q
+    return np.clip(q - penalty * np.sqrt(np.clip(q * (1 - q), 0, None) / (e + 1)), 0.0, 1.0)
+
+
 def _violations(q: np.ndarray, c: np.ndarray, l: np.ndarray,
                 cons: Constraints) -> dict[str, np.ndarray]:
     """Relative shortfall per soft constraint, [M] each, 0 where met."""

@@ -9,8 +9,8 @@ import pytest
 
 from neural_router.policy import (DEFAULT_OUTPUT_TOKENS, Capabilities, Constraints, Decision,
                                   NoEligibleModelError, Preferences, calibrate_cost_weight,
-                                  calibrate_threshold, cost_quality_sweep_lambdas, route,
-                                  select_by_tradeoff, utility)
+                                  calibrate_threshold, cost_quality_sweep_lambdas, pessimistic_quality,
+                                  route, select_by_tradeoff, utility)
 from neural_router.pool import ModelPool, ModelSpec
 from neural_router.predictions import RequestFeatures
 
@@ -318,3 +318,33 @@ def test_calibrate_cost_weight_unreachable_raises():
         calibrate_cost_weight(q, c, lat, models, "nope", 0.5)
     with pytest.raises(ValueError, match="fraction"):
         calibrate_cost_weight(q, c, lat, models, "m0", -0.1)
+
+
+# ---- pessimism ---------------------------------------------------------------------------------
+
+def test_pessimistic_quality_marks_down_the_less_known_model_more():
+    # two models predicted equally good; the router has seen 30 outcomes of one and 200 of the other
+    q = np.array([[0.80, 0.80], [0.60, 0.90]])
+    out = pessimistic_quality(q, np.array([30, 200]), 1.0)
+    expected = q - np.sqrt(q * (1 - q) / np.array([31.0, 201.0]))
+    np.testing.assert_allclose(out, expected)
+    assert out[0, 0] < out[0, 1]                   # the tie now goes to the better-known model
+    assert (out <= q).all() and (out >= 0).all()
+    np.testing.assert_array_equal(pessimistic_quality(q, np.array([30, 200]), 0.0), q)   # off
+    # no evidence at all and a large penalty: clipped at 0, never negative
+    assert pessimistic_quality(np.array([0.5]), np.array([0]), 5.0)[0] == 0.0
+    # a routing decision on the pessimistic qualities picks the better-known model
+    caps = Capabilities(np.array([8192, 8192]), (frozenset({"text"}),) * 2)
+    dec = route(["rare", "known"], out[0], np.array([1e-3, 1e-3]), np.array([500.0, 500.0]),
+                Preferences(), Constraints(), caps, TEXT, 100)
+    assert dec.model == "known"
+
+
+@pytest.mark.parametrize("evidence, penalty, match", [
+    (np.array([1, 2, 3]), 1.0, "one outcome count per model"),
+    (np.array([-1, 2]), 1.0, "finite counts >= 0"),
+    (np.array([1, 2]), -0.5, "penalty"),
+])
+def test_pessimistic_quality_rejects_bad_input(evidence, penalty, match):
+    with pytest.raises(ValueError, match=match):
+        pessimistic_quality(np.array([[0.5, 0.6]]), evidence, penalty)
