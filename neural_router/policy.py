@@ -182,7 +182,8 @@ def pessimistic_quality(quality: np.ndarray, evidence: np.ndarray, penalty: floa
     mean of that many outcomes, so a model known from 30 outcomes is marked down about 2.6x as much
     as one known from 200. Routing on it (pessimism in the face of uncertainty) keeps a few lucky
     outcomes of a rarely served model from moving all the traffic to it. ``penalty=0`` returns
-    ``quality`` unchanged.
+    ``quality`` unchanged. A model with no outcomes at all (a new pool member) loses up to
+    ``penalty * 0.5``, so it gets traffic only from exploration.
     """
     _check_number("penalty", penalty)
     q = np.asarray(quality, dtype=np.float64)
