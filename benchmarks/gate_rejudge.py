@@ -84,9 +84,11 @@ def rejudge_seed(sd: Path, method: str, data_cache: dict) -> list[dict]:
         if not (pf.parent / "model.safetensors").is_file() or not (current_dir / "model.safetensors").is_file():
             raise SystemExit(f"{pf.parent}: router weights were deleted; re-run the replay with --keep-weights")
         upto = [(d, o) for d, o in pairs if request_round(d.request_id)[0] <= cand["round"]]
-        held = [(d, o) for d, o in upto if is_holdout(d.prompt, a["holdout"])]
+        held, rest = [], []           # the update's held-out requests, and those it trained on
+        for d, o in upto:
+            (held if is_holdout(d.prompt, a["holdout"]) else rest).append((d, o))
         logged = [logged_request(d, o, pool) for d, o in held]
-        fit = [logged_request(d, o, pool) for d, o in upto if not is_holdout(d.prompt, a["holdout"])]
+        fit = [logged_request(d, o, pool) for d, o in rest]
         if len(logged) != promo["n"]:
             raise SystemExit(f"{pf}: rebuilt {len(logged)} held-out requests, the check saw {promo['n']}")
         cur, new = load_router(current_dir), load_router(pf.parent)
