@@ -8,7 +8,10 @@ error, seeds ahead, two-sided sign-test p).
 
 A gated run (``--methods ips --gate``) holds only our method; ``NAME=RUN:BASELINES`` takes the
 no-update, naive and full-information rows from an ungated run that covers the same seeds.
-``RUN_A+RUN_B`` (on either side) pools runs made on different seeds.
+``RUN_A+RUN_B`` (on either side) pools runs made on different seeds. ``--pool NAME=FILE#ROW+FILE#ROW``
+pools rows this script wrote earlier (its ``--output`` JSON) when the runs themselves are gone: the
+means, the share of the gap and the per-seed spread of ours − naive are pooled exactly from the rows'
+summaries (the sign test assumes no tied seeds).
 
     python benchmarks/feedback_table.py runs/bf_small20 \
         "gated=runs/bf_small_gate:runs/bf_small20" --output benchmarks/results/bench_feedback_small.json
@@ -105,23 +108,76 @@ def summarise(run: str, baselines: str | None, method: str, seeds: list[int] | N
     }
 
 
+def pool_summaries(name: str, rows: list[dict]) -> dict:
+    """One summary of several ``summarise`` rows on different seeds, pooled exactly from their fields."""
+    seeds = [k for r in rows for k in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"{name}: the pooled rows share seeds; pool rows on different seeds")
+    n = np.array([len(r["seeds"]) for r in rows], dtype=float)
+    wmean = lambda xs: (np.asarray(xs, dtype=float) * n.reshape(-1, *[1] * (np.ndim(xs) - 1))).sum(0) / n.sum()  # noqa: E731
+    mu = {k: wmean([r["mean_utility"][k] for r in rows]) for k in ("static", "naive", "ours", "full")}
+    gap = wmean([r["gap"] for r in rows])
+    d = [r["ours_minus_naive"] for r in rows]
+    dm = wmean([x["mean"] for x in d])
+    ss = sum((k - 1) * x["sd"] ** 2 + k * (x["mean"] - dm) ** 2 for k, x in zip(n, d))
+    sd = math.sqrt(ss / (n.sum() - 1))
+    wins = sum(x["seeds_ahead"] for x in d)
+    return {
+        "pooled": [f"{r['run']} (seeds {r['seeds'][0]}-{r['seeds'][-1]})" for r in rows], "method": rows[0]["method"],
+        "seeds": seeds, "mean_utility": {k: (v.tolist() if v.ndim else float(v)) for k, v in mu.items()},
+        "mean_rises_every_round": bool(np.all(np.diff(np.r_[mu["static"], mu["ours"]]) > 0)),
+        "seeds_rising_every_round": sum(r["seeds_rising_every_round"] for r in rows),
+        "seeds_never_falling": sum(r["seeds_never_falling"] for r in rows),
+        "largest_seed_dip": max(r["largest_seed_dip"] for r in rows),
+        "share_of_gap": float(wmean([r["share_of_gap"] * r["gap"] for r in rows]) / gap),
+        "naive_share_of_gap": float(wmean([r["naive_share_of_gap"] * r["gap"] for r in rows]) / gap),
+        "gap": float(gap),
+        "ours_minus_naive": {"mean": float(dm), "sd": sd, "se": sd / math.sqrt(n.sum()), "seeds_ahead": wins,
+                             "seeds": int(n.sum()), "sign_test_p": sign_test(wins, int(n.sum())),
+                             "by_round": wmean([x["by_round"] for x in d]).tolist()},
+        "false_promotions": None, "missed_improvements": None, "updates": None,
+    }
+
+
+def pooled_rows(spec: str) -> tuple[str, dict]:
+    """``NAME=FILE#ROW+FILE#ROW`` -> (NAME, the pooled summary)."""
+    name, _, parts = spec.partition("=")
+    rows = []
+    for part in parts.split("+"):
+        file, _, row = part.partition("#")
+        table = json.loads(Path(file).read_text())
+        if row not in table:
+            raise SystemExit(f"{file} has no row {row!r} (it has {', '.join(map(repr, table))})")
+        rows.append(table[row])
+    return name, pool_summaries(name, rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="RUN, or NAME=RUN, or NAME=RUN:BASELINES (an ungated run on the same "
+    ap.add_argument("runs", nargs="*", help="RUN, or NAME=RUN, or NAME=RUN:BASELINES (an ungated run on the same "
                                             "seeds with static,naive,full)")
     ap.add_argument("--method", default="ips", help="the row that is 'our method' (default ips)")
     ap.add_argument("--seeds", help="only these seeds of each run, e.g. 0-9 or 0,2,4")
+    ap.add_argument("--pool", action="append", default=[], metavar="NAME=FILE#ROW+FILE#ROW",
+                    help="pool rows of earlier --output files (runs on different seeds whose folders are gone)")
     ap.add_argument("--output", help="write the summaries as JSON here")
     args = ap.parse_args(argv)
     seeds = None
     if args.seeds:
         seeds = [k for part in args.seeds.split(",") for a, _, b in [part.partition("-")]
                  for k in range(int(a), int(b or a) + 1)]
+    if not args.runs and not args.pool:
+        ap.error("give at least one RUN or --pool")
+    specs = [(spec, None) for spec in args.runs] + [pooled_rows(spec) for spec in args.pool]
     out = {}
-    for spec in args.runs:
-        name, _, rest = spec.rpartition("=")
-        run, _, baselines = rest.partition(":")
-        s = out[name or run] = summarise(run, baselines or None, args.method, seeds)
+    for spec, pooled in specs:
+        if pooled is None:
+            name, _, rest = spec.rpartition("=")
+            run, _, baselines = rest.partition(":")
+            s = out[name or run] = summarise(run, baselines or None, args.method, seeds)
+        else:
+            name = spec
+            s = out[name] = pooled
         d = s["ours_minus_naive"]
         fmt = lambda xs: " ".join(f"{x:.4f}" for x in xs)  # noqa: E731
         print(f"\n{name or run}  ({len(s['seeds'])} seeds; no updates {s['mean_utility']['static']:.4f})")

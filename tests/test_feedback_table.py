@@ -93,3 +93,27 @@ def test_mismatched_seeds_and_a_missing_method_are_named(tmp_path):
 def test_sign_test():
     assert feedback_table.sign_test(10, 10) == pytest.approx(2 / 1024)
     assert feedback_table.sign_test(5, 10) == 1.0
+
+
+def test_pooling_written_rows_equals_pooling_the_runs(tmp_path):
+    rng = __import__("numpy").random.default_rng(0)
+    runs = []
+    for k, seeds in enumerate(([0, 1, 2], [3, 4])):
+        rows = {m: (base + rng.normal(0, 0.02, (len(seeds), 6))).tolist()
+                for m, base in (("static", 0.5), ("naive", 0.55), ("ips", 0.56), ("full", 0.6))}
+        runs.append(write_run(tmp_path / f"r{k}", seeds, rows))
+    table = tmp_path / "table.json"
+    feedback_table.main([f"a={runs[0]}", f"b={runs[1]}", "--output", str(table)])
+    direct = feedback_table.main([f"{runs[0]}+{runs[1]}"])[f"{runs[0]}+{runs[1]}"]
+    pooled = feedback_table.main(["--pool", f"ab={table}#a+{table}#b"])["ab"]
+    for key in ("share_of_gap", "naive_share_of_gap", "gap", "largest_seed_dip"):
+        assert pooled[key] == pytest.approx(direct[key])
+    for key in ("mean", "sd", "se", "sign_test_p", "by_round"):
+        assert pooled["ours_minus_naive"][key] == pytest.approx(direct["ours_minus_naive"][key])
+    for m in ("naive", "ours", "full"):
+        assert pooled["mean_utility"][m] == pytest.approx(direct["mean_utility"][m])
+    assert pooled["seeds"] == [0, 1, 2, 3, 4] and pooled["mean_rises_every_round"] == direct["mean_rises_every_round"]
+    with pytest.raises(SystemExit, match="no row 'c'"):
+        feedback_table.main(["--pool", f"x={table}#c"])
+    with pytest.raises(SystemExit, match="share seeds"):
+        feedback_table.main(["--pool", f"x={table}#a+{table}#a"])
