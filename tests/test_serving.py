@@ -379,6 +379,30 @@ def test_metrics_are_per_app_and_count_requests() -> None:
         assert 'router_decisions_total{model="big"}' not in other
 
 
+def test_fastapi_telemetry_hooks_are_off_unless_opentelemetry_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    from fastapi import FastAPI
+    from opentelemetry import trace
+
+    from serving import app as app_module
+
+    monkeypatch.delenv("FASTAPI_OTEL_AUTO_CONFIGURE", raising=False)
+    hooks = "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    assert app_module.otel_configured() is False        # only the API's placeholder providers here
+    off = {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    assert app_module.telemetry_options() == (off if hooks else {})
+
+    class TracerProvider:                                # what an SDK set-up installs
+        pass
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: TracerProvider())
+    assert app_module.otel_configured() is True and app_module.telemetry_options() == {}
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")  # FastAPI will set one up at start-up
+    assert app_module.otel_configured() is True and app_module.telemetry_options() == {}
+
+
 def test_openapi_documents_the_api(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     for path in ("/v1/route", "/v1/route/batch", "/v1/predict", "/v1/models", "/healthz", "/readyz",
