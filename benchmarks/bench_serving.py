@@ -4,12 +4,15 @@
 
 For each configuration (dynamic batching on, and off = max_batch_size 1) the service is started as
 a subprocess (`python -m serving`) on 127.0.0.1 with a free port, then a closed-loop load generator
-(httpx async; each of C workers sends its next /v1/route request as soon as the previous answers)
+(asyncio; each of C workers sends its next /v1/route request on its own keep-alive connection as soon
+as the previous answers; ``--client httpx`` uses httpx instead)
 runs for --duration-s seconds at each concurrency C. Reported per run: throughput, p50/p95/p99
 latency, mean batch size (from the service's /metrics), and error counts (429 separately). The raw
 throughput of the same predictor (in this process, no HTTP) at batch size 1 and --max-batch-size is
 measured in the same run. Client and server share the machine's cores: on a small machine the load
-generator's own CPU use lowers the service numbers. Everything is bounded by --duration-s.
+generator's own CPU use lowers the service numbers, so each run also reports the CPU time per answered
+request of the service process (all its threads) and of the load generator, and how busy the cores
+were. Everything is bounded by --duration-s.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil  # a dependency of accelerate
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,18 +105,76 @@ class Service:
             self.proc.wait(5)
 
 
-async def closed_loop(base: str, concurrency: int, duration_s: float) -> dict[str, Any]:
-    """C workers, each with its own connection (one httpx client per worker: a shared client's pool
-    costs O(connections) CPU per request and would make the load generator the bottleneck)."""
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams, for the load generator only: a POST costs
+    it a few tens of microseconds of CPU where httpx spends about 2 ms, which on a 2-core machine
+    would be taken from the service under test. Understands what uvicorn answers: a status line,
+    headers and a Content-Length body."""
+
+    def __init__(self, base: str) -> None:
+        url = httpx.URL(base)
+        self.host, self.port = url.host, url.port or 80
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, payload: dict[str, Any]) -> tuple[int, dict[bytes, bytes]]:
+        if self.writer is None:
+            await self.open()
+        assert self.reader is not None and self.writer is not None
+        body = json.dumps(payload).encode()
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), self.port,
+                                                               len(body), body))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines[1:] if ln)}
+        if b"content-length" not in headers:
+            raise httpx.RemoteProtocolError(f"response without Content-Length: {lines[0]!r}")
+        await self.reader.readexactly(int(headers[b"content-length"]))
+        if headers.get(b"connection") == b"close":
+            await self.close()
+        return status, headers
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+        self.reader = self.writer = None
+
+
+async def closed_loop(base: str, concurrency: int, duration_s: float, client: str = "raw") -> dict[str, Any]:
+    """C workers, each with its own keep-alive connection (``client``: ``raw``, :class:`RawConnection`,
+    or ``httpx``, one AsyncClient per worker: a shared client's pool costs O(connections) CPU per
+    request and would make the load generator the bottleneck)."""
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     exceptions = 0
-    clients = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(concurrency)]
+    if client == "raw":
+        conns: list[Any] = [RawConnection(base) for _ in range(concurrency)]
+        await asyncio.gather(*(c.open() for c in conns))
+
+        async def post(conn: Any, body: dict[str, Any]) -> tuple[int, str | None]:
+            status, headers = await conn.post("/v1/route", body)
+            ra = headers.get(b"retry-after")
+            return status, ra.decode() if ra else None
+    else:
+        conns = [httpx.AsyncClient(base_url=base, timeout=30) for _ in range(concurrency)]
+        await asyncio.gather(*(c.get("/healthz") for c in conns))  # open the connections first
+
+        async def post(conn: Any, body: dict[str, Any]) -> tuple[int, str | None]:
+            r = await conn.post("/v1/route", json=body)
+            return r.status_code, r.headers.get("retry-after")
     try:
-        await asyncio.gather(*(c.get("/healthz") for c in clients))  # open the connections first
         end = time.perf_counter() + duration_s
 
-        async def worker(wid: int, client: httpx.AsyncClient) -> None:
+        async def worker(wid: int, conn: Any) -> None:
             nonlocal exceptions
             i = wid
             while time.perf_counter() < end:
@@ -120,23 +182,26 @@ async def closed_loop(base: str, concurrency: int, duration_s: float) -> dict[st
                 i += concurrency
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/v1/route", json=body)
-                except httpx.HTTPError:
+                    status, retry_after = await asyncio.wait_for(post(conn, body), 30)
+                except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                        asyncio.TimeoutError, ValueError):
                     exceptions += 1
+                    if client == "raw":
+                        await conn.close()   # reconnect on the next request
                     continue
-                statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
-                if r.status_code == 200:
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+                if status == 200:
                     latencies.append((time.perf_counter() - t0) * 1000)
-                elif r.status_code == 429:
-                    await asyncio.sleep(float(r.headers.get("retry-after", "1")) / 10)
+                elif status == 429:
+                    await asyncio.sleep(float(retry_after or "1") / 10)
 
         t_start = time.perf_counter()
-        await asyncio.gather(*(worker(w, c) for w, c in enumerate(clients)))
+        await asyncio.gather(*(worker(w, c) for w, c in enumerate(conns)))
         elapsed = time.perf_counter() - t_start
     finally:
-        await asyncio.gather(*(c.aclose() for c in clients))
+        await asyncio.gather(*(c.close() if client == "raw" else c.aclose() for c in conns))
     ok = statuses.get("200", 0)
-    return {"concurrency": concurrency, "seconds": round(elapsed, 3), "ok": ok,
+    return {"concurrency": concurrency, "client": client, "seconds": round(elapsed, 3), "ok": ok,
             "throughput_rps": ok / elapsed if elapsed else 0.0,
             "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
             "p99_ms": percentile(latencies, 99), "status_counts": statuses,
@@ -145,21 +210,35 @@ async def closed_loop(base: str, concurrency: int, duration_s: float) -> dict[st
             "exceptions": exceptions}
 
 
+def cpu_accounting(res: dict[str, Any], service_cpu_s: float, client_cpu_s: float) -> dict[str, Any]:
+    """CPU ms per answered request of the service and of the load generator, and the share of all
+    cores the two kept busy during the run."""
+    ok, cores = max(res["ok"], 1), os.cpu_count() or 1
+    return {"service_cpu_ms_per_request": 1000 * service_cpu_s / ok,
+            "client_cpu_ms_per_request": 1000 * client_cpu_s / ok,
+            "cores_busy": (service_cpu_s + client_cpu_s) / (res["seconds"] * cores) if res["seconds"] else None}
+
+
 def run_service(name: str, router: str, device: str, settings: dict[str, Any], levels: list[int],
-                duration_s: float, workdir: Path) -> dict[str, Any]:
+                duration_s: float, workdir: Path, client: str = "raw") -> dict[str, Any]:
     svc = Service(router, device, settings, workdir)
     try:
         health = svc.wait_ready()
         runs = []
+        server = psutil.Process(svc.proc.pid)
         for c in levels:
             s0, n0 = batch_counters(svc.base)
-            res = asyncio.run(closed_loop(svc.base, c, duration_s))
+            cpu0, own0 = server.cpu_times(), time.process_time()
+            res = asyncio.run(closed_loop(svc.base, c, duration_s, client))
+            cpu1, own1 = server.cpu_times(), time.process_time()
             s1, n1 = batch_counters(svc.base)
             res["mean_batch_size"] = (s1 - s0) / (n1 - n0) if n1 > n0 else None
+            res.update(cpu_accounting(res, (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), own1 - own0))
             runs.append(res)
             print(f"  [{name}] c={c:<4d} {res['throughput_rps']:8.1f} req/s  p50 {_ms(res['p50_ms'])}  "
-                  f"p99 {_ms(res['p99_ms'])}  batch {_f(res['mean_batch_size'])}  errors {res['errors']}",
-                  flush=True)
+                  f"p99 {_ms(res['p99_ms'])}  batch {_f(res['mean_batch_size'])}  errors {res['errors']}  "
+                  f"cpu/req: service {_f(res['service_cpu_ms_per_request'])} ms, "
+                  f"load generator {_f(res['client_cpu_ms_per_request'])} ms", flush=True)
         return {"name": name, "settings": settings, "health": health, "runs": runs}
     finally:
         svc.stop()
@@ -171,17 +250,19 @@ def raw_throughput(router: str, device: str, batch_sizes: list[int], duration_s:
     from serving.app import load_router
 
     predictor = load_router(router, device, None, threads)
-    out: dict[str, Any] = {"provider": str(predictor.provider), "by_batch_size": {}}
+    out: dict[str, Any] = {"provider": str(predictor.provider), "by_batch_size": {}, "cpu_ms_per_prompt": {}}
     for bs in batch_sizes:
         prompts = [PROMPTS[i % len(PROMPTS)] + f" #{i}" for i in range(bs)]
         predictor.predict(prompts)  # warm-up
-        n, t0 = 0, time.perf_counter()
+        n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < duration_s:
             predictor.predict(prompts)
             n += bs
         elapsed = time.perf_counter() - t0
         out["by_batch_size"][str(bs)] = n / elapsed
-        print(f"  [raw onnx] batch {bs:<4d} {n / elapsed:8.1f} prompts/s", flush=True)
+        out["cpu_ms_per_prompt"][str(bs)] = 1000 * (time.process_time() - cpu0) / n
+        print(f"  [raw onnx] batch {bs:<4d} {n / elapsed:8.1f} prompts/s  "
+              f"cpu {out['cpu_ms_per_prompt'][str(bs)]:.2f} ms/prompt", flush=True)
     return out
 
 
@@ -220,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue", type=int, default=4096)
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime intra-op threads (service and raw run); default: all cores")
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                   help="load generator: raw keep-alive HTTP/1.1 on asyncio streams (light, the default) or "
+                        "httpx (about 2 ms of CPU per request, taken from the service on a small machine)")
     p.add_argument("--skip-unbatched", action="store_true", help="only the batched configuration")
     a = p.parse_args(argv)
     levels = [int(x) for x in a.concurrency.split(",") if x.strip()]
@@ -229,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.skip_unbatched:
         configs.append(("unbatched", {**base, "max_batch_size": 1}))
     result: dict[str, Any] = {"router": a.router, "device": a.device, "duration_s": a.duration_s,
+                              "client": a.client,
                               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                           "python": platform.python_version()},
                               "services": []}
@@ -236,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, settings in configs:
             print(f"service {name}: {settings}", flush=True)
             result["services"].append(run_service(name, a.router, a.device, settings, levels,
-                                                  a.duration_s, Path(tmp)))
+                                                  a.duration_s, Path(tmp), a.client))
     print("raw predictor throughput", flush=True)
     result["raw_onnx"] = raw_throughput(a.router, a.device, sorted({1, a.max_batch_size}),
                                         min(a.duration_s, 5.0), a.threads)
