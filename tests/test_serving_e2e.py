@@ -304,7 +304,7 @@ def test_bench_serving_smoke(tiny_router_dir: Path, tmp_path: Path) -> None:
     assert [r["concurrency"] for r in runs] == [1, 4] and all(r["ok"] > 0 and r["errors"] == 0 for r in runs)
     assert runs[0]["p50_ms"] > 0 and runs[1]["mean_batch_size"] >= 1
     assert all(r["service_cpu_ms_per_request"] > 0 and r["client_cpu_ms_per_request"] > 0
-               and 0 < r["cores_busy"] <= 1.05 for r in runs)   # the CPU accounting of each run
+               and 0 < r["cores_busy"] < 1.5 for r in runs)   # the CPU accounting of each run
     assert result["raw_onnx"]["cpu_ms_per_prompt"]["32"] > 0
     assert set(result["raw_onnx"]["by_batch_size"]) == {"1", "32"} and "req/s" in p.stdout
 
