@@ -156,10 +156,13 @@ def _expand(path: str) -> list[tuple[str, str | None]]:
     """-> [(location, builder)] where builder is a datasets builder name or None for a hub id."""
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in FILE_SUFFIXES and f.is_file())
+        # the folder's data files and those of its subfolders (a folder of sources, such as
+        # ../shared/data with routerbench/ and routerdc7/), hidden entries skipped
+        files = sorted(f for f in p.rglob("*") if f.suffix in FILE_SUFFIXES and f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
         if not files:
-            raise DataError(f"{p}: folder has no data files ({', '.join(FILE_SUFFIXES)}); "
-                            "point --data at a file or a folder of files")
+            raise DataError(f"{p}: folder has no data files ({', '.join(FILE_SUFFIXES)}), nor do its "
+                            "subfolders; point --data at a file or a folder of files")
         return [(str(f), FILE_SUFFIXES[f.suffix]) for f in files]
     if p.is_file():
         if p.suffix not in FILE_SUFFIXES:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ def pool():
 def write_csv(path, header, rows):
     import csv
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -100,6 +102,21 @@ def test_skip_mode_counts_and_keeps_good_rows(tmp_path, pool, caplog):
     ds = load_routing_data([str(f)], pool, DataConfig(on_error="skip", unknown_models="skip"))
     assert ds.prompts == ["p", "r"]
     assert "skipped" in caplog.text
+
+
+def test_a_folder_of_source_folders_reads_them_all(tmp_path, pool):
+    write_csv(tmp_path / "bench" / "a.csv", ["prompt", "big"], [["p1", "1"], ["shared", "0"]])
+    (tmp_path / "dc").mkdir()
+    (tmp_path / "dc" / "gsm8k_train.json").write_text(json.dumps([{"question": "shared", "scores": {"small": 1}}]))
+    (tmp_path / "README.md").write_text("not data")
+    write_csv(tmp_path / ".cache" / "old.csv", ["prompt", "big"], [["hidden", "1"]])   # skipped
+    ds = load_routing_data([str(tmp_path)], pool)
+    both = load_routing_data([str(tmp_path / "bench"), str(tmp_path / "dc")], pool)
+    assert sorted(ds.prompts) == sorted(both.prompts) == ["p1", "shared"]
+    assert ds.mask[ds.prompts.index("shared")].tolist() == [True, True]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="nor do its subfolders"):
+        load_routing_data([str(tmp_path / "empty")], pool)
 
 
 def test_missing_path_errors(pool):
