@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
                  for k in range(int(a), int(b or a) + 1)]
     if not args.runs and not args.pool:
         ap.error("give at least one RUN or --pool")
+    if seeds is not None and args.pool:
+        ap.error("--seeds applies to runs, not to --pool (a pooled row keeps all the seeds of its rows)")
     specs = [(spec, None) for spec in args.runs] + [pooled_rows(spec) for spec in args.pool]
     out = {}
     for spec, pooled in specs:
