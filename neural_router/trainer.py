@@ -80,6 +80,10 @@ class TrainConfig(BaseModel):
         "training score (weighted, clipped to [0.02, 0.98]) instead of 0 (p = 0.5), so that a router "
         "trained on little data (a few optimizer steps) is calibrated from the start; updates and a "
         "new pool member's cold-start prior start from the parent as before"))
+    adversarial_sources: float = Field(default=0.0, ge=0, description=(
+        "weight of a gradient-reversal adversary that tries to tell each training prompt's source "
+        "(benchmark) from the trunk's features: the trunk is pushed to drop what only names the "
+        "benchmark, so the quality heads lean on what transfers to benchmarks never seen. 0 = off"))
     seed: int = 0
     soup: int = Field(default=1, ge=1, description="average the weights of this many fine-tunes that start "
                       "from the same weights with seeds seed, seed+1, ... (a uniform model soup; "
@@ -102,6 +106,7 @@ class Tensors:
     hidden: list[torch.Tensor] | None = None
     weights: torch.Tensor | None = None   # [N, M] per-cell loss weights; None = all 1
     input_tokens: np.ndarray | None = None  # [N] full prompt length in tokens (before truncation)
+    sources: np.ndarray | None = None       # [N] source (benchmark) index, for adversarial_sources
 
 
 def set_seed(seed: int) -> None:
@@ -165,6 +170,8 @@ def make_batch(t: Tensors, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
          "log_out": t.log_out[idx].to(device), "log_lat": t.log_lat[idx].to(device)}
     if t.weights is not None:
         b["weights"] = t.weights[idx].to(device)
+    if t.sources is not None:
+        b["source"] = torch.as_tensor(t.sources[idx], device=device)
     if t.hidden is not None:
         H = t.hidden[idx[0]].shape[-1]
         h = torch.zeros(len(idx), T, H, dtype=torch.float32)
@@ -486,6 +493,12 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     # tokenise each split once; the router config's cost calibration needs the train prompts' lengths
     tr = to_tensors(train, tokenizer, cfg.max_length, cfg.head_tokens)
     va = to_tensors(val, tokenizer, cfg.max_length, cfg.head_tokens) if val is not None and len(val) else None
+    if cfg.adversarial_sources > 0:
+        names = sorted(set(train.sources))
+        if len(names) < 2:
+            raise ValueError(f"adversarial_sources needs training prompts from two or more sources "
+                             f"(benchmarks); these come from {names}")
+        tr.sources = np.array([names.index(x) for x in train.sources], dtype=np.int64)
     rc = build_router_config(train, pool, cfg, tr.input_tokens)
     if init_from is not None:
         rc = _config_from_parent(rc, init_from.config, train)
@@ -591,6 +604,10 @@ def _fit(model: RouterModel, tr: Tensors, va: Tensors | None, cfg: TrainConfig, 
     groups = [{"params": head_params, "lr": cfg.lr_head}]
     if enc_params:
         groups.append({"params": enc_params, "lr": cfg.lr_encoder})
+    adversary = None
+    if cfg.adversarial_sources > 0 and tr.sources is not None:
+        adversary = torch.nn.Linear(model.trunk[1].out_features, int(tr.sources.max()) + 1).to(device)
+        groups.append({"params": list(adversary.parameters()), "lr": cfg.lr_head})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(tr.lengths) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -599,6 +616,9 @@ def _fit(model: RouterModel, tr: Tensors, va: Tensors | None, cfg: TrainConfig, 
         optimizer, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - max(0, s - warm) / max(1, total - warm)))
     wrapped, optimizer, sched = accelerator.prepare(model, optimizer, sched)
     raw = accelerator.unwrap_model(wrapped)
+    trunk_out: list[torch.Tensor] = []
+    if adversary is not None:   # the trunk's features of the current batch, for the adversary
+        hook = raw.trunk.register_forward_hook(lambda _m, _i, o: trunk_out.__setitem__(slice(None), [o]))
 
     rng = np.random.default_rng(seed)
     history, best, best_state, bad = [], math.inf, None, 0
@@ -614,6 +634,9 @@ def _fit(model: RouterModel, tr: Tensors, va: Tensors | None, cfg: TrainConfig, 
             b = make_batch(tr, idx, device)
             out = run_model(raw, b, start_layer)
             loss, parts = masked_losses(out, b, cfg)
+            if adversary is not None:
+                logits = adversary(GradientReversal.apply(trunk_out[0], cfg.adversarial_sources))
+                loss = loss + F.cross_entropy(logits, b["source"])
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(wrapped.parameters(), 1.0)
@@ -638,9 +661,24 @@ def _fit(model: RouterModel, tr: Tensors, va: Tensors | None, cfg: TrainConfig, 
         if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes:
             log.info("stopping: time budget of %.1f minutes reached", cfg.max_minutes)
             break
+    if adversary is not None:
+        hook.remove()
     if best_state is None:
         best_state = {k: v.detach().clone() for k, v in raw.state_dict().items()}
     return best_state, history
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; the gradient flows back multiplied by ``-scale`` (Ganin & Lempitsky, 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return -ctx.scale * grad, None
 
 
 def fit_head_mixture(basis_logits: np.ndarray, y: np.ndarray, w: np.ndarray, pseudo_count: float,

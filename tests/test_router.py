@@ -368,3 +368,34 @@ def test_encoder_layers_beyond_the_encoder_is_a_clear_error(tiny_data_file, tiny
     with pytest.raises(ValueError, match="encoder_layers must be between 1 and the encoder's 2 layers, got 3"):
         run_train([str(tiny_data_file)], tmp_path / "bad", tiny_train_config, tiny_pool_file,
                   overrides={"encoder_layers": 3}, encoder_config=tiny_encoder_config(), progress=False)
+
+
+def test_adversarial_sources_reverses_the_gradient_and_trains_a_router(tiny_data_file, tiny_pool_file,
+                                                                       tiny_train_config, tmp_path):
+    """``adversarial_sources``: the adversary's gradient reaches the trunk reversed and scaled; the
+    router still trains, saves the usual weights (no adversary in them) and routes; one source is an
+    error (nothing to tell apart)."""
+    from safetensors.torch import load_file
+
+    from neural_router.trainer import GradientReversal
+    from training.train import run_train
+
+    x = torch.ones(3, requires_grad=True)
+    (GradientReversal.apply(x, 0.5) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert x.grad.tolist() == [-0.5, -1.0, -1.5]
+
+    kw = dict(encoder_config=tiny_encoder_config(), progress=False)
+    plain = run_train([str(tiny_data_file)], tmp_path / "plain", tiny_train_config, tiny_pool_file, **kw)
+    adv = run_train([str(tiny_data_file)], tmp_path / "adv", tiny_train_config, tiny_pool_file,
+                    overrides={"adversarial_sources": 1.0}, **kw)
+    w_plain, w_adv = load_file(plain / "model.safetensors"), load_file(adv / "model.safetensors")
+    assert w_plain.keys() == w_adv.keys()                       # the adversary is not part of the router
+    assert not torch.equal(w_plain["trunk.1.weight"], w_adv["trunk.1.weight"])   # it did push the trunk
+    assert Router.from_pretrained(adv).route("python function loop").model in ("big", "mid", "small")
+
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(line for line in tiny_data_file.read_text().splitlines(keepends=True)
+                           if '"source": "math"' in line))
+    with pytest.raises(ValueError, match="two or more sources"):
+        run_train([str(one)], tmp_path / "bad", tiny_train_config, tiny_pool_file,
+                  overrides={"adversarial_sources": 1.0}, **kw)
