@@ -136,10 +136,10 @@ class RawConnection:
             raise httpx.RemoteProtocolError(f"response without Content-Length: {lines[0]!r}")
         await self.reader.readexactly(int(headers[b"content-length"]))
         if headers.get(b"connection") == b"close":
-            await self.close()
+            await self.aclose()
         return status, headers
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:  # named as httpx's, so both kinds of connection close alike
         if self.writer is not None:
             self.writer.close()
             try:
@@ -187,7 +187,7 @@ async def closed_loop(base: str, concurrency: int, duration_s: float, client: st
                         asyncio.TimeoutError, ValueError):
                     exceptions += 1
                     if client == "raw":
-                        await conn.close()   # reconnect on the next request
+                        await conn.aclose()   # reconnect on the next request
                     continue
                 statuses[str(status)] = statuses.get(str(status), 0) + 1
                 if status == 200:
@@ -199,7 +199,7 @@ async def closed_loop(base: str, concurrency: int, duration_s: float, client: st
         await asyncio.gather(*(worker(w, c) for w, c in enumerate(conns)))
         elapsed = time.perf_counter() - t_start
     finally:
-        await asyncio.gather(*(c.close() if client == "raw" else c.aclose() for c in conns))
+        await asyncio.gather(*(c.aclose() for c in conns))
     ok = statuses.get("200", 0)
     return {"concurrency": concurrency, "client": client, "seconds": round(elapsed, 3), "ok": ok,
             "throughput_rps": ok / elapsed if elapsed else 0.0,

@@ -170,19 +170,18 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("give at least one RUN or --pool")
     if seeds is not None and args.pool:
         ap.error("--seeds applies to runs, not to --pool (a pooled row keeps all the seeds of its rows)")
-    specs = [(spec, None) for spec in args.runs] + [pooled_rows(spec) for spec in args.pool]
     out = {}
-    for spec, pooled in specs:
-        if pooled is None:
-            name, _, rest = spec.rpartition("=")
-            run, _, baselines = rest.partition(":")
-            s = out[name or run] = summarise(run, baselines or None, args.method, seeds)
-        else:
-            name = spec
-            s = out[name] = pooled
+    for spec in args.runs:
+        name, _, rest = spec.rpartition("=")
+        run, _, baselines = rest.partition(":")
+        out[name or run] = summarise(run, baselines or None, args.method, seeds)
+    for spec in args.pool:
+        name, pooled = pooled_rows(spec)
+        out[name] = pooled
+    for name, s in out.items():
         d = s["ours_minus_naive"]
         fmt = lambda xs: " ".join(f"{x:.4f}" for x in xs)  # noqa: E731
-        print(f"\n{name or run}  ({len(s['seeds'])} seeds; no updates {s['mean_utility']['static']:.4f})")
+        print(f"\n{name}  ({len(s['seeds'])} seeds; no updates {s['mean_utility']['static']:.4f})")
         print(f"  naive  {fmt(s['mean_utility']['naive'])}")
         print(f"  ours   {fmt(s['mean_utility']['ours'])}   rises every round: {s['mean_rises_every_round']} "
               f"(per seed {s['seeds_rising_every_round']} of {d['seeds']}, never falling {s['seeds_never_falling']}; "

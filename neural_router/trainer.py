@@ -606,7 +606,7 @@ def _fit(model: RouterModel, tr: Tensors, va: Tensors | None, cfg: TrainConfig, 
         groups.append({"params": enc_params, "lr": cfg.lr_encoder})
     adversary = None
     if cfg.adversarial_sources > 0 and tr.sources is not None:
-        adversary = torch.nn.Linear(model.trunk[1].out_features, int(tr.sources.max()) + 1).to(device)
+        adversary = torch.nn.Linear(model.config.hidden, int(tr.sources.max()) + 1).to(device)
         groups.append({"params": list(adversary.parameters()), "lr": cfg.lr_head})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(tr.lengths) / cfg.batch_size)
