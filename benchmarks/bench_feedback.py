@@ -121,6 +121,10 @@ def parse_args(argv=None):
                          "promoted (run_update compare_with= the serving router), so a missed improvement "
                          "is delayed rather than lost")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--head-refit", type=float, default=None, metavar="K",
+                    help="exploring methods update by refitting only the quality head on the frozen trunk "
+                         "(convex, penalty K toward the current head; run_update(head_refit=)) instead of "
+                         "fine-tuning")
     ap.add_argument("--freeze-layers", type=int, default=-1)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--promote-on", default="dm",
@@ -522,7 +526,8 @@ def run(args) -> dict:
                              head_transfer_models=new if args.head_transfer and m in EXPLORING else None,
                              max_shift=args.max_shift if m in EXPLORING else None,
                              reward_calibration=args.reward_calibration,
-                             overrides={"soup": args.soup} if args.soup and m in EXPLORING else None)
+                             overrides={"soup": args.soup} if args.soup and m in EXPLORING else None,
+                             head_refit=args.head_refit if m in EXPLORING else None)
             new_dir = Path(res["router_dir"])
             score = evaluate(new_dir, pess)
             prev = results[m][-1]

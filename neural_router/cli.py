@@ -81,6 +81,10 @@ def add_update_arguments(p) -> None:
     p.add_argument("--max-shift", type=float, default=None, metavar="S",
                    help="trust region: scale the update down until at most this share (0-1] of the logged "
                         "traffic moves to another model (default: off)")
+    p.add_argument("--head-refit", type=float, default=None, metavar="K",
+                   help="instead of fine-tuning, refit only the quality head on the router's frozen trunk "
+                        "(weighted logistic regression, convex and deterministic) with a penalty K toward the "
+                        "current head; a few seconds on CPU (off by default; pair it with --interpolate 1)")
     p.add_argument("--reward-calibration", type=float_or_off, default=10.0, metavar="K",
                    help="calibrate the promotion check's reward model on the logs the update trained on: "
                         "each model's predicted quality moves by its mean residual there, shrunk by K "

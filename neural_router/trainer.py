@@ -442,7 +442,8 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                  activation_cache: ActivationCache | None = None,
                  val_sample_weights: np.ndarray | None = None, interpolate: float = 1.0,
                  row_interpolate: np.ndarray | None = None, bias_calibration: float | None = None,
-                 head_transfer: float | None = None, head_transfer_models: Sequence[str] = ()):
+                 head_transfer: float | None = None, head_transfer_models: Sequence[str] = (),
+                 head_refit: float | None = None):
     """Fine-tune and return (model, tokenizer, history). ``encoder_config`` -> random tiny encoder.
 
     ``init_from``: start from this router instead of the pretrained encoder (its encoder, trunk and
@@ -549,7 +550,13 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                          activation_cache)
 
     states, history, epochs = [], [], []
-    for run in range(cfg.soup):
+    if head_refit is not None:   # no fine-tune: the quality head alone, refitted on the frozen trunk
+        if init_from is None:
+            raise ValueError("head_refit refits the quality head of an existing router: pass init_from")
+        feats = trunk_features(model, tr, cfg, start_layer, device)
+        history = [{"epoch": 0, "head_refit": refit_quality_head(model, tr, feats, head_refit)}]
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for run in range(cfg.soup if head_refit is None else 0):
         if run:   # every fine-tune starts from the same weights; the first continues the seeded stream
             model.load_state_dict(start_state)
             set_seed(cfg.seed + run)
@@ -679,6 +686,55 @@ class GradientReversal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         return -ctx.scale * grad, None
+
+
+def trunk_features(model: RouterModel, t: Tensors, cfg: TrainConfig, start_layer: int, device) -> torch.Tensor:
+    """The trunk's output (what the heads read) for every prompt of ``t``, in eval mode: ``[N, hidden]``."""
+    model.eval()
+    feats = torch.zeros(len(t.lengths), model.config.hidden)
+    grab: list[torch.Tensor] = []
+    hook = model.trunk.register_forward_hook(lambda _m, _i, o: grab.append(o))
+    try:
+        with torch.no_grad():
+            for idx in bucket_batches(t.lengths, cfg.batch_size * 2, None):
+                grab.clear()
+                run_model(model, make_batch(t, idx, device), start_layer)
+                feats[torch.as_tensor(idx)] = grab[0].float().cpu()
+    finally:
+        hook.remove()
+    return feats
+
+
+def refit_quality_head(model: RouterModel, t: Tensors, feats: torch.Tensor, strength: float) -> dict:
+    """Refit every model's quality head row (weights and bias) on fixed trunk features by weighted
+    logistic regression (soft labels for graded scores), penalised toward the current row:
+    ``sum_i w_im BCE(z_i . W_m + b_m, s_im) + strength / 2 * |(W_m, b_m) - (W0_m, b0_m)|^2``.
+    Convex and deterministic: the same data gives the same head, more data moves it further."""
+    if not (math.isfinite(strength) and strength > 0):
+        raise ValueError(f"head_refit must be a finite penalty > 0, got {strength}")
+    head = model.quality
+    W0, b0 = head.weight.detach().float().cpu().clone(), head.bias.detach().float().cpu().clone()
+    S = t.scores.float()
+    w = t.weights.float() if t.weights is not None else torch.ones_like(S)
+    obs = torch.isfinite(S) & (w > 0)
+    y, wm = S.nan_to_num(0.0), torch.where(obs, w, torch.zeros_like(w))
+    W, b = W0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=300, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        bce = F.binary_cross_entropy_with_logits(feats @ W.T + b, y, reduction="none")
+        loss = (bce * wm).sum() + 0.5 * strength * (((W - W0) ** 2).sum() + ((b - b0) ** 2).sum())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        head.weight.copy_(W.detach().to(head.weight))
+        head.bias.copy_(b.detach().to(head.bias))
+    return {"strength": strength, "observed": int(obs.sum()),
+            "bias_shift": [round(float(x), 4) for x in (b - b0).detach()],
+            "weight_change": round(float((W - W0).detach().norm()), 4)}
 
 
 def fit_head_mixture(basis_logits: np.ndarray, y: np.ndarray, w: np.ndarray, pseudo_count: float,

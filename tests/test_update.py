@@ -746,6 +746,8 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer=-5)
     with pytest.raises(ValueError, match=r"reward_calibration must be a finite pseudo count >= 0 \(None = off\)"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", reward_calibration=-1)
+    with pytest.raises(ValueError, match=r"head_refit must be a finite penalty > 0 \(None = fine-tune as usual\), got 0"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_refit=0)
     with pytest.raises(ValueError, match="head_transfer .* is not set"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", head_transfer=0,
                    head_transfer_models=("mid",))
@@ -789,8 +791,46 @@ def test_update_command_passes_bias_calibration_to_run_update(monkeypatch, capsy
     assert seen["max_shift"] == 0.2 and seen["reward_calibration"] == 10.0
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                                  "--reward-calibration", "off"]))
-    assert seen["reward_calibration"] is None
+    assert seen["reward_calibration"] is None and seen["head_refit"] is None   # fine-tuning by default
+    upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
+                                                 "--head-refit", "30", "--interpolate", "1"]))
+    assert seen["head_refit"] == 30.0 and seen["interpolate"] == 1.0
     with pytest.raises(SystemExit):
         build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                    "--reward-calibration", "lots"])
     assert "expected a number or 'off', got 'lots'" in capsys.readouterr().err
+
+
+def test_train_router_head_refit_changes_only_the_quality_head_deterministically(tiny_trained_dir, tiny_data_file,
+                                                                                tiny_pool_file):
+    parent = RouterModel.from_pretrained(tiny_trained_dir)
+    pool, ds = _tiny(tiny_data_file, tiny_pool_file)
+    cfg = TrainConfig(**CFG)
+
+    def refit(k):
+        model, _, hist = train_router(ds, None, pool, cfg, progress=False, init_from=parent, head_refit=k)
+        return model.state_dict(), hist
+
+    (a, hist), (b, _), (strong, _) = refit(1.0), refit(1.0), refit(1e4)
+    start = parent.state_dict()
+    assert sorted(k for k in a if not torch.equal(a[k], start[k])) == ["quality.bias", "quality.weight"]
+    assert all(torch.equal(a[k], b[k]) for k in a)            # convex and deterministic: no seed involved
+    assert hist[0]["head_refit"]["observed"] == int(np.isfinite(ds.scores).sum())
+    moved = lambda s: float((s["quality.weight"] - start["quality.weight"]).norm())  # noqa: E731
+    assert 0 < moved(strong) < 0.1 * moved(a)                  # a stronger penalty stays nearer the start
+    # the refit head fits the data better than the start (weighted BCE on the observed cells)
+    from neural_router.trainer import to_tensors, trunk_features
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_trained_dir)
+    t = to_tensors(ds, tok, parent.config.max_length, parent.config.head_tokens)
+    z = trunk_features(parent, t, cfg, 0, "cpu")
+    y, obs = t.scores.nan_to_num(0.0), torch.isfinite(t.scores)
+
+    def bce(s):
+        logits = z @ s["quality.weight"].T + s["quality.bias"]
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")[obs].mean())
+    assert bce(a) < bce(start)
+    with pytest.raises(ValueError, match="head_refit"):
+        refit(0.0)
+    with pytest.raises(ValueError, match="init_from"):
+        train_router(ds, None, pool, cfg, progress=False, encoder_config=tiny_encoder_config(), head_refit=1.0)

@@ -578,7 +578,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                compare_with: str | Path | None = None, bias_calibration: float | None = None,
                head_transfer: float | None = 20.0, head_transfer_models: tuple[str, ...] | None = None,
                max_shift: float | None = None, reward_calibration: float | None = 10.0,
-               overrides: dict | None = None,
+               overrides: dict | None = None, head_refit: float | None = None,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
     """Fine-tune ``router_dir`` on the logged outcomes in ``feedback_url`` and judge the result.
@@ -652,6 +652,10 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
             by this many pseudo-requests toward the mean residual (:func:`reward_model_shift`; None =
             off). Default 10.
         overrides: TrainConfig fields to override (e.g. ``{"epochs": 3}``).
+        head_refit: instead of fine-tuning, refit only the quality head on the parent's frozen trunk,
+            penalised toward the parent's head with this strength (``train_router(head_refit=)``,
+            :func:`neural_router.trainer.refit_quality_head`; None = fine-tune, the default). Convex
+            and deterministic; meant with ``interpolate=1`` (the penalty already limits the step).
         n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
         activation_cache: share frozen-layer activations with other updates in this process.
 
@@ -688,6 +692,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                          f"to another model), got {max_shift}")
     if head_transfer is not None and not (math.isfinite(head_transfer) and head_transfer > 0):
         raise ValueError(f"head_transfer must be a finite pseudo count > 0 (0 = off), got {head_transfer}")
+    if head_refit is not None and not (math.isfinite(head_refit) and head_refit > 0):
+        raise ValueError(f"head_refit must be a finite penalty > 0 (None = fine-tune as usual), got {head_refit}")
     if head_transfer is None and head_transfer_models:
         raise ValueError("head_transfer_models names models to rewrite, but head_transfer (the prior's "
                          "strength, e.g. 20) is not set; set it or drop the list")
@@ -765,7 +771,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                                        interpolate=interpolate,
                                        row_interpolate=row_a if interpolate < 1.0 else None,
                                        bias_calibration=bias_calibration, head_transfer=head_transfer,
-                                       head_transfer_models=head_transfer_models)
+                                       head_transfer_models=head_transfer_models, head_refit=head_refit)
     trust_region = None
     if max_shift is not None:
         trust_region = limit_traffic_shift(model, parent, tok, pool, requests, models, prefs, max_shift,
@@ -790,7 +796,8 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                               "max": float(w_train.max()) if w_train.size else None},
         "new_models": new_models, "cold_start_prior": cold_start_prior, "interpolate": interpolate,
         "bias_calibration": bias_calibration, "head_transfer": head_transfer,
-        "head_transfer_models": list(head_transfer_models), "trust_region": trust_region,
+        "head_transfer_models": list(head_transfer_models), "head_refit": head_refit,
+        "trust_region": trust_region,
         "row_interpolate": dict(zip(train.models, row_a.round(3).tolist())), "skipped": skipped}
     metrics = {"data": data_paths, "summary": train.summary(),
                "train_prompts": len(train), "val_prompts": len(val) if val is not None else 0,
@@ -850,7 +857,7 @@ def run_from_args(args) -> dict[str, Any]:
                       bias_calibration=args.bias_calibration, head_transfer=args.head_transfer,
                       head_transfer_models=tuple(args.head_transfer_models) if args.head_transfer_models else None,
                       max_shift=args.max_shift,
-                      reward_calibration=args.reward_calibration,
+                      reward_calibration=args.reward_calibration, head_refit=args.head_refit,
                       overrides={"epochs": args.epochs, "soup": args.soup})
 
 
