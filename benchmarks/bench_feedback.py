@@ -6,7 +6,7 @@
         [--clip 10] [--epochs 10]
         [--freeze-layers -1] [--methods static,naive,ips,full] [--ablation] [--seeds 0,1,2]
         [--margin 0.1] [--gate] [--promote-on dm] [--new-model zero-one-ai/Yi-34B-Chat] [--raw-weights]
-        [--interpolate 0.5] [--interpolate-all] [--bias-calibration K] [--head-transfer P] [--soup N]
+        [--head-refit K|off] [--refit-naive] [--interpolate 0.5] [--interpolate-all] [--bias-calibration K] [--head-transfer P] [--soup N]
         [--init-bias] [--max-shift S] [--reward-calibration K|off] [--keep-weights] [--pessimism K]
 
 The prompts are shuffled once and split into: an evaluation split (fixed), a small labeled slice that
@@ -22,8 +22,9 @@ Methods:
 * ``ips``: exploration (``--exploration``: epsilon-greedy or Thompson sampling, from
   ``neural_router.exploration``) with logged propensities, and the update with clipped
   inverse-propensity weights, self-normalised as ``neural-router update`` does by default
-  (``--raw-weights``: the raw clipped weights), keeping half of each update's change
-  (``--interpolate``, default 0.5 as in ``neural-router update``; 1 = the fine-tuned weights);
+  (``--raw-weights``: the raw clipped weights), which refits only the quality head on the frozen
+  trunk (``--head-refit K``, default 30 as in ``neural-router update``; ``off`` = fine-tune and keep
+  half of each update's change, ``--interpolate``, as every replay before the refit did);
   With ``--exploration thompson --thompson-evidence K`` the Thompson draws of each model are as wide
   as the serving router's evidence for it says (``ExplorationConfig.thompson_evidence_half``);
 * ``ips_thompson`` (via ``--methods``): the same with Thompson sampling whatever ``--exploration``;
@@ -121,10 +122,10 @@ def parse_args(argv=None):
                          "promoted (run_update compare_with= the serving router), so a missed improvement "
                          "is delayed rather than lost")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--head-refit", type=float, default=None, metavar="K",
+    ap.add_argument("--head-refit", type=float_or_off, default=30.0, metavar="K",
                     help="exploring methods update by refitting only the quality head on the frozen trunk "
-                         "(convex, penalty K toward the current head; run_update(head_refit=)) instead of "
-                         "fine-tuning")
+                         "(penalty K toward the current head; run_update(head_refit=), default 30 as there); "
+                         "off = fine-tune, as every replay before 2026-12-02 did")
     ap.add_argument("--freeze-layers", type=int, default=-1)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--promote-on", default="dm",
@@ -138,9 +139,11 @@ def parse_args(argv=None):
     ap.add_argument("--raw-weights", action="store_true",
                     help="raw clipped 1/propensity weights instead of self-normalised ones (run_update "
                          "normalize_weights=False)")
-    ap.add_argument("--interpolate", type=float, default=0.5,
-                    help="exploring methods keep this share of each update's change (run_update interpolate, "
-                         "whose default this is; 1 = the fine-tuned weights)")
+    ap.add_argument("--interpolate", type=float, default=None,
+                    help="exploring methods keep this share of each update's change (run_update interpolate; "
+                         "default as there: 1 with the head refit, 0.5 when fine-tuning)")
+    ap.add_argument("--refit-naive", action="store_true",
+                    help="naive retraining updates with --head-refit too (an ablation: is it the refit alone?)")
     ap.add_argument("--interpolate-all", action="store_true",
                     help="apply --interpolate to naive and full too (an ablation: is it the interpolation alone?)")
     ap.add_argument("--bias-calibration", type=float, default=None, metavar="K",
@@ -527,7 +530,8 @@ def run(args) -> dict:
                              max_shift=args.max_shift if m in EXPLORING else None,
                              reward_calibration=args.reward_calibration,
                              overrides={"soup": args.soup} if args.soup and m in EXPLORING else None,
-                             head_refit=args.head_refit if m in EXPLORING else None)
+                             head_refit=args.head_refit if m in EXPLORING or (m == "naive" and args.refit_naive)
+                             else None)
             new_dir = Path(res["router_dir"])
             score = evaluate(new_dir, pess)
             prev = results[m][-1]

@@ -64,10 +64,10 @@ def add_update_arguments(p) -> None:
                    help="use the raw clipped 1/propensity weights instead of self-normalised ones")
     p.add_argument("--compare-with", help="the router serving now, which the new one must beat (default: --router); "
                    "set it to keep fine-tuning a candidate that was not promoted")
-    p.add_argument("--interpolate", type=float, default=0.5,
-                   help="keep this share of the update's change: new = a * fine-tuned + (1 - a) * current "
-                        "(default 0.5; 1 = the fine-tuned weights); a model's head rows keep more where the "
-                        "current router saw few of its outcomes (all, for a new pool member)")
+    p.add_argument("--interpolate", type=float, default=None,
+                   help="keep this share of the update's change: new = a * updated + (1 - a) * current "
+                        "(default: 1 with the head refit, 0.5 when fine-tuning); a model's head rows keep more "
+                        "where the current router saw few of its outcomes (all, for a new pool member)")
     p.add_argument("--bias-calibration", type=float, default=None, metavar="K",
                    help="after fine-tuning, move each model's mean predicted quality on its training outcomes "
                         "to their (weighted) mean score, shrunk by K pseudo-observations (off by default)")
@@ -81,10 +81,10 @@ def add_update_arguments(p) -> None:
     p.add_argument("--max-shift", type=float, default=None, metavar="S",
                    help="trust region: scale the update down until at most this share (0-1] of the logged "
                         "traffic moves to another model (default: off)")
-    p.add_argument("--head-refit", type=float, default=None, metavar="K",
-                   help="instead of fine-tuning, refit only the quality head on the router's frozen trunk "
-                        "(weighted logistic regression, convex and deterministic) with a penalty K toward the "
-                        "current head; a few seconds on CPU (off by default; pair it with --interpolate 1)")
+    p.add_argument("--head-refit", type=float_or_off, default=30.0, metavar="K",
+                   help="refit only the quality head on the router's frozen trunk (weighted logistic "
+                        "regression, convex and deterministic, seconds on CPU) with a penalty K toward the "
+                        "current head (default 30); off = fine-tune the trunk and heads instead")
     p.add_argument("--reward-calibration", type=float_or_off, default=10.0, metavar="K",
                    help="calibrate the promotion check's reward model on the logs the update trained on: "
                         "each model's predicted quality moves by its mean residual there, shrunk by K "

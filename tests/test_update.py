@@ -567,7 +567,7 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     parent_version = json.loads((tiny_trained_dir / "router_config.json").read_text())["version"]
 
     res = run_update(tiny_trained_dir, url, tmp_path / "routers", preferences={"cost_weight": 0.3},
-                     pool_file=pool_file, overrides={"epochs": 2}, n_boot=100)
+                     pool_file=pool_file, overrides={"epochs": 2}, n_boot=100, head_refit=None)   # fine-tune
     out = tmp_path / "routers" / res["version"]
     assert res["router_dir"] == str(out) and res["version"].startswith(parent_version.split("+")[0] + "+")
     assert res["parent_version"] == parent_version and res["new_models"] == ["newbie"]
@@ -633,6 +633,11 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     mix = tm2["history"][-1]["head_transfer"]["newbie"]
     assert mix["n"] == tm2["summary"]["observed_per_model"]["newbie"] > 0
     assert set(mix["weights"]) == {"big", "mid", "small"}
+    # by default the update refits the quality head alone, keeping all of it (no interpolation)
+    assert tm2["update"]["head_refit"] == 30.0 and tm2["update"]["interpolate"] == 1.0
+    assert tm2["history"][0]["head_refit"]["observed"] > 0 and tm["update"]["head_refit"] is None
+    w1, w2 = (RouterModel.from_pretrained(d).state_dict() for d in (out, tmp_path / "routers" / res2["version"]))
+    assert sorted(k for k in w1 if not torch.equal(w1[k], w2[k])) == ["quality.bias", "quality.weight"]
 
     # the candidate was not promoted: a third update fine-tunes it further (its lineage keeps
     # learning) while the check still compares with the router that serves (the first update)
@@ -703,7 +708,7 @@ def test_run_update_max_shift_caps_the_traffic_an_update_moves(tiny_trained_dir,
         _log_traffic(store, tiny_trained_dir, 120, 0.5)
         prompts = [d.prompt for d, _ in store.iter_logged(chosen_only=True)]
     kw = dict(preferences={"cost_weight": 0.3}, overrides={"epochs": 3, "lr_head": 0.05}, n_boot=50,
-              interpolate=1.0)
+              interpolate=1.0, head_refit=None)   # a fine-tune that moves a lot of traffic
     free = run_update(tiny_trained_dir, url, tmp_path / "free", **kw)
     capped = run_update(tiny_trained_dir, url, tmp_path / "capped", max_shift=0.02, **kw)
     assert free["trust_region"] is None
@@ -765,7 +770,10 @@ def test_neural_router_update_has_the_same_options_as_training_update():
             args.bias_calibration) == ("p.yaml", True, 3.0, True, "dr", 1.0, 20.0)
     args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o"])
     assert args.raw_weights is False and args.cost_weight is None  # default: self-normalised, logged prefs
-    assert args.interpolate == 0.5 and args.bias_calibration is None
+    assert args.interpolate is None and args.bias_calibration is None   # run_update decides: 1 refit, 0.5 fine-tune
+    assert args.head_refit == 30.0
+    assert build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
+                                      "--head-refit", "off"]).head_refit is None
 
 
 def test_update_command_passes_bias_calibration_to_run_update(monkeypatch, capsys):
@@ -791,10 +799,10 @@ def test_update_command_passes_bias_calibration_to_run_update(monkeypatch, capsy
     assert seen["max_shift"] == 0.2 and seen["reward_calibration"] == 10.0
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                                  "--reward-calibration", "off"]))
-    assert seen["reward_calibration"] is None and seen["head_refit"] is None   # fine-tuning by default
+    assert seen["reward_calibration"] is None and seen["head_refit"] == 30.0   # the head refit by default
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
-                                                 "--head-refit", "30", "--interpolate", "1"]))
-    assert seen["head_refit"] == 30.0 and seen["interpolate"] == 1.0
+                                                 "--head-refit", "off", "--interpolate", "0.7"]))
+    assert seen["head_refit"] is None and seen["interpolate"] == 0.7
     with pytest.raises(SystemExit):
         build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                    "--reward-calibration", "lots"])
