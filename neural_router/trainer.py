@@ -464,6 +464,9 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     cold-start rows of new models), so an update moves only part of the way from the serving router.
     ``row_interpolate``: ``[len(train.models)]``, the same share per model for its head rows (the
     encoder and trunk use ``interpolate``).
+    ``head_refit``: no fine-tune; only the quality head is refitted, by weighted logistic regression
+    on the trunk features of ``init_from`` (encoder and trunk unchanged), penalised toward its
+    current rows with this strength (:func:`refit_quality_head`). Needs ``init_from``.
     ``bias_calibration``: after training (and interpolating), shift each model's quality bias so
     that its mean prediction on its observed training cells (weighted by ``sample_weights``) moves
     to their mean score, shrunk toward no shift by this many pseudo-observations
@@ -689,8 +692,9 @@ class GradientReversal(torch.autograd.Function):
 
 
 def trunk_features(model: RouterModel, t: Tensors, cfg: TrainConfig, start_layer: int, device) -> torch.Tensor:
-    """The trunk's output (what the heads read) for every prompt of ``t``, in eval mode: ``[N, hidden]``."""
-    model.eval()
+    """The trunk's output (what the heads read) for every prompt of ``t``, in eval mode: ``[N, hidden]``
+    (on the CPU; the model runs on ``device``)."""
+    model.to(device).eval()
     feats = torch.zeros(len(t.lengths), model.config.hidden)
     grab: list[torch.Tensor] = []
     hook = model.trunk.register_forward_hook(lambda _m, _i, o: grab.append(o))
