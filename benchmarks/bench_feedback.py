@@ -441,6 +441,8 @@ def run(args) -> dict:
 
     if args.lineage and not args.gate:
         raise SystemExit("--lineage only changes gated runs: add --gate")
+    if args.refit_naive and args.head_refit is None:
+        raise SystemExit("--refit-naive gives naive retraining the head refit, which --head-refit off turns off")
     t0 = time.time()
     torch.manual_seed(args.seed)
     out = Path(args.out).resolve()

@@ -548,7 +548,7 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     if start_layer:
         cache_hidden(model, tr, start_layer, cfg.batch_size, "caching frozen layers (train)",
                      activation_cache)
-        if va is not None:
+        if va is not None and head_refit is None:   # the refit has no epochs to validate
             cache_hidden(model, va, start_layer, cfg.batch_size, "caching frozen layers (val)",
                          activation_cache)
 
