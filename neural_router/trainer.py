@@ -496,7 +496,8 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                                      "hidden": init_from.config.hidden})
     # tokenise each split once; the router config's cost calibration needs the train prompts' lengths
     tr = to_tensors(train, tokenizer, cfg.max_length, cfg.head_tokens)
-    va = to_tensors(val, tokenizer, cfg.max_length, cfg.head_tokens) if val is not None and len(val) else None
+    va = (to_tensors(val, tokenizer, cfg.max_length, cfg.head_tokens)
+          if val is not None and len(val) and head_refit is None else None)   # the refit has no epochs to validate
     if cfg.adversarial_sources > 0:
         names = sorted(set(train.sources))
         if len(names) < 2:
@@ -548,7 +549,7 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     if start_layer:
         cache_hidden(model, tr, start_layer, cfg.batch_size, "caching frozen layers (train)",
                      activation_cache)
-        if va is not None and head_refit is None:   # the refit has no epochs to validate
+        if va is not None:
             cache_hidden(model, va, start_layer, cfg.batch_size, "caching frozen layers (val)",
                          activation_cache)
 
@@ -626,9 +627,8 @@ def _fit(model: RouterModel, tr: Tensors, va: Tensors | None, cfg: TrainConfig, 
         optimizer, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - max(0, s - warm) / max(1, total - warm)))
     wrapped, optimizer, sched = accelerator.prepare(model, optimizer, sched)
     raw = accelerator.unwrap_model(wrapped)
-    trunk_out: list[torch.Tensor] = []
     if adversary is not None:   # the trunk's features of the current batch, for the adversary
-        hook = raw.trunk.register_forward_hook(lambda _m, _i, o: trunk_out.__setitem__(slice(None), [o]))
+        trunk_out, hook = capture_trunk(raw)
 
     rng = np.random.default_rng(seed)
     history, best, best_state, bad = [], math.inf, None, 0
@@ -691,19 +691,24 @@ class GradientReversal(torch.autograd.Function):
         return -ctx.scale * grad, None
 
 
+def capture_trunk(model: RouterModel):
+    """Hook ``model.trunk``: returns ``(last, handle)``, where ``last[0]`` is the trunk's output (what
+    the heads read) of the latest forward pass; ``handle.remove()`` unhooks it."""
+    last: list[torch.Tensor | None] = [None]
+    return last, model.trunk.register_forward_hook(lambda _m, _i, out: last.__setitem__(0, out))
+
+
 def trunk_features(model: RouterModel, t: Tensors, cfg: TrainConfig, start_layer: int, device) -> torch.Tensor:
     """The trunk's output (what the heads read) for every prompt of ``t``, in eval mode: ``[N, hidden]``
     (on the CPU; the model runs on ``device``)."""
     model.to(device).eval()
     feats = torch.zeros(len(t.lengths), model.config.hidden)
-    grab: list[torch.Tensor] = []
-    hook = model.trunk.register_forward_hook(lambda _m, _i, o: grab.append(o))
+    last, hook = capture_trunk(model)
     try:
         with torch.no_grad():
             for idx in bucket_batches(t.lengths, cfg.batch_size * 2, None):
-                grab.clear()
                 run_model(model, make_batch(t, idx, device), start_layer)
-                feats[torch.as_tensor(idx)] = grab[0].float().cpu()
+                feats[torch.as_tensor(idx)] = last[0].float().cpu()
     finally:
         hook.remove()
     return feats
