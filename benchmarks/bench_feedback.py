@@ -126,9 +126,6 @@ def parse_args(argv=None):
                     help="exploring methods update by refitting only the quality head on the frozen trunk "
                          "(penalty K toward the current head; run_update(head_refit=), default 30 as there); "
                          "off = fine-tune, as every replay before 2026-12-02 did")
-    ap.add_argument("--refit-anchor", choices=("parent", "root"), default="parent",
-                    help="what the head refit pulls toward (run_update refit_anchor): the head it updates "
-                         "(parent) or the one its chain of refits started from (root)")
     ap.add_argument("--log-val", type=float, default=0.1, metavar="F",
                     help="share of the logs kept for early stopping (run_update log_val_fraction)")
     ap.add_argument("--freeze-layers", type=int, default=-1)
@@ -538,7 +535,7 @@ def run(args) -> dict:
                              reward_calibration=args.reward_calibration,
                              overrides={"soup": args.soup} if args.soup and m in EXPLORING else None,
                              head_refit=args.head_refit if m in EXPLORING or (m == "naive" and args.refit_naive)
-                             else None, refit_anchor=args.refit_anchor, log_val_fraction=args.log_val)
+                             else None, log_val_fraction=args.log_val)
             new_dir = Path(res["router_dir"])
             score = evaluate(new_dir, pess)
             prev = results[m][-1]

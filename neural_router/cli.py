@@ -85,9 +85,6 @@ def add_update_arguments(p) -> None:
                    help="refit only the quality head on the router's frozen trunk (weighted logistic "
                         "regression, convex and deterministic, seconds on CPU) with a penalty K toward the "
                         "current head (default 30); off = fine-tune the trunk and heads instead")
-    p.add_argument("--refit-anchor", choices=("parent", "root"), default="parent",
-                   help="what the head refit's penalty pulls toward: the --router's head (parent, the "
-                        "default) or the head its chain of refits started from (root)")
     p.add_argument("--log-val-fraction", type=float, default=0.1, metavar="F",
                    help="share of the logged prompts kept for early stopping (default 0.1)")
     p.add_argument("--reward-calibration", type=float_or_off, default=10.0, metavar="K",

@@ -31,7 +31,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -443,8 +443,7 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
                  val_sample_weights: np.ndarray | None = None, interpolate: float = 1.0,
                  row_interpolate: np.ndarray | None = None, bias_calibration: float | None = None,
                  head_transfer: float | None = None, head_transfer_models: Sequence[str] = (),
-                 head_refit: float | None = None,
-                 refit_anchor: Mapping[str, tuple[torch.Tensor, float]] | None = None):
+                 head_refit: float | None = None):
     """Fine-tune and return (model, tokenizer, history). ``encoder_config`` -> random tiny encoder.
 
     ``init_from``: start from this router instead of the pretrained encoder (its encoder, trunk and
@@ -468,8 +467,6 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
     ``head_refit``: no fine-tune; only the quality head is refitted, by weighted logistic regression
     on the trunk features of ``init_from`` (encoder and trunk unchanged), penalised toward its
     current rows with this strength (:func:`refit_quality_head`). Needs ``init_from``.
-    ``refit_anchor``: with ``head_refit``, penalise toward these rows (model -> (weight row, bias))
-    instead of the current ones, for the models it names.
     ``bias_calibration``: after training (and interpolating), shift each model's quality bias so
     that its mean prediction on its observed training cells (weighted by ``sample_weights``) moves
     to their mean score, shrunk toward no shift by this many pseudo-observations
@@ -561,7 +558,7 @@ def train_router(train: RoutingDataset, val: RoutingDataset | None, pool: ModelP
         if init_from is None:
             raise ValueError("head_refit refits the quality head of an existing router: pass init_from")
         feats = trunk_features(model, tr, cfg, start_layer, device)
-        history = [{"epoch": 0, "head_refit": refit_quality_head(model, tr, feats, head_refit, refit_anchor)}]
+        history = [{"epoch": 0, "head_refit": refit_quality_head(model, tr, feats, head_refit)}]
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     for run in range(cfg.soup if head_refit is None else 0):
         if run:   # every fine-tune starts from the same weights; the first continues the seeded stream
@@ -717,25 +714,15 @@ def trunk_features(model: RouterModel, t: Tensors, cfg: TrainConfig, start_layer
     return feats
 
 
-def refit_quality_head(model: RouterModel, t: Tensors, feats: torch.Tensor, strength: float,
-                       anchor: Mapping[str, tuple[torch.Tensor, float]] | None = None) -> dict:
+def refit_quality_head(model: RouterModel, t: Tensors, feats: torch.Tensor, strength: float) -> dict:
     """Refit every model's quality head row (weights and bias) on fixed trunk features by weighted
-    logistic regression (soft labels for graded scores), penalised toward an anchor row:
+    logistic regression (soft labels for graded scores), penalised toward the current row:
     ``sum_i w_im BCE(z_i . W_m + b_m, s_im) + strength / 2 * |(W_m, b_m) - (W0_m, b0_m)|^2``.
-    The anchor is the current row, or ``anchor[model]`` (a weight row and a bias) for the models it
-    names. Convex and deterministic: the same data gives the same head, more data moves it further."""
+    Convex and deterministic: the same data gives the same head, more data moves it further."""
     if not (math.isfinite(strength) and strength > 0):
         raise ValueError(f"head_refit must be a finite penalty > 0, got {strength}")
     head = model.quality
     W0, b0 = head.weight.detach().float().cpu().clone(), head.bias.detach().float().cpu().clone()
-    anchored = [m for m in model.config.models if anchor and m in anchor]
-    for m in anchored:
-        i = model.config.models.index(m)
-        row, bias = anchor[m]
-        if tuple(row.shape) != (W0.shape[1],):
-            raise ValueError(f"the refit anchor's row for {m!r} has shape {tuple(row.shape)}, the quality head's "
-                             f"rows have {W0.shape[1]} features: the anchor belongs to another trunk")
-        W0[i], b0[i] = row.float(), float(bias)
     S = t.scores.float()
     w = t.weights.float() if t.weights is not None else torch.ones_like(S)
     obs = torch.isfinite(S) & (w > 0)
@@ -754,7 +741,7 @@ def refit_quality_head(model: RouterModel, t: Tensors, feats: torch.Tensor, stre
     with torch.no_grad():
         head.weight.copy_(W.detach().to(head.weight))
         head.bias.copy_(b.detach().to(head.bias))
-    return {"strength": strength, "observed": int(obs.sum()), "anchored": anchored,
+    return {"strength": strength, "observed": int(obs.sum()),
             "bias_shift": [round(float(x), 4) for x in (b - b0).detach()],
             "weight_change": round(float((W - W0).detach().norm()), 4)}
 

@@ -644,20 +644,9 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     out2 = tmp_path / "routers" / res2["version"]
     assert main(["--router", str(out2), "--compare-with", str(out), "--feedback", url,
                  "--output", str(tmp_path / "routers"), "--epochs", "1", "--cost-weight", "0.3",
-                 "--head-transfer", "5", "--refit-anchor", "root"]) == 0
+                 "--head-transfer", "5"]) == 0
     printed = capsys.readouterr().out
     res3 = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
-    # every refitted folder keeps the rows its chain of refits started from: the fine-tuned first
-    # update's; the third update (--refit-anchor root) was pulled toward those, not toward its parent's
-    from training.update import REFIT_ROOT_FILE, refit_root
-    assert not (out / REFIT_ROOT_FILE).exists()                  # a fine-tune starts a new chain
-    first = RouterModel.from_pretrained(out)
-    for d in (out2, tmp_path / "routers" / res3["version"]):
-        rows, version = refit_root(d, RouterModel.from_pretrained(d))
-        assert version == res["version"] and sorted(rows) == sorted(first.config.models)
-        i = first.config.models.index("big")
-        assert torch.equal(rows["big"][0], first.quality.weight[i].detach())
-        assert rows["big"][1] == pytest.approx(float(first.quality.bias[i].detach()))
     promo3 = json.loads((tmp_path / "routers" / res3["version"] / "promotion.json").read_text())
     assert res3["parent_version"] == res2["version"]
     assert promo3["current_version"] == res["version"] and promo3["trained_from"] == res2["version"]
@@ -665,9 +654,6 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert promo2["current_version"] == promo2["trained_from"] == res["version"]   # the default
     tm3 = json.loads((tmp_path / "routers" / res3["version"] / "training_metrics.json").read_text())
     assert tm3["update"]["head_transfer_models"] == ["newbie"]   # inherited from the parent's update
-    assert tm3["update"]["refit_anchor"] == "root" and tm3["update"]["refit_root_version"] == res["version"]
-    assert tm3["history"][0]["head_refit"]["anchored"] == ["big", "mid", "small", "newbie"]
-    assert tm2["update"]["refit_anchor"] == "parent" and tm2["history"][0]["head_refit"]["anchored"] == []
 
 
 def test_share_shift_and_largest_scale():
@@ -854,18 +840,5 @@ def test_train_router_head_refit_changes_only_the_quality_head_deterministically
     assert bce(a) < bce(start)
     with pytest.raises(ValueError, match="head_refit"):
         refit(0.0)
-    # an anchor pulls the named rows toward itself instead of toward the current ones
-    i = parent.config.models.index("big")
-    anchor = {"big": (torch.zeros(parent.config.hidden), 2.0)}
-    pulled, hist_a = train_router(ds, None, pool, cfg, progress=False, init_from=parent, head_refit=1e4,
-                                  refit_anchor=anchor)[::2]
-    pulled = pulled.state_dict()
-    assert hist_a[0]["head_refit"]["anchored"] == ["big"]
-    assert float(pulled["quality.weight"][i].abs().max()) < 0.05 and abs(float(pulled["quality.bias"][i]) - 2.0) < 0.05
-    others = [j for j in range(len(parent.config.models)) if j != i]
-    assert torch.allclose(pulled["quality.weight"][others], strong["quality.weight"][others], atol=1e-4)
-    with pytest.raises(ValueError, match="belongs to another trunk"):
-        train_router(ds, None, pool, cfg, progress=False, init_from=parent, head_refit=1.0,
-                     refit_anchor={"big": (torch.zeros(parent.config.hidden + 1), 0.0)})
     with pytest.raises(ValueError, match="init_from"):
         train_router(ds, None, pool, cfg, progress=False, encoder_config=tiny_encoder_config(), head_refit=1.0)

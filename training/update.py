@@ -557,39 +557,6 @@ def _version_dir(output_dir: Path, parent_version: str) -> tuple[str, Path]:
 # the update
 
 
-REFIT_ROOT_FILE = "refit_root.safetensors"
-
-
-def refit_root(router_dir: Path, model: RouterModel) -> tuple[dict[str, tuple[Any, float]], str]:
-    """The quality head rows (model -> (weight row, bias)) and the version that the chain of head refits
-    ending in ``router_dir`` started from: its ``refit_root.safetensors`` when a head refit wrote it,
-    else its own rows (a trained or fine-tuned router starts a new chain: its trunk is new)."""
-    from safetensors import safe_open
-
-    f = router_dir / REFIT_ROOT_FILE
-    if not f.exists():
-        W, b = model.quality.weight.detach().float().cpu(), model.quality.bias.detach().float().cpu()
-        return {m: (W[i].clone(), float(b[i])) for i, m in enumerate(model.config.models)}, model.config.version
-    with safe_open(str(f), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        W, b = fh.get_tensor("weight"), fh.get_tensor("bias")
-    models = json.loads(meta.get("models", "[]"))
-    if len(models) != W.shape[0] or W.shape[0] != b.shape[0]:
-        raise ValueError(f"{f} is damaged: {len(models)} model names for {W.shape[0]} weight rows and "
-                         f"{b.shape[0]} biases; delete it to anchor the next head refit at this router's own rows")
-    return {m: (W[i], float(b[i])) for i, m in enumerate(models)}, meta.get("version", "")
-
-
-def save_refit_root(out: Path, rows: dict[str, tuple[Any, float]], version: str) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    models = list(rows)
-    save_file({"weight": torch.stack([rows[m][0] for m in models]).contiguous(),
-               "bias": torch.tensor([rows[m][1] for m in models], dtype=torch.float32)},
-              str(out / REFIT_ROOT_FILE), metadata={"models": json.dumps(models), "version": version})
-
-
 def _load_router_folder(d: Path, what: str) -> tuple[RouterModel, Any, dict]:
     """A trained (PyTorch) router folder: its model, tokenizer and training metrics ({} if none)."""
     from transformers import AutoTokenizer
@@ -616,7 +583,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                head_transfer: float | None = 20.0, head_transfer_models: tuple[str, ...] | None = None,
                max_shift: float | None = None, reward_calibration: float | None = 10.0,
                overrides: dict | None = None, head_refit: float | None = 30.0,
-               refit_anchor: str = "parent", n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+               n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
     """Fine-tune ``router_dir`` on the logged outcomes in ``feedback_url`` and judge the result.
 
@@ -696,11 +663,6 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
             on CPU. In the small-slice replay (benchmarks/FEEDBACK.md, "Refitting only the quality
             head") it closed 75 % of the gap to the full-information router on 40 seeds where
             fine-tuning closed 59 %.
-        refit_anchor: what ``head_refit`` penalises toward: ``"parent"`` (the rows of ``router_dir``)
-            or ``"root"`` (the rows of the router the chain of head refits started from, kept in each
-            refitted folder's ``refit_root.safetensors``; models added since are anchored at their
-            parent rows). With ``"root"`` every refit is a function of the root and the logs alone,
-            instead of also of the path of earlier refits.
         n_boot, alpha, seed: bootstrap replicates, CI level (1 - alpha), seed.
         activation_cache: share frozen-layer activations with other updates in this process.
 
@@ -741,8 +703,6 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         raise ValueError(f"head_transfer must be a finite pseudo count > 0 (0 = off), got {head_transfer}")
     if head_refit is not None and not (math.isfinite(head_refit) and head_refit > 0):
         raise ValueError(f"head_refit must be a finite penalty > 0 (None = fine-tune as usual), got {head_refit}")
-    if refit_anchor not in ("parent", "root"):
-        raise ValueError(f"refit_anchor must be 'parent' or 'root', got {refit_anchor!r}")
     if head_transfer is None and head_transfer_models:
         raise ValueError("head_transfer_models names models to rewrite, but head_transfer (the prior's "
                          "strength, e.g. 20) is not set; set it or drop the list")
@@ -814,15 +774,13 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         head_transfer_models = tuple(dict.fromkeys([*new_models, *inherited]))
     row_a = row_shares(train.models, train.mask.sum(0),
                        (tm.get("summary") or {}).get("observed_per_model") or {}, interpolate)
-    root_rows, root_version = refit_root(parent_dir, parent) if head_refit is not None else (None, None)
     model, tok, history = train_router(train, val, pool, cfg, progress=progress, init_from=parent,
                                        sample_weights=sw, cold_start_prior=cold_start_prior,
                                        activation_cache=cache, val_sample_weights=val_w,
                                        interpolate=interpolate,
                                        row_interpolate=row_a if interpolate < 1.0 else None,
                                        bias_calibration=bias_calibration, head_transfer=head_transfer,
-                                       head_transfer_models=head_transfer_models, head_refit=head_refit,
-                                       refit_anchor=root_rows if refit_anchor == "root" else None)
+                                       head_transfer_models=head_transfer_models, head_refit=head_refit)
     trust_region = None
     if max_shift is not None:
         trust_region = limit_traffic_shift(model, parent, tok, pool, requests, models, prefs, max_shift,
@@ -836,8 +794,6 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     model.save_pretrained(out)
     tok.save_pretrained(str(out))
     pool.subset(model.config.models).to_yaml(out / "models.yaml")
-    if root_rows is not None:   # the trunk is the parent's: the next refit's chain starts where this one did
-        save_refit_root(out, root_rows, root_version)
     update_info = {
         "feedback": _safe_url(feedback_url) if own_store else "<FeedbackStore>",
         "router_version_filter": router_version, "logged_requests": len(logs),
@@ -850,7 +806,6 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         "new_models": new_models, "cold_start_prior": cold_start_prior, "interpolate": interpolate,
         "bias_calibration": bias_calibration, "head_transfer": head_transfer,
         "head_transfer_models": list(head_transfer_models), "head_refit": head_refit,
-        "refit_anchor": refit_anchor if head_refit is not None else None, "refit_root_version": root_version,
         "trust_region": trust_region,
         "row_interpolate": dict(zip(train.models, row_a.round(3).tolist())), "skipped": skipped}
     metrics = {"data": data_paths, "summary": train.summary(),
@@ -912,7 +867,7 @@ def run_from_args(args) -> dict[str, Any]:
                       head_transfer_models=tuple(args.head_transfer_models) if args.head_transfer_models else None,
                       max_shift=args.max_shift,
                       reward_calibration=args.reward_calibration, head_refit=args.head_refit,
-                      refit_anchor=args.refit_anchor, log_val_fraction=args.log_val_fraction,
+                      log_val_fraction=args.log_val_fraction,
                       overrides={"epochs": args.epochs, "soup": args.soup})
 
 
