@@ -8,7 +8,8 @@ error, seeds ahead, two-sided sign-test p).
 
 A gated run (``--methods ips --gate``) holds only our method; ``NAME=RUN:BASELINES`` takes the
 no-update, naive and full-information rows from an ungated run that covers the same seeds.
-``RUN_A+RUN_B`` (on either side) pools runs made on different seeds. ``--pool NAME=FILE#ROW+FILE#ROW``
+``RUN_A+RUN_B`` (on either side) pools runs made on different seeds. ``--full-from FILE#ROW`` takes
+the full-information curve from an earlier row when the baselines lack it. ``--pool NAME=FILE#ROW+FILE#ROW``
 pools rows this script wrote earlier (its ``--output`` JSON) when the runs themselves are gone: the
 means, the share of the gap and the per-seed spread of ours − naive are pooled exactly from the rows'
 summaries (the sign test assumes no tied seeds).
@@ -69,9 +70,25 @@ def sign_test(wins: int, n: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
-def summarise(run: str, baselines: str | None, method: str, seeds: list[int] | None = None) -> dict:
+def read_row(spec: str) -> dict:
+    """``FILE#ROW``: one row of an earlier ``--output`` file."""
+    file, _, row = spec.partition("#")
+    table = json.loads(Path(file).read_text())
+    if row not in table:
+        raise SystemExit(f"{file} has no row {row!r} (it has {', '.join(map(repr, table))})")
+    return table[row]
+
+
+def summarise(run: str, baselines: str | None, method: str, seeds: list[int] | None = None,
+              full_from: dict | None = None) -> dict:
     agg = load(run) if seeds is None else only_seeds(load(run), seeds, run)
     base = load(baselines) if baselines else agg
+    if full_from is not None:   # the full-information curve's means, from a row on the same seeds
+        if sorted(full_from["seeds"]) != sorted(agg["seeds"]):
+            raise SystemExit(f"--full-from covers seeds {full_from['seeds']}, {run} has {agg['seeds']}: "
+                             "take it from a row on the same seeds")
+        full = np.r_[np.nan, full_from["mean_utility"]["full"]]
+        base = {**base, "methods": {**base["methods"], "full": {"utility": {"per_seed": [full.tolist()] * len(base["seeds"])}}}}
     missing = sorted(set(agg["seeds"]) - set(base["seeds"]))
     if missing:
         raise SystemExit(f"{run} has seeds {missing} that {baselines} lacks (it has {base['seeds']}): "
@@ -142,14 +159,7 @@ def pool_summaries(name: str, rows: list[dict]) -> dict:
 def pooled_rows(spec: str) -> tuple[str, dict]:
     """``NAME=FILE#ROW+FILE#ROW`` -> (NAME, the pooled summary)."""
     name, _, parts = spec.partition("=")
-    rows = []
-    for part in parts.split("+"):
-        file, _, row = part.partition("#")
-        table = json.loads(Path(file).read_text())
-        if row not in table:
-            raise SystemExit(f"{file} has no row {row!r} (it has {', '.join(map(repr, table))})")
-        rows.append(table[row])
-    return name, pool_summaries(name, rows)
+    return name, pool_summaries(name, [read_row(part) for part in parts.split("+")])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -160,6 +170,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", help="only these seeds of each run, e.g. 0-9 or 0,2,4")
     ap.add_argument("--pool", action="append", default=[], metavar="NAME=FILE#ROW+FILE#ROW",
                     help="pool rows of earlier --output files (runs on different seeds whose folders are gone)")
+    ap.add_argument("--full-from", metavar="FILE#ROW",
+                    help="when the baselines' full-information replays are gone: take that curve's means from a "
+                         "row of an earlier --output file on the same seeds (each replay is deterministic per "
+                         "seed); the share of the gap is then exact, the per-seed spread of full is not used")
     ap.add_argument("--output", help="write the summaries as JSON here")
     args = ap.parse_args(argv)
     seeds = None
@@ -174,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     for spec in args.runs:
         name, _, rest = spec.rpartition("=")
         run, _, baselines = rest.partition(":")
-        out[name or run] = summarise(run, baselines or None, args.method, seeds)
+        out[name or run] = summarise(run, baselines or None, args.method, seeds,
+                                     read_row(args.full_from) if args.full_from else None)
     for spec in args.pool:
         name, pooled = pooled_rows(spec)
         out[name] = pooled

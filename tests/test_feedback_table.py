@@ -117,3 +117,22 @@ def test_pooling_written_rows_equals_pooling_the_runs(tmp_path):
         feedback_table.main(["--pool", f"x={table}#c"])
     with pytest.raises(SystemExit, match="share seeds"):
         feedback_table.main(["--pool", f"x={table}#a+{table}#a"])
+
+
+def test_full_from_an_earlier_row_gives_the_same_share_of_the_gap(tmp_path):
+    rng = __import__("numpy").random.default_rng(1)
+    rows = {m: (base + rng.normal(0, 0.02, (3, 6))).tolist()
+            for m, base in (("static", 0.5), ("naive", 0.55), ("ips", 0.56), ("full", 0.6))}
+    whole = write_run(tmp_path / "whole", [0, 1, 2], rows)
+    table = tmp_path / "table.json"
+    direct = feedback_table.main([f"w={whole}", "--output", str(table)])["w"]
+    # the same replay without its full-information rows (their folders gone), full taken from the table
+    part = write_run(tmp_path / "part", [2, 0, 1], {m: [rows[m][i] for i in (2, 0, 1)] for m in ("static", "naive", "ips")})
+    s = feedback_table.main([part, "--full-from", f"{table}#w"])[part]
+    for key in ("share_of_gap", "naive_share_of_gap", "gap"):
+        assert s[key] == pytest.approx(direct[key])
+    assert s["mean_utility"]["full"] == pytest.approx(direct["mean_utility"]["full"])
+    assert s["ours_minus_naive"]["se"] == pytest.approx(direct["ours_minus_naive"]["se"])
+    other = write_run(tmp_path / "other", [5], {m: [rows[m][0]] for m in ("static", "naive", "ips")})
+    with pytest.raises(SystemExit, match="take it from a row on the same seeds"):
+        feedback_table.main([other, "--full-from", f"{table}#w"])

@@ -740,6 +740,8 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", compare_with=tmp_path)
     with pytest.raises(ValueError, match="holdout_fraction"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", holdout_fraction=1.0)
+    with pytest.raises(ValueError, match=r"log_val_fraction must be in \[0, 1\)"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", log_val_fraction=1.0)
     with pytest.raises(ValueError, match="promote_on: 'ips,foo'"):   # before any training starts
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", promote_on="ips,foo")
     with pytest.raises(ValueError, match="interpolate must be in"):

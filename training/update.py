@@ -673,6 +673,9 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     t0 = time.time()
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    if not 0.0 <= log_val_fraction < 1.0:
+        raise ValueError(f"log_val_fraction must be in [0, 1) (the share of logged prompts kept for early "
+                         f"stopping), got {log_val_fraction}")
     if clip is not None and not clip >= 1.0:
         raise ValueError(f"clip must be >= 1 (or None), got {clip}")
     if interpolate is None:
