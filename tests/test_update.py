@@ -805,6 +805,10 @@ def test_update_command_passes_bias_calibration_to_run_update(monkeypatch, capsy
     upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                                  "--head-refit", "off", "--interpolate", "0.7"]))
     assert seen["head_refit"] is None and seen["interpolate"] == 0.7
+    assert seen["log_val_fraction"] == 0.1
+    upd.run_from_args(build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
+                                                 "--log-val-fraction", "0"]))
+    assert seen["log_val_fraction"] == 0.0
     with pytest.raises(SystemExit):
         build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                    "--reward-calibration", "lots"])
