@@ -87,8 +87,9 @@ def summarise(run: str, baselines: str | None, method: str, seeds: list[int] | N
         if sorted(full_from["seeds"]) != sorted(agg["seeds"]):
             raise SystemExit(f"--full-from covers seeds {full_from['seeds']}, {run} has {agg['seeds']}: "
                              "take it from a row on the same seeds")
-        full = np.r_[np.nan, full_from["mean_utility"]["full"]]
-        base = {**base, "methods": {**base["methods"], "full": {"utility": {"per_seed": [full.tolist()] * len(base["seeds"])}}}}
+        full = np.r_[np.nan, full_from["mean_utility"]["full"]].tolist()   # round 0 is never read
+        base = {**base, "methods": {**base["methods"],
+                                    "full": {"utility": {"per_seed": [full] * len(base["seeds"])}}}}
     missing = sorted(set(agg["seeds"]) - set(base["seeds"]))
     if missing:
         raise SystemExit(f"{run} has seeds {missing} that {baselines} lacks (it has {base['seeds']}): "
