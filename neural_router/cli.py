@@ -84,7 +84,8 @@ def add_update_arguments(p) -> None:
     p.add_argument("--head-refit", type=float_or_off, default=30.0, metavar="K",
                    help="refit only the quality head on the router's frozen trunk (weighted logistic "
                         "regression, convex and deterministic, seconds on CPU) with a penalty K toward the "
-                        "current head (default 30); off = fine-tune the trunk and heads instead")
+                        "current head (default 30); off = fine-tune the trunk and heads instead, which "
+                        "may pay once an update has a few hundred outcomes (benchmarks/FEEDBACK.md)")
     p.add_argument("--log-val-fraction", type=float, default=0.1, metavar="F",
                    help="share of the logged prompts kept for early stopping (default 0.1)")
     p.add_argument("--reward-calibration", type=float_or_off, default=10.0, metavar="K",
