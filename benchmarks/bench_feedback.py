@@ -85,6 +85,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from neural_router import update_defaults as D  # noqa: E402
 from neural_router.cli import float_or_off  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,11 +123,11 @@ def parse_args(argv=None):
                          "promoted (run_update compare_with= the serving router), so a missed improvement "
                          "is delayed rather than lost")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--head-refit", type=float_or_off, default=30.0, metavar="K",
+    ap.add_argument("--head-refit", type=float_or_off, default=D.HEAD_REFIT, metavar="K",
                     help="exploring methods update by refitting only the quality head on the frozen trunk "
-                         "(penalty K toward the current head; run_update(head_refit=), default 30 as there); "
+                         "(penalty K toward the current head; run_update(head_refit=), default %(default)s as there); "
                          "off = fine-tune, as every replay before 2026-12-02 did")
-    ap.add_argument("--log-val", type=float, default=0.1, metavar="F",
+    ap.add_argument("--log-val", type=float, default=D.LOG_VAL_FRACTION, metavar="F",
                     help="share of the logs kept for early stopping (run_update log_val_fraction)")
     ap.add_argument("--freeze-layers", type=int, default=-1)
     ap.add_argument("--max-length", type=int, default=128)
@@ -151,10 +152,10 @@ def parse_args(argv=None):
     ap.add_argument("--bias-calibration", type=float, default=None, metavar="K",
                     help="exploring methods recalibrate each model's quality bias on the update's training "
                          "outcomes, shrunk by K pseudo-observations (run_update bias_calibration; off by default)")
-    ap.add_argument("--head-transfer", type=float, default=20.0, metavar="P",
+    ap.add_argument("--head-transfer", type=float, default=D.HEAD_TRANSFER, metavar="P",
                     help="exploring methods refit the new model's quality head as a mixture of the other "
                          "models' rows, with a prior at their average as strong as P outcomes "
-                         "(run_update head_transfer; default 20 as there, 0 = off)")
+                         "(run_update head_transfer; default %(default)s as there, 0 = off)")
     ap.add_argument("--pessimism", type=float, default=None, metavar="K",
                     help="the exploring methods route (and are scored) on quality lowered by K standard "
                          "errors of their router's evidence per model (neural_router.policy."
@@ -170,9 +171,9 @@ def parse_args(argv=None):
     ap.add_argument("--soup", type=int, default=None, metavar="N",
                     help="exploring methods' updates average the weights of N fine-tunes with different seeds "
                          "(neural-router update --soup N)")
-    ap.add_argument("--reward-calibration", type=float_or_off, default=10.0, metavar="K",
+    ap.add_argument("--reward-calibration", type=float_or_off, default=D.REWARD_CALIBRATION, metavar="K",
                     help="calibration of the promotion check's reward model (run_update reward_calibration; "
-                         "default 10, off = uncalibrated as before it existed)")
+                         "default %(default)s, off = uncalibrated as before it existed)")
     ap.add_argument("--keep-weights", action="store_true",
                     help="keep every router's weights (by default those no method serves or fine-tunes from "
                          "any more are deleted to save disk), so that candidates can be re-judged afterwards "

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from neural_router import update_defaults as D
+
 
 def _add_prefs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preferences and constraints")
@@ -71,27 +73,27 @@ def add_update_arguments(p) -> None:
     p.add_argument("--bias-calibration", type=float, default=None, metavar="K",
                    help="after fine-tuning, move each model's mean predicted quality on its training outcomes "
                         "to their (weighted) mean score, shrunk by K pseudo-observations (off by default)")
-    p.add_argument("--head-transfer", type=float, default=20.0, metavar="P",
+    p.add_argument("--head-transfer", type=float, default=D.HEAD_TRANSFER, metavar="P",
                    help="rewrite each new pool member's quality head as a mixture of the known models' heads "
                         "fitted to its outcomes, with a prior at their average as strong as P outcomes "
-                        "(default 20; 0 = off; see --head-transfer-models)")
+                        "(default %(default)s; 0 = off; see --head-transfer-models)")
     p.add_argument("--head-transfer-models", nargs="+", default=None, metavar="MODEL",
                    help="the models --head-transfer rewrites (default: those this update adds to the pool "
                         "and those the parent's update rewrote)")
     p.add_argument("--max-shift", type=float, default=None, metavar="S",
                    help="trust region: scale the update down until at most this share (0-1] of the logged "
                         "traffic moves to another model (default: off)")
-    p.add_argument("--head-refit", type=float_or_off, default=30.0, metavar="K",
+    p.add_argument("--head-refit", type=float_or_off, default=D.HEAD_REFIT, metavar="K",
                    help="refit only the quality head on the router's frozen trunk (weighted logistic "
                         "regression, convex and deterministic, seconds on CPU) with a penalty K toward the "
-                        "current head (default 30); off = fine-tune the trunk and heads instead, which "
+                        "current head (default %(default)s); off = fine-tune the trunk and heads instead, which "
                         "may pay once an update has a few hundred outcomes (benchmarks/FEEDBACK.md)")
-    p.add_argument("--log-val-fraction", type=float, default=0.1, metavar="F",
-                   help="share of the logged prompts kept for early stopping (default 0.1)")
-    p.add_argument("--reward-calibration", type=float_or_off, default=10.0, metavar="K",
+    p.add_argument("--log-val-fraction", type=float, default=D.LOG_VAL_FRACTION, metavar="F",
+                   help="share of the logged prompts kept for early stopping (default %(default)s)")
+    p.add_argument("--reward-calibration", type=float_or_off, default=D.REWARD_CALIBRATION, metavar="K",
                    help="calibrate the promotion check's reward model on the logs the update trained on: "
                         "each model's predicted quality moves by its mean residual there, shrunk by K "
-                        "pseudo-requests (default 10; off = uncalibrated)")
+                        "pseudo-requests (default %(default)s; off = uncalibrated)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -848,3 +848,19 @@ def test_train_router_head_refit_changes_only_the_quality_head_deterministically
         refit(0.0)
     with pytest.raises(ValueError, match="init_from"):
         train_router(ds, None, pool, cfg, progress=False, encoder_config=tiny_encoder_config(), head_refit=1.0)
+
+
+def test_update_command_defaults_are_run_updates():
+    """`neural-router update` with no options runs run_update's defaults (one set, neural_router.update_defaults)."""
+    import inspect
+
+    from neural_router.cli import build_parser
+    from training.update import parse_promote_on, run_update
+
+    args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f", "--output", "o"])
+    shared = [(n, p.default) for n, p in inspect.signature(run_update).parameters.items() if hasattr(args, n)]
+    assert len(shared) >= 15
+    for name, default in shared:
+        given = getattr(args, name)
+        given = parse_promote_on(given) if name == "promote_on" else given
+        assert given == default, f"--{name.replace('_', '-')} defaults to {given!r}, run_update to {default!r}"

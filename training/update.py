@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from neural_router import offpolicy as op
+from neural_router import update_defaults as D
 from neural_router.card import write_model_card
 from neural_router.data import RoutingDataset, load_routing_data, prompt_hash_unit
 from neural_router.feedback import FeedbackStore, replay_context
@@ -340,7 +341,7 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
 
 def check_on_logs(current: tuple, new: tuple, pool: ModelPool, models: list[str],
                   logged: list[dict[str, Any]], fit: list[dict[str, Any]], prefs: Preferences | None,
-                  reward_calibration: float | None = 10.0, n_boot: int = 1000, alpha: float = 0.05,
+                  reward_calibration: float | None = D.REWARD_CALIBRATION, n_boot: int = 1000, alpha: float = 0.05,
                   seed: int = 0, cache: ActivationCache | None = None) -> dict[str, Any]:
     """The promotion check: :func:`compare_on_logs` of the ``current`` and ``new`` routers (each a
     ``(model, tokenizer, TrainConfig)``) on the held-out ``logged`` requests, its reward model
@@ -578,11 +579,11 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                holdout_fraction: float = 0.3, original_sample: int | None = 2000,
                router_version: str | None = None, cold_start_prior: float | None = None,
                importance_weighting: bool = True, normalize_weights: bool = True,
-               log_val_fraction: float = 0.1, interpolate: float | None = None,
+               log_val_fraction: float = D.LOG_VAL_FRACTION, interpolate: float | None = None,
                compare_with: str | Path | None = None, bias_calibration: float | None = None,
-               head_transfer: float | None = 20.0, head_transfer_models: tuple[str, ...] | None = None,
-               max_shift: float | None = None, reward_calibration: float | None = 10.0,
-               overrides: dict | None = None, head_refit: float | None = 30.0,
+               head_transfer: float | None = D.HEAD_TRANSFER, head_transfer_models: tuple[str, ...] | None = None,
+               max_shift: float | None = None, reward_calibration: float | None = D.REWARD_CALIBRATION,
+               overrides: dict | None = None, head_refit: float | None = D.HEAD_REFIT,
                n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
                activation_cache: ActivationCache | None = None, progress: bool = False) -> dict[str, Any]:
     """Fine-tune ``router_dir`` on the logged outcomes in ``feedback_url`` and judge the result.
