@@ -232,7 +232,7 @@ class Evaluator:
         self.lambdas = M.lambda_grid(ds.cost_usd, n=80)
 
     def __call__(self, router_dir: Path, pessimism: float | None = None) -> dict:
-        from training.update import policy_probs
+        from training.promotion import policy_probs
 
         model, tok, cfg = load_router(router_dir)
         raw = predict(model, tok, self.pool, self.ds.prompts, cfg, self.cache)
@@ -280,7 +280,7 @@ def load_router(router_dir: Path):
 
 
 def predict(model, tok, pool, prompts, cfg, cache):
-    from training.update import predict_router
+    from training.promotion import predict_router
 
     return predict_router(model, tok, pool, prompts, cfg, cache)
 
@@ -440,7 +440,8 @@ def run(args) -> dict:
     from neural_router.pool import ModelPool
     from neural_router.trainer import ActivationCache
     from training.train import run_train
-    from training.update import promotion_verdict, run_update
+    from training.promotion import promotion_verdict
+    from training.update import run_update
 
     if args.lineage and not args.gate:
         raise SystemExit("--lineage only changes gated runs: add --gate")

@@ -1,7 +1,7 @@
 """Re-judge the candidates of gated replays with other promotion checks, against the truth.
 
 ``benchmarks/gate_accuracy.py`` scores the statistics a replay recorded. This script re-runs the
-promotion check itself (``training.update.check_on_logs``, the code ``run_update`` calls) on every
+promotion check itself (``training.promotion.check_on_logs``, the code ``run_update`` calls) on every
 candidate of replays written with ``bench_feedback.py --gate --keep-weights``, with the reward model
 uncalibrated and calibrated, and scores each statistic the same way:
 
@@ -56,8 +56,8 @@ def rejudge_seed(sd: Path, method: str, data_cache: dict) -> list[dict]:
     from neural_router.policy import Preferences
     from neural_router.pool import ModelPool
     from neural_router.trainer import ActivationCache
-    from training.update import (_pref_weights, check_on_logs, is_holdout, logged_request, policy_probs,
-                                 predict_router)
+    from training.promotion import check_on_logs, logged_request, policy_probs, pref_weights, predict_router
+    from training.update import is_holdout
 
     report = json.loads((sd / "bench_feedback.json").read_text())
     a = report["args"]
@@ -103,7 +103,7 @@ def rejudge_seed(sd: Path, method: str, data_cache: dict) -> list[dict]:
                              f"{recorded:+.6f} (reward model calibration {promo.get('reward_model')})")
         # the oracle: the true utilities of both routers' choices on these prompts
         prompts = [d["prompt"] for d in logged]
-        weights = _pref_weights(prefs, [d["preferences"] for d in logged])
+        weights = pref_weights(prefs, [d["preferences"] for d in logged])
         contexts = [d.get("context") or {} for d in logged]
         choice = [policy_probs(predict_router(*r[:2], pool, prompts, r[2], cache), models, pool, weights,
                                contexts).argmax(1) for r in (cur, new)]

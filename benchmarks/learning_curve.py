@@ -54,7 +54,7 @@ def one(data, salt: str, fractions: list[float], config, cache) -> list[dict]:
     from neural_router.pool import ModelPool
     from neural_router.trainer import train_router
     from training.train import default_config_path, load_train_config
-    from training.update import predict_router
+    from training.promotion import predict_router
 
     base = load_train_config(config)
     cfg = base.model_copy(update={"data": base.data.model_copy(update={"split_salt": salt})})

@@ -19,8 +19,9 @@ from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
 from neural_router.trainer import (ActivationCache, TrainConfig, calibrate_quality_bias, fit_head_mixture,
                                    initial_quality_bias, masked_losses, model_from_parent, rank_loss, train_router)
-from training.update import (compare_on_logs, largest_scale, reward_model_shift, logged_dataset, parent_state_like, policy_probs,
-                             predict_router, promotion_verdict, row_shares, run_update, share_shift)
+from training.promotion import compare_on_logs, policy_probs, predict_router, promotion_verdict, reward_model_shift
+from training.update import (largest_scale, logged_dataset, parent_state_like, row_shares, run_update,
+                             share_shift)
 
 from conftest import TINY_POOL, TOPICS, WORDS, tiny_encoder_config
 
@@ -855,7 +856,8 @@ def test_update_command_defaults_are_run_updates():
     import inspect
 
     from neural_router.cli import build_parser
-    from training.update import parse_promote_on, run_update
+    from training.promotion import parse_promote_on
+    from training.update import run_update
 
     args = build_parser().parse_args(["update", "--router", "r", "--feedback", "f", "--output", "o"])
     shared = [(n, p.default) for n, p in inspect.signature(run_update).parameters.items() if hasattr(args, n)]
