@@ -220,8 +220,14 @@ def cmd_export(args) -> int:
     return 0
 
 
-def iter_jsonl(path: str, required: str):
-    """Yield (line number, record) for each non-empty line; each must be an object with a string ``required``."""
+MAX_LISTED = 10   # bad input lines named in one error message
+
+
+def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-empty line of a JSONL file; each must be an object with a
+    string ``required`` (not blank with ``nonempty``). The whole file is checked before anything is
+    done with it, and every bad line is reported in one error (the first ``MAX_LISTED`` by number)."""
+    records, problems = [], []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -229,20 +235,25 @@ def iter_jsonl(path: str, required: str):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+                problems.append(f"line {n}: not valid JSON ({e.msg})")
+                continue
             if not isinstance(rec, dict) or not isinstance(rec.get(required), str):
-                raise ValueError(f"{path}, line {n}: expected an object with a string {required!r}")
-            yield n, rec
+                problems.append(f"line {n}: expected an object with a string {required!r}")
+            elif nonempty and not rec[required].strip():
+                problems.append(f"line {n}: {required!r} is empty")
+            else:
+                records.append((n, rec))
+    if problems:
+        listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {len(problems) - MAX_LISTED} more"
+                                                     if len(problems) > MAX_LISTED else "")
+        raise ValueError(f"{path}: {len(problems)} bad line(s), nothing was processed: {listed}. Each line "
+                         f"must be a JSON object such as {{\"id\": 1, \"{required}\": \"...\"}}")
+    return records
 
 
 def read_jsonl(path: str) -> tuple[list, list[str]]:
-    ids, prompts = [], []
-    for n, rec in iter_jsonl(path, "prompt"):
-        if not rec["prompt"].strip():
-            raise ValueError(f"{path}, line {n}: 'prompt' is empty")
-        ids.append(rec.get("id", n))
-        prompts.append(rec["prompt"])
-    return ids, prompts
+    records = read_jsonl_records(path, "prompt", nonempty=True)
+    return [rec.get("id", n) for n, rec in records], [rec["prompt"] for _, rec in records]
 
 
 def cmd_predict(args) -> int:
@@ -281,6 +292,8 @@ def print_decision(result, prompt: str) -> None:
 def cmd_route(args) -> int:
     from .router import Router
 
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty: give the text to route, e.g. --prompt 'What is 2 + 2?'")
     prefs, cons, feats = _prefs(args)
     result = Router.from_pretrained(args.router, device=args.device).route(args.prompt, prefs, cons, feats)
     if args.json:
@@ -296,7 +309,7 @@ def cmd_score(args) -> int:
     spec = args.scorer if ":" in args.scorer and not args.scorer.lstrip().startswith("{") else json.loads(args.scorer)
     scorer = load_scorer(spec)
     rows = []
-    for _, rec in iter_jsonl(args.input, "response"):
+    for _, rec in read_jsonl_records(args.input, "response"):
         rec["score"] = float(scorer.score(rec.get("prompt", ""), rec["response"], rec.get("reference")))
         rows.append(rec)
     if args.output:

@@ -151,9 +151,14 @@ def test_cli_route_and_bad_input(tmp_path, tiny_router_dir):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["model"] in {"big", "mid", "small"}
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": 1, "prompt": "ok"}\n{"id": 2}\n')
+    bad.write_text('{"id": 1, "prompt": "ok"}\n{"id": 2}\nnot json\n{"id": 4, "prompt": "  "}\n')
     r = run_cli("predict", "--router", str(tiny_router_dir), "--input", str(bad), "--output", str(tmp_path / "o"))
-    assert r.returncode == 2 and "line 2" in r.stderr
+    assert r.returncode == 2 and not (tmp_path / "o").exists()
+    # every bad line is named in one message, with what a good line looks like
+    assert "3 bad line(s)" in r.stderr and all(f"line {n}" in r.stderr for n in (2, 3, 4)), r.stderr
+    assert "line 1" not in r.stderr and '"prompt": "..."' in r.stderr
+    r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", " ")
+    assert r.returncode == 2 and "--prompt is empty" in r.stderr
     r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", "x", "--deny", "nope")
     assert r.returncode == 2 and "nope" in r.stderr
 
