@@ -38,6 +38,9 @@ CHARS_PER_TOKEN = 4.0  # output tokens estimated from response text: ceil(len(ch
 SPLIT_SUFFIXES = ("_train", "_test", "_validation", "_val", "_dev")
 
 
+MAX_LISTED_ERRORS = 20   # data problems named in one error message
+
+
 class DataError(ValueError):
     """Bad input data; the message names the file, row and column and says how to fix it."""
 
@@ -214,11 +217,32 @@ class _Builder:
         self.sums = {f: [] for f in self.FIELDS}
         self.counts = {f: [] for f in self.FIELDS}
         self.skipped: dict[str, int] = {}
+        self.errors: list[str] = []   # problems to raise together once every file is read (the first few)
+        self.n_errors = 0
         self.M = len(pool)
+
+    def error(self, where: str, msg: str) -> None:
+        """A problem the configuration does not allow skipping: noted, and raised with all the
+        others by :meth:`raise_errors` (the row or cell is dropped meanwhile, as a skip would)."""
+        self.n_errors += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append(f"{where}: {msg}")
+
+    def raise_errors(self) -> None:
+        if not self.n_errors:
+            return
+        if self.n_errors == 1:
+            raise DataError(self.errors[0])
+        more = self.n_errors - len(self.errors)
+        raise DataError(f"{self.n_errors} problems in the data, nothing was loaded:\n  " + "\n  ".join(self.errors)
+                        + (f"\n  ... and {more} more" if more else "")
+                        + "\nFix them, or set data.on_error: skip (data.unknown_models: skip for models the "
+                          "pool does not know) to drop those cells and rows, counted in the log")
 
     def problem(self, where: str, msg: str, kind: str = "bad value") -> None:
         if self.cfg.on_error == "raise":
-            raise DataError(f"{where}: {msg}")
+            self.error(where, msg)
+            return
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
         log.warning("skipping %s: %s", where, msg)
 
@@ -272,7 +296,8 @@ class _Builder:
             msg = (f"model {name!r} is not in the pool; add it to configs/models.yaml "
                    "(or set data.unknown_models: skip)")
             if self.cfg.unknown_models == "raise":
-                raise DataError(f"{where}: {msg}")
+                self.error(where, msg)
+                return None
             self.skipped["unknown model"] = self.skipped.get("unknown model", 0) + 1
             log.warning("skipping %s: %s", where, msg)
             return None
@@ -315,6 +340,7 @@ def _add_wide(b: _Builder, location: str, rows: list[dict[str, Any]]) -> None:
         if j is not None:
             models[c] = j
     if not models:
+        b.raise_errors()   # the columns' models the pool does not know, named, before the general complaint
         raise DataError(f"{location}: wide format but no model score columns were found "
                         f"(columns: {', '.join(columns)})")
     for r, rec in enumerate(rows, start=1):
@@ -419,4 +445,5 @@ def load_routing_data(paths: list[str] | str, pool: ModelPool,
             fmt = detect_format(location, list(rows[0].keys()))
             {"wide": _add_wide, "routerdc": _add_routerdc, "long": _add_long}[fmt](b, location, rows)
             log.info("read %s (%s, %d rows)", location, fmt, len(rows))
+    b.raise_errors()
     return b.build()

@@ -150,3 +150,19 @@ def test_real_shared_data_both_sources():
     rb = ds.select_models(ds.models[:11])
     assert len(rb) == 2225 and 0 < np.isnan(rb.scores).mean() < 0.02  # ~1% missing outcomes
     assert np.isfinite(rb.cost_usd).mean() > 0.9
+
+
+def test_every_bad_row_is_named_in_one_error_and_nothing_is_loaded(tmp_path, pool):
+    """A file with several problems is reported whole (file, row, column of each), not one per run."""
+    rows = [["", "big", "1"], ["p", "gpt-9", "1"], ["q", "big", "abc"], ["r", "big", "0.5"], ["s", "big", "7"]]
+    f = write_csv(tmp_path / "long.csv", ["prompt", "model", "score"], rows)
+    with pytest.raises(DataError) as e:
+        load_routing_data([str(f)], pool)
+    msg = str(e.value)
+    assert msg.startswith("4 problems in the data, nothing was loaded")
+    for where in ("row 1, column 'prompt'", "row 2, column 'model'", "row 3, column 'score'", "row 5, column 'score'"):
+        assert f"{f}, {where}" in msg, msg
+    assert "row 4" not in msg and "data.on_error: skip" in msg
+    many = write_csv(tmp_path / "many.csv", ["prompt", "model", "score"], [[f"p{i}", "big", "x"] for i in range(30)])
+    with pytest.raises(DataError, match=r"30 problems in the data(.|\n)*\.\.\. and 10 more"):
+        load_routing_data([str(many)], pool)
