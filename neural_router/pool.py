@@ -14,6 +14,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from neural_router.validation import describe
+
 Modality = Literal["text", "image", "audio", "tools"]
 
 
@@ -129,7 +131,7 @@ class ModelPool(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            raise ValueError(f"{path}: invalid model pool:\n{e}") from None
+            raise ValueError(f"{path}: invalid model pool (see configs/models.yaml):\n{describe(e, raw)}") from None
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False),

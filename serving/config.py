@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from neural_router.exploration import ExplorationConfig
+from neural_router.validation import describe
 
 Device = Literal["auto", "cuda", "cpu"]
 
@@ -265,4 +266,4 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:
         where = f"config file {config_file} / " if config_file else ""
-        raise ConfigError(f"invalid settings ({where}NEURAL_ROUTER_* environment):\n{e}") from None
+        raise ConfigError(f"invalid settings ({where}NEURAL_ROUTER_* environment):\n{describe(e, data)}") from None

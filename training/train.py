@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from neural_router.card import write_model_card
 from neural_router.data import load_routing_data
 from neural_router.pool import ModelPool
+from neural_router.validation import describe
 from neural_router.trainer import TrainConfig, train_router
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,9 @@ def load_train_config(path: str | Path | None, overrides: dict | None = None) ->
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return TrainConfig.model_validate(raw)
-    except Exception as e:
-        raise ValueError(f"{p}: invalid training config:\n{e}") from None
+    except ValidationError as e:
+        raise ValueError(f"{p}: invalid training config (keys: neural_router/trainer.py TrainConfig):\n"
+                         f"{describe(e, raw)}") from None
 
 
 def run_train(data: list[str], output: str | Path, config: str | Path | None = None,

@@ -1,0 +1,48 @@
+"""Readable messages for invalid configuration files (model pool, training and serving YAML).
+
+pydantic's own message is thorough but written for developers (``models.0.input_price_per_1m`` and
+a documentation link per error). :func:`describe` turns it into one line per problem that says where
+(``models[0] 'gpt-x'.input_price_per_1m``), what is wrong and what value was given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+SECRET_HINTS = ("key", "secret", "password")   # a field whose name has one of these never shows its value
+
+
+def _where(loc: tuple, raw: Any) -> str:
+    """``("models", 0, "input_price_per_1m")`` -> ``models[0] 'a'.input_price_per_1m`` (the list item's
+    ``name`` where the raw input has one)."""
+    out, node = "", raw
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, (list, tuple)) and -len(node) <= part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                out += f" {node['name']!r}"
+        else:
+            out += ("." if out else "") + str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def describe(error: ValidationError, raw: Any = None) -> str:
+    """One line per problem: ``where: message (got value)`` (no value for secrets). An error on a container whose items have
+    errors of their own (a list that is "too short" only because its items failed) is left out."""
+    errors = error.errors()
+    locs = [tuple(e["loc"]) for e in errors]
+    lines = []
+    for e, loc in zip(errors, locs):
+        if any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs):
+            continue
+        msg = "missing (required)" if e["type"] == "missing" else e["msg"]
+        given = e.get("input")
+        secret = any(h in str(part).lower() for part in loc for h in SECRET_HINTS)
+        shown = ("" if e["type"] == "missing" or secret or isinstance(given, (dict, list, tuple))
+                 else f" (got {given!r})")
+        lines.append(f"  {_where(loc, raw)}: {msg}{shown}")
+    return "\n".join(lines)
