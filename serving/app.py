@@ -87,11 +87,31 @@ def _error(request: Request, status: int, message: Any, code: str,
     return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
+def validation_issues(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's errors as ``{"loc", "msg", "type"}`` issues. For an optional field (``str | None``)
+    pydantic reports each branch of the union: ``prompt.constrained-str: too short`` and ``prompt.none:
+    Input should be None``. The None branch says nothing to a caller who sent a value, so it is left
+    out and the other branches are reported at the field itself (``["body", "prompt"]``)."""
+    issues = [{"loc": [p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())],
+               "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors]
+    optional = {tuple(i["loc"][:-1]) for i in issues if i["type"] == "none_required" and i["loc"]}
+    if not optional:
+        return issues
+    out = []
+    for i in issues:
+        parent = tuple(i["loc"][:-1])
+        if parent in optional and len(i["loc"]) > 1:
+            if i["type"] == "none_required":
+                continue
+            i = {**i, "loc": list(parent)}
+        out.append(i)
+    return out
+
+
 def _install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        issues = [{"loc": [p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())],
-                   "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+        issues = validation_issues(list(exc.errors()))
         metrics.rejected.labels("validation").inc()
         return _error(request, 422, issues, "invalid_request")
 

@@ -171,6 +171,13 @@ def test_bad_input_is_422_with_a_message(client: TestClient, payload: dict[str, 
     assert r.json()["detail"]
 
 
+def test_an_empty_prompt_is_one_issue_at_the_field(client: TestClient) -> None:
+    """Not also "Input should be None" from the optional field's other branch."""
+    r = client.post("/v1/route", json={"prompt": ""})
+    assert r.status_code == 422
+    assert [(i["loc"], i["type"]) for i in r.json()["detail"]] == [(["body", "prompt"], "string_too_short")]
+
+
 def test_nan_weights_malformed_json_and_invalid_utf8(client: TestClient) -> None:
     h = {"content-type": "application/json"}
     r = client.post("/v1/route", content=b'{"prompt": "a", "preferences": {"cost_weight": NaN}}', headers=h)
