@@ -220,14 +220,13 @@ def cmd_export(args) -> int:
     return 0
 
 
-MAX_LISTED = 10   # bad input lines named in one error message
-
-
 def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list[tuple[int, dict]]:
     """(line number, record) for each non-empty line of a JSONL file; each must be an object with a
     string ``required`` (not blank with ``nonempty``). The whole file is checked before anything is
-    done with it, and every bad line is reported in one error (the first ``MAX_LISTED`` by number)."""
-    records, problems = [], []
+    done with it, and every bad line is reported in one error (the first few named, the rest counted)."""
+    from .validation import MAX_LISTED, problem_list
+
+    records, problems, n_bad = [], [], 0
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -235,19 +234,21 @@ def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                problems.append(f"line {n}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(rec, dict) or not isinstance(rec.get(required), str):
-                problems.append(f"line {n}: expected an object with a string {required!r}")
-            elif nonempty and not rec[required].strip():
-                problems.append(f"line {n}: {required!r} is empty")
+                problem = f"line {n}: not valid JSON ({e.msg})"
             else:
-                records.append((n, rec))
-    if problems:
-        listed = "; ".join(problems[:MAX_LISTED]) + (f"; and {len(problems) - MAX_LISTED} more"
-                                                     if len(problems) > MAX_LISTED else "")
-        raise ValueError(f"{path}: {len(problems)} bad line(s), nothing was processed: {listed}. Each line "
-                         f"must be a JSON object such as {{\"id\": 1, \"{required}\": \"...\"}}")
+                if not isinstance(rec, dict) or not isinstance(rec.get(required), str):
+                    problem = f"line {n}: expected an object with a string {required!r}"
+                elif nonempty and not rec[required].strip():
+                    problem = f"line {n}: {required!r} is empty"
+                else:
+                    records.append((n, rec))
+                    continue
+            n_bad += 1
+            if len(problems) < MAX_LISTED:
+                problems.append(problem)
+    if n_bad:
+        raise ValueError(f"{path}: {n_bad} bad line(s), nothing was processed:\n{problem_list(problems, n_bad)}\n"
+                         f"Each line must be a JSON object such as {{\"id\": 1, \"{required}\": \"...\"}}")
     return records
 
 

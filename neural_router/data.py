@@ -30,15 +30,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .pool import ModelPool
+from .validation import MAX_LISTED, problem_list
 
 log = logging.getLogger(__name__)
 
 FILE_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 CHARS_PER_TOKEN = 4.0  # output tokens estimated from response text: ceil(len(chars) / 4)
 SPLIT_SUFFIXES = ("_train", "_test", "_validation", "_val", "_dev")
-
-
-MAX_LISTED_ERRORS = 20   # data problems named in one error message
 
 
 class DataError(ValueError):
@@ -225,7 +223,7 @@ class _Builder:
         """A problem the configuration does not allow skipping: noted, and raised with all the
         others by :meth:`raise_errors` (the row or cell is dropped meanwhile, as a skip would)."""
         self.n_errors += 1
-        if len(self.errors) < MAX_LISTED_ERRORS:
+        if len(self.errors) < MAX_LISTED:
             self.errors.append(f"{where}: {msg}")
 
     def raise_errors(self) -> None:
@@ -233,9 +231,8 @@ class _Builder:
             return
         if self.n_errors == 1:
             raise DataError(self.errors[0])
-        more = self.n_errors - len(self.errors)
-        raise DataError(f"{self.n_errors} problems in the data, nothing was loaded:\n  " + "\n  ".join(self.errors)
-                        + (f"\n  ... and {more} more" if more else "")
+        raise DataError(f"{self.n_errors} problems in the data, nothing was loaded:\n"
+                        + problem_list(self.errors, self.n_errors)
                         + "\nFix them, or set data.on_error: skip (data.unknown_models: skip for models the "
                           "pool does not know) to drop those cells and rows, counted in the log")
 

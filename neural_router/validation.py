@@ -1,4 +1,5 @@
-"""Readable messages for invalid configuration files (model pool, training and serving YAML).
+"""Readable messages for invalid input: configuration files (model pool, training and serving YAML)
+and lists of bad rows or lines.
 
 pydantic's own message is thorough but written for developers (``models.0.input_price_per_1m`` and
 a documentation link per error). :func:`describe` turns it into one line per problem that says where
@@ -12,6 +13,15 @@ from typing import Any
 from pydantic import ValidationError
 
 SECRET_HINTS = ("key", "secret", "password")   # a field whose name has one of these never shows its value
+MAX_LISTED = 20   # problems named in one message; the rest are counted
+
+
+def problem_list(problems: list[str], total: int | None = None) -> str:
+    """Indented lines naming the first ``MAX_LISTED`` of ``problems``, then how many more there are
+    (of ``total``, when only the first few were kept)."""
+    total = len(problems) if total is None else total
+    more = total - min(len(problems), MAX_LISTED)
+    return "\n".join(f"  {p}" for p in problems[:MAX_LISTED]) + (f"\n  ... and {more} more" if more else "")
 
 
 def _where(loc: tuple, raw: Any) -> str:
