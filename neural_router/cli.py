@@ -319,7 +319,7 @@ def cmd_score(args) -> int:
     if args.feedback:
         from .feedback import FeedbackError, FeedbackStore
 
-        with FeedbackStore.from_url(args.feedback) as store:
+        with FeedbackStore.from_url(args.feedback, must_exist=True) as store:
             for r in rows:
                 if not r.get("request_id"):
                     continue

@@ -30,7 +30,7 @@ from sqlalchemy import (CheckConstraint, Column, DateTime, Engine, Float, Foreig
                         MetaData, String, Table, Text, UniqueConstraint, create_engine, event, inspect,
                         select, text)
 from sqlalchemy.engine import Connection, RowMapping, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.types import JSON
 
 from .data import estimate_tokens
@@ -66,6 +66,22 @@ class InvalidFeedbackError(FeedbackError, ValueError):
 
 class InvalidDecisionError(FeedbackError, ValueError):
     """A decision that cannot be logged: propensity outside (0, 1], chosen model not predicted..."""
+
+
+class StoreUnavailableError(FeedbackError, ValueError):
+    """The store cannot be opened: no such SQLite file (where one must exist), not a database, the
+    server unreachable, bad credentials..."""
+
+
+def safe_url(url: str | Path) -> str:
+    """A store URL fit for messages and records: the password hidden; a plain path as it is."""
+    text = str(url)
+    if "://" not in text:
+        return text
+    try:
+        return make_url(text).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for the record
+        return "<unparseable url>"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,22 +250,39 @@ class FeedbackStore:
                 conn.execute(text("ALTER TABLE decisions ADD COLUMN context JSON"))
 
     @classmethod
-    def from_url(cls, url: str | Path, retention: Retention = "full") -> "FeedbackStore":
+    def from_url(cls, url: str | Path, retention: Retention = "full", must_exist: bool = False) -> "FeedbackStore":
         """Open (and create the tables of) a store. ``url`` is a SQLAlchemy URL such as
         ``sqlite:///path/feedback.db`` or ``postgresql://user:pw@host:5432/db`` (driver:
-        psycopg 3); a plain filesystem path means a SQLite file there."""
+        psycopg 3); a plain filesystem path means a SQLite file there. ``must_exist``: a SQLite file
+        that is not there is an error rather than a new, empty store (for readers of the logs).
+        :class:`StoreUnavailableError` when it cannot be opened."""
         text = str(url)
         if "://" not in text:
             text = sqlite_url(text)
-        parsed = make_url(text)
+        try:
+            parsed = make_url(text)
+        except SQLAlchemyError as e:
+            raise StoreUnavailableError(f"{safe_url(url)} is not a store URL ({e}); use e.g. "
+                                        "sqlite:///path/feedback.db or postgresql://user:pw@host:5432/db") from None
         if parsed.drivername == "postgresql":  # SQLAlchemy would pick psycopg2; we ship psycopg 3
             parsed = parsed.set(drivername="postgresql+psycopg")
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.database).expanduser()
+            if must_exist and not path.is_file():
+                raise StoreUnavailableError(f"the feedback store {path} does not exist; give the file the "
+                                            "service logs to (feedback_url in its serving config)")
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
-        return cls(engine, retention)
+        try:
+            return cls(engine, retention)
+        except SQLAlchemyError as e:
+            engine.dispose()
+            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            raise StoreUnavailableError(f"cannot open the feedback store {safe_url(url)}: {reason}; check the "
+                                        "URL, that the database server is running and reachable, and the "
+                                        "credentials (a SQLite URL must name a SQLite database file)") from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -376,3 +376,24 @@ def test_decision_context_round_trips_through_replay():
     # models the replaying router does not know are dropped
     _, known = replay_context(ctx, ["big", "small"])
     assert known.allowed_models == ("big",) and known.denied_models == ("small",)
+
+
+def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path):
+    """Readers of the logs (update, score) get a message naming the store, never a traceback or a new
+    empty file, and the password of a server URL stays hidden."""
+    from neural_router.feedback import StoreUnavailableError
+
+    missing = tmp_path / "none.db"
+    with pytest.raises(StoreUnavailableError, match="does not exist"):
+        FeedbackStore.from_url(f"sqlite:///{missing}", must_exist=True)
+    assert not missing.exists()
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("hello, not a database\n" * 100)
+    with pytest.raises(StoreUnavailableError, match="notes.txt: file is not a database"):
+        FeedbackStore.from_url(not_db)
+    with pytest.raises(StoreUnavailableError) as e:
+        FeedbackStore.from_url("postgresql://user:hunter2@127.0.0.1:1/db")
+    assert "cannot open the feedback store postgresql://user:***@127.0.0.1:1/db" in str(e.value)
+    assert "hunter2" not in str(e.value)
+    with FeedbackStore.from_url(tmp_path / "new.db") as store:   # the service's default: created
+        assert store.export_long() == []

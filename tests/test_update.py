@@ -733,6 +733,10 @@ def test_run_update_max_shift_caps_the_traffic_an_update_moves(tiny_trained_dir,
 
 
 def test_run_update_errors(tiny_trained_dir, tmp_path):
+    with pytest.raises(ValueError, match="empty.db does not exist"):
+        run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out")
+    assert not (tmp_path / "empty.db").exists()
+    FeedbackStore.from_url(tmp_path / "empty.db").close()
     with pytest.raises(ValueError, match="no logged outcomes"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="not a trained router"):

@@ -54,7 +54,7 @@ import numpy as np
 from neural_router import update_defaults as D
 from neural_router.card import write_model_card
 from neural_router.data import RoutingDataset, load_routing_data, prompt_hash_unit
-from neural_router.feedback import FeedbackStore
+from neural_router.feedback import FeedbackStore, safe_url
 from neural_router.model import HEADS, RouterModel
 from neural_router.policy import Preferences
 from neural_router.pool import ModelPool
@@ -295,18 +295,6 @@ def _merged_pool(router_pool: ModelPool, pool_file: str | Path | None, known: li
     return ModelPool(models=tuple(specs + new)), [s.name for s in new]
 
 
-def _safe_url(url) -> str:
-    from sqlalchemy.engine import make_url
-
-    text = str(url)
-    if "://" not in text:
-        return text
-    try:
-        return make_url(text).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - only for the record
-        return "<unparseable url>"
-
-
 def _version_dir(output_dir: Path, parent_version: str) -> tuple[str, Path]:
     root = parent_version.split("+", 1)[0] or "0"
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -484,7 +472,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
 
     # ---- logged outcomes -------------------------------------------------------------------------
     own_store = not isinstance(feedback_url, FeedbackStore)
-    store = FeedbackStore.from_url(feedback_url) if own_store else feedback_url
+    store = FeedbackStore.from_url(feedback_url, must_exist=True) if own_store else feedback_url
     try:
         rows = store.export_long(router_version=router_version)
         # every logged request with its chosen outcome, as the trust region and the promotion check read it
@@ -495,7 +483,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
         if own_store:
             store.close()
     if not rows:
-        raise ValueError(f"the feedback store {_safe_url(feedback_url)} has no logged outcomes with a "
+        raise ValueError(f"the feedback store {safe_url(feedback_url)} has no logged outcomes with a "
                          "prompt" + (f" for router version {router_version!r}" if router_version else ""))
     logs, weights, skipped = logged_dataset(rows, models, pool, clip, importance_weighting, normalize_weights)
     hold = np.array([is_holdout(p, holdout_fraction) for p in logs.prompts], dtype=bool)
@@ -564,7 +552,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     tok.save_pretrained(str(out))
     pool.subset(model.config.models).to_yaml(out / "models.yaml")
     update_info = {
-        "feedback": _safe_url(feedback_url) if own_store else "<FeedbackStore>",
+        "feedback": safe_url(feedback_url) if own_store else "<FeedbackStore>",
         "router_version_filter": router_version, "logged_requests": len(logs),
         "logged_train": len(logs_train), "logged_val": len(logs_val), "logged_holdout": int(hold.sum()),
         "holdout_fraction": holdout_fraction, "holdout_salt": HOLDOUT_SALT,
