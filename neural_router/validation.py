@@ -41,8 +41,9 @@ def _where(loc: tuple, raw: Any) -> str:
 
 
 def describe(error: ValidationError, raw: Any = None) -> str:
-    """One line per problem: ``where: message (got value)`` (no value for secrets). An error on a container whose items have
-    errors of their own (a list that is "too short" only because its items failed) is left out."""
+    """One line per problem (as :func:`problem_list` lists them): ``where: message (got value)``, no
+    value for secrets. An error on a container whose items have errors of their own (a list that is
+    "too short" only because its items failed) is left out."""
     errors = error.errors()
     locs = [tuple(e["loc"]) for e in errors]
     lines = []
@@ -54,5 +55,5 @@ def describe(error: ValidationError, raw: Any = None) -> str:
         secret = any(h in str(part).lower() for part in loc for h in SECRET_HINTS)
         shown = ("" if e["type"] == "missing" or secret or isinstance(given, (dict, list, tuple))
                  else f" (got {given!r})")
-        lines.append(f"  {_where(loc, raw)}: {msg}{shown}")
-    return "\n".join(lines)
+        lines.append(f"{_where(loc, raw)}: {msg}{shown}")
+    return problem_list(lines)
