@@ -227,6 +227,8 @@ def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list
     from .validation import MAX_LISTED, problem_list
 
     records, problems, n_bad = [], [], 0
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"input file {path} does not exist (expected JSONL: one JSON object per line)")
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():

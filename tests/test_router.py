@@ -159,6 +159,11 @@ def test_cli_route_and_bad_input(tmp_path, tiny_router_dir):
     assert "line 1" not in r.stderr and '"prompt": "..."' in r.stderr
     r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", " ")
     assert r.returncode == 2 and "--prompt is empty" in r.stderr
+    r = run_cli("predict", "--router", str(tiny_router_dir), "--input", str(tmp_path / "none.jsonl"),
+                "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "input file" in r.stderr and "does not exist" in r.stderr
+    r = run_cli("eval", "--router", str(tmp_path / "no_router"))
+    assert r.returncode == 2 and "router folder" in r.stderr and "does not exist" in r.stderr
     r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", "x", "--deny", "nope")
     assert r.returncode == 2 and "nope" in r.stderr
 

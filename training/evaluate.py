@@ -36,6 +36,9 @@ def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str 
              pairs: list[tuple[str, str]] | None = None, int8: bool = False) -> dict:
     """Split the data exactly as training did (same fraction and salt) and evaluate on validation."""
     d = Path(router_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"router folder {d} does not exist; train one with `neural-router train` "
+                                "or export one with `neural-router export`")
     tm_path = d / "training_metrics.json"
     tm = json.loads(tm_path.read_text()) if tm_path.is_file() else {}
     data = data or tm.get("data")
