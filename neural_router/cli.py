@@ -224,9 +224,9 @@ def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list
     """(line number, record) for each non-empty line of a JSONL file; each must be an object with a
     string ``required`` (not blank with ``nonempty``). The whole file is checked before anything is
     done with it, and every bad line is reported in one error (the first few named, the rest counted)."""
-    from .validation import MAX_LISTED, problem_list
+    from .validation import Problems
 
-    records, problems, n_bad = [], [], 0
+    records, problems = [], Problems()
     if not Path(path).is_file():
         raise FileNotFoundError(f"input file {path} does not exist (expected JSONL: one JSON object per line)")
     with open(path, encoding="utf-8") as f:
@@ -245,11 +245,9 @@ def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list
                 else:
                     records.append((n, rec))
                     continue
-            n_bad += 1
-            if len(problems) < MAX_LISTED:
-                problems.append(problem)
-    if n_bad:
-        raise ValueError(f"{path}: {n_bad} bad line(s), nothing was processed:\n{problem_list(problems, n_bad)}\n"
+            problems.add(problem)
+    if problems:
+        raise ValueError(f"{path}: {problems.count} bad line(s), nothing was processed:\n{problems.lines()}\n"
                          f"Each line must be a JSON object such as {{\"id\": 1, \"{required}\": \"...\"}}")
     return records
 

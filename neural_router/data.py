@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .pool import ModelPool
-from .validation import MAX_LISTED, problem_list
+from .validation import Problems
 
 log = logging.getLogger(__name__)
 
@@ -215,24 +215,20 @@ class _Builder:
         self.sums = {f: [] for f in self.FIELDS}
         self.counts = {f: [] for f in self.FIELDS}
         self.skipped: dict[str, int] = {}
-        self.errors: list[str] = []   # problems to raise together once every file is read (the first few)
-        self.n_errors = 0
+        self.errors = Problems()   # raised together once every file is read
         self.M = len(pool)
 
     def error(self, where: str, msg: str) -> None:
         """A problem the configuration does not allow skipping: noted, and raised with all the
         others by :meth:`raise_errors` (the row or cell is dropped meanwhile, as a skip would)."""
-        self.n_errors += 1
-        if len(self.errors) < MAX_LISTED:
-            self.errors.append(f"{where}: {msg}")
+        self.errors.add(f"{where}: {msg}")
 
     def raise_errors(self) -> None:
-        if not self.n_errors:
+        if not self.errors:
             return
-        if self.n_errors == 1:
-            raise DataError(self.errors[0])
-        raise DataError(f"{self.n_errors} problems in the data, nothing was loaded:\n"
-                        + problem_list(self.errors, self.n_errors)
+        if self.errors.count == 1:
+            raise DataError(self.errors.listed[0])
+        raise DataError(f"{self.errors.count} problems in the data, nothing was loaded:\n" + self.errors.lines()
                         + "\nFix them, or set data.on_error: skip (data.unknown_models: skip for models the "
                           "pool does not know) to drop those cells and rows, counted in the log")
 

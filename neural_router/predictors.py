@@ -43,14 +43,19 @@ def finish(rc: RouterConfig, pool: ModelPool, quality: np.ndarray, out_tokens: n
                        out_tokens.astype(np.float64), input_tokens, truncated)
 
 
+def require_router_folder(d: Path) -> None:
+    """:class:`RouterLoadError` saying how to get one when the folder ``d`` does not exist."""
+    if not d.is_dir():
+        raise RouterLoadError(f"router folder {d} does not exist; train one with `neural-router train` "
+                              "or export one with `neural-router export`")
+
+
 def _read_common(d: Path, pool: ModelPool | None) -> tuple[RouterConfig, ModelPool, object]:
     from transformers import AutoTokenizer
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    if not d.is_dir():
-        raise RouterLoadError(f"router folder {d} does not exist; train one with `neural-router train` "
-                              "or export one with `neural-router export`")
+    require_router_folder(d)
     for name in ("router_config.json", "models.yaml"):
         if not (d / name).is_file():
             raise RouterLoadError(f"{d} is not a router folder: {name} is missing")

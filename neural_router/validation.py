@@ -24,6 +24,27 @@ def problem_list(problems: list[str], total: int | None = None) -> str:
     return "\n".join(f"  {p}" for p in problems[:MAX_LISTED]) + (f"\n  ... and {more} more" if more else "")
 
 
+class Problems:
+    """Problems found while reading input, collected so that all of them can be reported at once:
+    the first ``MAX_LISTED`` kept for the message, every one counted (a huge bad file costs no memory)."""
+
+    def __init__(self) -> None:
+        self.listed: list[str] = []
+        self.count = 0
+
+    def add(self, problem: str) -> None:
+        self.count += 1
+        if len(self.listed) < MAX_LISTED:
+            self.listed.append(problem)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def lines(self) -> str:
+        """:func:`problem_list` of them."""
+        return problem_list(self.listed, self.count)
+
+
 def _where(loc: tuple, raw: Any) -> str:
     """``("models", 0, "input_price_per_1m")`` -> ``models[0] 'a'.input_price_per_1m`` (the list item's
     ``name`` where the raw input has one)."""

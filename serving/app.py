@@ -95,8 +95,6 @@ def validation_issues(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     issues = [{"loc": [p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())],
                "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors]
     optional = {tuple(i["loc"][:-1]) for i in issues if i["type"] == "none_required" and i["loc"]}
-    if not optional:
-        return issues
     out = []
     for i in issues:
         parent = tuple(i["loc"][:-1])

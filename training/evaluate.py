@@ -10,7 +10,7 @@ from neural_router.card import write_model_card
 from neural_router.data import DataConfig, RoutingDataset, load_routing_data
 from neural_router.evaluation import evaluate
 from neural_router.pool import ModelPool
-from neural_router.predictors import load_predictor
+from neural_router.predictors import load_predictor, require_router_folder
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,7 @@ def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str 
              pairs: list[tuple[str, str]] | None = None, int8: bool = False) -> dict:
     """Split the data exactly as training did (same fraction and salt) and evaluate on validation."""
     d = Path(router_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"router folder {d} does not exist; train one with `neural-router train` "
-                                "or export one with `neural-router export`")
+    require_router_folder(d)   # before blaming its training_metrics.json
     tm_path = d / "training_metrics.json"
     tm = json.loads(tm_path.read_text()) if tm_path.is_file() else {}
     data = data or tm.get("data")

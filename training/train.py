@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from neural_router.card import write_model_card
 from neural_router.data import load_routing_data
 from neural_router.pool import ModelPool
-from neural_router.validation import describe
 from neural_router.trainer import TrainConfig, train_router
+from neural_router.validation import describe
 
 log = logging.getLogger(__name__)
 

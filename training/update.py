@@ -59,8 +59,8 @@ from neural_router.model import HEADS, RouterModel
 from neural_router.policy import Preferences
 from neural_router.pool import ModelPool
 from neural_router.trainer import ActivationCache, TrainConfig, train_router
-from training.promotion import (PREF_KEYS, pref_weights, check_on_logs, logged_request, parse_promote_on,
-                                policy_probs, predict_router, promotion_verdict)
+from training.promotion import (PREF_KEYS, check_on_logs, logged_request, parse_promote_on, policy_probs,
+                                predict_router, pref_weights, promotion_verdict)
 
 log = logging.getLogger(__name__)
 
