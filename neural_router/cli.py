@@ -35,6 +35,16 @@ def float_or_off(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def add_update_arguments(p) -> None:
     """The options of `neural-router update` and `python -m training.update`."""
     p.add_argument("--router", required=True, help="current router folder (trained, not ONNX)")
@@ -159,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='JSON spec, e.g. \'{"type": "numeric"}\', \'{"type": "multiple_choice"}\', or module:function')
     p.add_argument("--output", help="JSONL with a score added to each line")
     p.add_argument("--feedback", help="feedback store URL: attach each score to its request_id")
+    p.add_argument("--max-failures", type=positive_int, default=10,
+                   help="stop after this many responses the scorer could not score (default 10; "
+                        "the scores before are kept)")
 
     p = sub.add_parser("update", help="fine-tune a router from logged outcomes, with off-policy promotion check")
     add_update_arguments(p)
@@ -305,34 +318,61 @@ def cmd_route(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .scoring import load_scorer
+    """Score each response and, as soon as it is scored, write it to ``--output`` and attach it to its
+    request in ``--feedback``. The input, the scorer, the output path and the store are all checked
+    before the first (possibly expensive) score, and a failure part way keeps every score before it."""
+    from contextlib import ExitStack
+
+    from .feedback import FeedbackError, FeedbackStore
+    from .scoring import ScoringError, load_scorer
 
     spec = args.scorer if ":" in args.scorer and not args.scorer.lstrip().startswith("{") else json.loads(args.scorer)
     scorer = load_scorer(spec)
-    rows = []
-    for _, rec in read_jsonl_records(args.input, "response"):
-        rec["score"] = float(scorer.score(rec.get("prompt", ""), rec["response"], rec.get("reference")))
-        rows.append(rec)
-    if args.output:
-        Path(args.output).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    recorded = 0
-    if args.feedback:
-        from .feedback import FeedbackError, FeedbackStore
-
-        with FeedbackStore.from_url(args.feedback, must_exist=True) as store:
-            for r in rows:
-                if not r.get("request_id"):
-                    continue
+    records = read_jsonl_records(args.input, "response")
+    scored, recorded, failures = [], 0, []
+    with ExitStack() as stack:
+        store = stack.enter_context(FeedbackStore.from_url(args.feedback, must_exist=True)) if args.feedback else None
+        out = None
+        if args.output:
+            try:
+                out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
+            except OSError as e:
+                raise ValueError(f"--output {args.output}: cannot write it ({e.strerror}); "
+                                 "give a path in an existing, writable folder") from None
+        for n, rec in records:
+            try:
+                rec["score"] = float(scorer.score(rec.get("prompt", ""), rec["response"], rec.get("reference")))
+            except ScoringError as e:
+                failures.append(f"line {n}: {e}")
+                print(f"{args.input}: line {n}: not scored: {e}", file=sys.stderr)
+                if len(failures) >= args.max_failures:
+                    break
+                continue
+            scored.append(rec)
+            if out is not None:
+                out.write(json.dumps(rec) + "\n")
+                out.flush()
+            if store is not None and rec.get("request_id"):
                 try:
-                    store.add_feedback(r["request_id"], r["score"], model=r.get("model"),
-                                       latency_ms=r.get("latency_ms"), cost_usd=r.get("cost_usd"),
-                                       response=r["response"])
+                    store.add_feedback(rec["request_id"], rec["score"], model=rec.get("model"),
+                                       latency_ms=rec.get("latency_ms"), cost_usd=rec.get("cost_usd"),
+                                       response=rec["response"])
                     recorded += 1
                 except FeedbackError as e:
-                    print(f"request {r['request_id']}: not recorded: {e}", file=sys.stderr)
-    mean = sum(r["score"] for r in rows) / max(len(rows), 1)
-    print(f"scored {len(rows)} responses (mean {mean:.3f})" + (f", recorded {recorded} as feedback" if args.feedback else ""))
-    return 0
+                    print(f"{args.input}: line {n}: request {rec['request_id']}: not recorded: {e}", file=sys.stderr)
+    mean = sum(r["score"] for r in scored) / max(len(scored), 1)
+    print(f"scored {len(scored)} of {len(records)} responses (mean {mean:.3f})"
+          + (f", recorded {recorded} as feedback" if store is not None else ""))
+    if not failures:
+        return 0
+    stopped = len(failures) >= args.max_failures and len(scored) + len(failures) < len(records)
+    print(f"neural-router score: error: {len(failures)} response(s) could not be scored"
+          + (f"; stopped after {args.max_failures} failures (--max-failures), "
+             f"{len(records) - len(scored) - len(failures)} line(s) not tried" if stopped else "")
+          + ". Every score above was kept" + (f" in {args.output}" if args.output else "")
+          + ("" if store is None else " and in the feedback store")
+          + "; fix the scorer or those lines and score them again.", file=sys.stderr)
+    return 1
 
 
 def cmd_update(args) -> int:

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -57,3 +58,53 @@ def test_score_command_checks_the_whole_file_before_scoring_or_recording(tmp_pat
     assert not out.exists()
     with FeedbackStore.from_url(url) as store:
         assert store.get_outcomes("r1") == []
+
+
+def run_score(inp, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "neural_router.cli", "score", "--input", str(inp), "--scorer",
+                           '{"type": "numeric"}', *extra], capture_output=True, text=True, timeout=120)
+
+
+def test_score_command_keeps_every_score_before_a_failure(tmp_path):
+    """A response the scorer cannot judge (here: no reference) is named; the others are still scored,
+    written and recorded, and the exit status says something went wrong."""
+    url = store_with_request_r1(tmp_path)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"request_id": "r1", "prompt": "2+2?", "response": "4", "reference": "4"}) + "\n"
+                   + json.dumps({"prompt": "x", "response": "5"}) + "\n"
+                   + json.dumps({"prompt": "y", "response": "7", "reference": "7"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    r = score(inp, out, url)
+    assert r.returncode == 1
+    assert "line 2" in r.stderr and "needs a reference" in r.stderr and "1 response(s) could not be scored" in r.stderr
+    assert [json.loads(x)["prompt"] for x in out.read_text().splitlines()] == ["2+2?", "y"]
+    assert "scored 2 of 3" in r.stdout and "recorded 1 as feedback" in r.stdout
+    with FeedbackStore.from_url(url) as store:
+        assert [o.score for o in store.get_outcomes("r1")] == [1.0]
+    # --max-failures 1 stops at the first failure; the line after it is not tried, the one before is kept
+    r = run_score(inp, "--output", str(out), "--max-failures", "1")
+    assert r.returncode == 1 and "1 line(s) not tried" in r.stderr
+    assert [json.loads(x)["prompt"] for x in out.read_text().splitlines()] == ["2+2?"]
+
+
+def test_score_command_checks_store_and_output_before_scoring(tmp_path):
+    """A store that cannot be opened or an output that cannot be written is reported before the first
+    (possibly expensive) score, so no scoring work is wasted."""
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "counting_scorer.py").write_text(
+        "def score(prompt, response, reference):\n"
+        f"    open({str(calls)!r}, 'a').write('x')\n"
+        "    return 1.0\n")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"request_id": "r1", "prompt": "p", "response": "r"}) + "\n")
+    base = [sys.executable, "-m", "neural_router.cli", "score", "--input", str(inp), "--scorer", "counting_scorer:score"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run(base + ["--feedback", f"sqlite:///{tmp_path / 'missing.db'}", "--output", str(tmp_path / "o.jsonl")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "missing.db" in r.stderr
+    r = subprocess.run(base + ["--output", str(tmp_path / "no" / "such" / "o.jsonl")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "cannot write" in r.stderr
+    assert not calls.exists() and not (tmp_path / "o.jsonl").exists()
+    r = subprocess.run(base, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and calls.read_text() == "x"
