@@ -270,16 +270,26 @@ def read_jsonl(path: str) -> tuple[list, list[str]]:
     return [rec.get("id", n) for n, rec in records], [rec["prompt"] for _, rec in records]
 
 
+PREDICT_CHUNK = 2048  # prompts predicted and written at a time: a long file shows progress and keeps
+                     # every finished chunk if the run is interrupted
+
+
 def cmd_predict(args) -> int:
+    from tqdm import tqdm
+
     from .predictors import load_predictor
 
     ids, prompts = read_jsonl(args.input)
     pred = load_predictor(args.router, device=args.device, int8=args.int8)
-    preds = pred.predict(prompts)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-        for i, row in zip(ids, preds.as_dicts()):
-            f.write(json.dumps({"id": i, "models": row}) + "\n")
+    with open(args.output, "w", encoding="utf-8") as f, \
+            tqdm(total=len(prompts), desc="predict", unit="prompt", disable=None) as bar:
+        for start in range(0, len(prompts), PREDICT_CHUNK):
+            chunk = prompts[start:start + PREDICT_CHUNK]
+            for i, row in zip(ids[start:start + PREDICT_CHUNK], pred.predict(chunk).as_dicts()):
+                f.write(json.dumps({"id": i, "models": row}) + "\n")
+            f.flush()
+            bar.update(len(chunk))
     print(f"wrote {len(ids)} predictions to {args.output} ({pred.provider})")
     return 0
 

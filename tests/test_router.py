@@ -145,6 +145,25 @@ def test_cli_predict_contract_on_exported_and_trained(tmp_path, tiny_trained_dir
         assert set(lines[0]["models"]["big"]) == {"quality", "cost_usd", "latency_ms"}
 
 
+def test_cli_predict_in_chunks_matches_one_batch(tmp_path, tiny_router_dir, monkeypatch):
+    """predict writes a long file chunk by chunk; the chunks' predictions are those of one batch."""
+    from neural_router import cli
+    from neural_router.predictors import load_predictor
+
+    prompts = ["hello movie", "python loop", "a much longer prompt about the weather today", "x", "sort a list"]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": n, "prompt": p}) + "\n" for n, p in enumerate(prompts)))
+    monkeypatch.setattr(cli, "PREDICT_CHUNK", 2)
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["predict", "--router", str(tiny_router_dir), "--input", str(inp), "--output", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["id"] for x in lines] == list(range(5))
+    whole = load_predictor(tiny_router_dir).predict(prompts).as_dicts()
+    for line, expected in zip(lines, whole):
+        for m, v in expected.items():
+            assert line["models"][m] == pytest.approx(v, rel=1e-5, abs=1e-7)
+
+
 def test_cli_route_and_bad_input(tmp_path, tiny_router_dir):
     r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", "hello movie", "--json",
                 "--cost-weight", "0.5")
