@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -158,9 +159,12 @@ def pool_summaries(name: str, rows: list[dict]) -> dict:
 
 
 def pooled_rows(spec: str) -> tuple[str, dict]:
-    """``NAME=FILE#ROW+FILE#ROW`` -> (NAME, the pooled summary)."""
-    name, _, parts = spec.partition("=")
-    return name, pool_summaries(name, [read_row(part) for part in parts.split("+")])
+    """``NAME=FILE#ROW+FILE#ROW`` -> (NAME, the pooled summary). NAME and ROW may contain '=' and
+    '+' themselves: only those directly before a ``FILE.json#`` separate."""
+    name, *parts = re.split(r"[=+](?=[^=+#]*\.json#)", spec)
+    if not parts:
+        raise SystemExit(f"--pool {spec!r}: expected NAME=FILE.json#ROW+FILE.json#ROW")
+    return name, pool_summaries(name, [read_row(part) for part in parts])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -117,6 +117,11 @@ def test_pooling_written_rows_equals_pooling_the_runs(tmp_path):
         feedback_table.main(["--pool", f"x={table}#c"])
     with pytest.raises(SystemExit, match="share seeds"):
         feedback_table.main(["--pool", f"x={table}#a+{table}#a"])
+    # row and pool names may hold '=' and '+' (e.g. "Thompson (n = 20) + refit")
+    named = tmp_path / "named.json"
+    feedback_table.main([f"a (n = 1) + x={runs[0]}", f"b (n = 1) + x={runs[1]}", "--output", str(named)])
+    again = feedback_table.main(["--pool", f"ab (n = 1) + x={named}#a (n = 1) + x+{named}#b (n = 1) + x"])
+    assert again["ab (n = 1) + x"]["mean_utility"] == pooled["mean_utility"]
 
 
 def test_full_from_an_earlier_row_gives_the_same_share_of_the_gap(tmp_path):
