@@ -339,7 +339,7 @@ def cmd_score(args) -> int:
     spec = args.scorer if ":" in args.scorer and not args.scorer.lstrip().startswith("{") else json.loads(args.scorer)
     scorer = load_scorer(spec)
     records = read_jsonl_records(args.input, "response")
-    scored, recorded, failures = [], 0, []
+    scored, recorded, failed = [], 0, 0
     with ExitStack() as stack:
         store = stack.enter_context(FeedbackStore.from_url(args.feedback, must_exist=True)) if args.feedback else None
         out = None
@@ -353,9 +353,9 @@ def cmd_score(args) -> int:
             try:
                 rec["score"] = float(scorer.score(rec.get("prompt", ""), rec["response"], rec.get("reference")))
             except ScoringError as e:
-                failures.append(f"line {n}: {e}")
+                failed += 1
                 print(f"{args.input}: line {n}: not scored: {e}", file=sys.stderr)
-                if len(failures) >= args.max_failures:
+                if failed >= args.max_failures:
                     break
                 continue
             scored.append(rec)
@@ -373,12 +373,12 @@ def cmd_score(args) -> int:
     mean = sum(r["score"] for r in scored) / max(len(scored), 1)
     print(f"scored {len(scored)} of {len(records)} responses (mean {mean:.3f})"
           + (f", recorded {recorded} as feedback" if store is not None else ""))
-    if not failures:
+    if not failed:
         return 0
-    stopped = len(failures) >= args.max_failures and len(scored) + len(failures) < len(records)
-    print(f"neural-router score: error: {len(failures)} response(s) could not be scored"
+    stopped = failed >= args.max_failures and len(scored) + failed < len(records)
+    print(f"neural-router score: error: {failed} response(s) could not be scored"
           + (f"; stopped after {args.max_failures} failures (--max-failures), "
-             f"{len(records) - len(scored) - len(failures)} line(s) not tried" if stopped else "")
+             f"{len(records) - len(scored) - failed} line(s) not tried" if stopped else "")
           + ". Every score above was kept" + (f" in {args.output}" if args.output else "")
           + ("" if store is None else " and in the feedback store")
           + "; fix the scorer or those lines and score them again.", file=sys.stderr)
