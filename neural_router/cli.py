@@ -274,15 +274,25 @@ PREDICT_CHUNK = 2048  # prompts predicted and written at a time: a long file sho
                      # every finished chunk if the run is interrupted
 
 
+def open_output(path: str):
+    """Open an output file for writing, creating its folder (as ``predict`` and ``score`` both do); a
+    path that cannot be written (a folder, no permission) is a clear error, not a traceback."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"--output {path}: cannot write it ({e.strerror}); give a file path in a "
+                         "writable folder") from None
+
+
 def cmd_predict(args) -> int:
     from tqdm import tqdm
 
     from .predictors import load_predictor
 
     ids, prompts = read_jsonl(args.input)
-    pred = load_predictor(args.router, device=args.device, int8=args.int8)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f, \
+    pred = load_predictor(args.router, device=args.device, int8=args.int8)  # before the output is truncated
+    with open_output(args.output) as f, \
             tqdm(total=len(prompts), desc="predict", unit="prompt", disable=None) as bar:
         for start in range(0, len(prompts), PREDICT_CHUNK):
             chunk = prompts[start:start + PREDICT_CHUNK]
@@ -344,11 +354,7 @@ def cmd_score(args) -> int:
         store = stack.enter_context(FeedbackStore.from_url(args.feedback, must_exist=True)) if args.feedback else None
         out = None
         if args.output:
-            try:
-                out = stack.enter_context(open(args.output, "w", encoding="utf-8"))
-            except OSError as e:
-                raise ValueError(f"--output {args.output}: cannot write it ({e.strerror}); "
-                                 "give a path in an existing, writable folder") from None
+            out = stack.enter_context(open_output(args.output))
         for n, rec in records:
             try:
                 rec["score"] = float(scorer.score(rec.get("prompt", ""), rec["response"], rec.get("reference")))

@@ -102,9 +102,10 @@ def test_score_command_checks_store_and_output_before_scoring(tmp_path):
     r = subprocess.run(base + ["--feedback", f"sqlite:///{tmp_path / 'missing.db'}", "--output", str(tmp_path / "o.jsonl")],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "missing.db" in r.stderr
-    r = subprocess.run(base + ["--output", str(tmp_path / "no" / "such" / "o.jsonl")],
+    r = subprocess.run(base + ["--output", str(tmp_path)],  # a folder, not a file
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "cannot write" in r.stderr
     assert not calls.exists() and not (tmp_path / "o.jsonl").exists()
-    r = subprocess.run(base, capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 0 and calls.read_text() == "x"
+    out = tmp_path / "new" / "folder" / "o.jsonl"  # a missing folder is created, as predict does
+    r = subprocess.run(base + ["--output", str(out)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and calls.read_text() == "x" and json.loads(out.read_text())["score"] == 1.0

@@ -181,6 +181,10 @@ def test_cli_route_and_bad_input(tmp_path, tiny_router_dir):
     r = run_cli("predict", "--router", str(tiny_router_dir), "--input", str(tmp_path / "none.jsonl"),
                 "--output", str(tmp_path / "o"))
     assert r.returncode == 2 and "input file" in r.stderr and "does not exist" in r.stderr
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": 1, "prompt": "ok"}\n')
+    r = run_cli("predict", "--router", str(tiny_router_dir), "--input", str(good), "--output", str(tmp_path))
+    assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("eval", "--router", str(tmp_path / "no_router"))
     assert r.returncode == 2 and "router folder" in r.stderr and "does not exist" in r.stderr
     r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", "x", "--deny", "nope")
