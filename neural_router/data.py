@@ -332,10 +332,9 @@ def _add_wide(b: _Builder, location: str, rows: list[dict[str, Any]]) -> None:
         j = b.model(f"{location}, column {c!r}", c)
         if j is not None:
             models[c] = j
-    if not models:
-        b.raise_errors()   # the columns' models the pool does not know, named, before the general complaint
-        raise DataError(f"{location}: wide format but no model score columns were found "
-                        f"(columns: {', '.join(columns)})")
+    if not models:   # raised at the end of loading, with the columns' unknown models if any were named
+        b.error(location, f"wide format but no model score columns were found (columns: {', '.join(columns)})")
+        return
     for r, rec in enumerate(rows, start=1):
         where = f"{location}, row {r}"
         prompt = b.prompt(f"{where}, column 'prompt'", rec.get("prompt"))

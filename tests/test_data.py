@@ -90,8 +90,15 @@ def test_bad_values_name_file_row_and_column(tmp_path, pool, rows, expect):
 
 def test_unknown_model_and_misnamed_columns(tmp_path, pool):
     f = write_csv(tmp_path / "u.csv", ["prompt", "gpt-9"], [["p", "1"]])
-    with pytest.raises(DataError, match="model 'gpt-9' is not in the pool"):
+    with pytest.raises(DataError, match="model 'gpt-9' is not in the pool") as e:
         load_routing_data([str(f)], pool)
+    assert "no model score columns" in str(e.value)  # and what that leaves, in the same error
+    ok = write_csv(tmp_path / "ok.csv", ["prompt", "big", "oops"], [["p", "1", "1"]])
+    with pytest.raises(DataError) as e:   # every file's problems together, not only the first file's
+        load_routing_data([str(f), str(ok)], pool)
+    assert "gpt-9" in str(e.value) and "'oops'" in str(e.value) and "3 problems" in str(e.value)
+    with pytest.raises(DataError, match="no model score columns"):
+        load_routing_data([str(f)], pool, DataConfig(unknown_models="skip"))
     g = write_csv(tmp_path / "m.csv", ["text", "big"], [["p", "1"]])
     with pytest.raises(DataError, match="cannot tell the format"):
         load_routing_data([str(g)], pool)
