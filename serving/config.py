@@ -2,12 +2,15 @@
 
 Precedence (highest first): keyword arguments, environment variables (prefix ``NEURAL_ROUTER_``,
 nested fields joined with ``__``, e.g. ``NEURAL_ROUTER_PRESETS__CHEAP__COST_WEIGHT=2``), the YAML
-file given to :func:`load_settings`, then the defaults below. Unknown keys are rejected.
+file given to :func:`load_settings`, then the defaults below. Nested values merge: such a variable
+changes that one value of the file's presets, or of the built-in ones when the file (or no file)
+defines none. Unknown keys are rejected.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -220,8 +223,11 @@ class ServeSettings(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_source = _YamlSource(settings_cls, getattr(settings_cls, "_yaml_data", {}))
-        return init_settings, env_settings, yaml_source
+        yaml_data = getattr(settings_cls, "_yaml_data", {})
+        yaml_source = _YamlSource(settings_cls, yaml_data)
+        preset_defaults = _DefaultPresetsSource(
+            settings_cls, lambda: "presets" in yaml_data or "presets" in init_settings())
+        return init_settings, env_settings, yaml_source, preset_defaults
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -236,6 +242,26 @@ class _YamlSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._data)
+
+
+class _DefaultPresetsSource(PydanticBaseSettingsSource):
+    """The built-in presets as the lowest-priority source, so that an environment variable naming one
+    nested value (``NEURAL_ROUTER_PRESETS__CHEAP__COST_WEIGHT=2``) is merged into them instead of
+    replacing the whole map (pydantic-settings merges sources key by key, but never into a field's
+    ``default_factory``). A ``presets`` map from the YAML file or a keyword argument replaces the
+    built-in presets, as before; the environment is then merged into that map."""
+
+    def __init__(self, settings_cls: type[BaseSettings], replaced: Callable[[], bool]) -> None:
+        super().__init__(settings_cls)
+        self._replaced = replaced
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self._replaced():
+            return {}
+        return {"presets": {name: p.model_dump() for name, p in DEFAULT_PRESETS.items()}}
 
 
 class ConfigError(ValueError):

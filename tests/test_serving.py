@@ -565,6 +565,33 @@ def test_settings_from_yaml_env_and_errors(tmp_path: Any, monkeypatch: pytest.Mo
         load_settings(tmp_path / "missing.yaml")
 
 
+def test_env_override_of_one_preset_value_keeps_the_other_presets(tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example in the header of configs/serve.yaml: one nested value from the environment, with
+    or without a config file, changes that value only (it used to replace the whole presets map
+    without --config, and start-up failed: "default_preset 'balanced' is not one of the presets")."""
+    defaults = {name: p.model_dump() for name, p in ServeSettings().presets.items()}
+    assert defaults["cheap"]["cost_weight"] == 1.0
+    monkeypatch.setenv("NEURAL_ROUTER_PRESETS__CHEAP__COST_WEIGHT", "2")
+    expected = {**defaults, "cheap": {**defaults["cheap"], "cost_weight": 2.0}}
+    for s in (ServeSettings(), load_settings(), load_settings("configs/serve.yaml")):
+        assert {name: p.model_dump() for name, p in s.presets.items()} == expected
+        assert s.default_preset == "balanced"
+    # a preset the defaults lack is added; a bad value is still a clear error naming the variable's key
+    monkeypatch.setenv("NEURAL_ROUTER_PRESETS__THRIFTY__COST_WEIGHT", "3")
+    assert set(load_settings().presets) == {*defaults, "thrifty"}
+    monkeypatch.setenv("NEURAL_ROUTER_PRESETS__CHEAP__COST_WEIGHT", "-1")
+    with pytest.raises(ConfigError, match="presets.cheap.cost_weight"):
+        load_settings()
+    monkeypatch.delenv("NEURAL_ROUTER_PRESETS__CHEAP__COST_WEIGHT")
+    monkeypatch.delenv("NEURAL_ROUTER_PRESETS__THRIFTY__COST_WEIGHT")
+    # a presets map in the config file (or a keyword argument) replaces the built-in presets
+    f = tmp_path / "serve.yaml"
+    f.write_text("presets:\n  thrifty: {cost_weight: 2}\ndefault_preset: thrifty\n")
+    assert set(load_settings(f).presets) == {"thrifty"}
+    assert set(ServeSettings(presets={"only": {"cost_weight": 1}}, default_preset="only").presets) == {"only"}
+
+
 
 def test_endpoint_overrides_must_name_pool_models() -> None:
     s = ServeSettings(endpoints={"big-latest": EndpointOverride(endpoint="http://127.0.0.1:9/v1", api_model="b")})
