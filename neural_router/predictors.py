@@ -30,6 +30,10 @@ ONNX_INT8_FILE = "router.int8.onnx"
 ONNX_FP16_FILE = "router.fp16.onnx"  # for CUDA; written by `neural-router export --fp16`
 
 
+VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+               "tokenizer.model")  # a router folder's tokenizer has at least one
+
+
 class RouterLoadError(ValueError):
     """A router folder is missing, incomplete, corrupt or of an unsupported version."""
 
@@ -48,6 +52,18 @@ def require_router_folder(d: Path) -> None:
     if not d.is_dir():
         raise RouterLoadError(f"router folder {d} does not exist; train one with `neural-router train` "
                               "or export one with `neural-router export`")
+
+
+def require_trained_folder(d: Path) -> None:
+    """:class:`RouterLoadError` unless ``d`` is a trained (PyTorch) router folder; an ONNX export is named
+    as such, since export and update need the folder it was exported from."""
+    require_router_folder(d)
+    if (d / "model.safetensors").is_file():
+        return
+    if (d / ONNX_FILE).is_file():
+        raise RouterLoadError(f"{d} is an ONNX export, not a trained router folder (no model.safetensors); "
+                              "give the folder `neural-router train` wrote, which it was exported from")
+    raise RouterLoadError(f"{d}: model.safetensors is missing; train a router with `neural-router train`")
 
 
 def _read_common(d: Path, pool: ModelPool | None) -> tuple[RouterConfig, ModelPool, object]:
@@ -69,6 +85,10 @@ def _read_common(d: Path, pool: ModelPool | None) -> tuple[RouterConfig, ModelPo
         pool.subset(rc.models)
     except (ValueError, KeyError) as e:
         raise RouterLoadError(f"{d}: pool does not cover the router's models: {e}") from None
+    if not any((d / name).is_file() for name in VOCAB_FILES):
+        # without one, transformers builds a tokenizer of only the special tokens, silently
+        raise RouterLoadError(f"{d}: the tokenizer's vocabulary is missing (none of {', '.join(VOCAB_FILES)}); "
+                              "copy the folder again from where it was trained or exported")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(d))
     except Exception as e:  # noqa: BLE001 - tokenizer loading raises many types
@@ -133,8 +153,7 @@ class TorchPredictor(_Base):
 
         d = Path(directory)
         rc, pool, tok = _read_common(d, pool)
-        if not (d / "model.safetensors").is_file():
-            raise RouterLoadError(f"{d}: model.safetensors is missing (and no {ONNX_FILE} either)")
+        require_trained_folder(d)
         try:
             model = RouterModel.from_pretrained(d)
         except Exception as e:  # noqa: BLE001

@@ -125,6 +125,13 @@ def test_load_errors_are_clear(tmp_path, tiny_router_dir):
     (bad / "router_config.json").write_text(json.dumps(cfg))
     with pytest.raises(RouterLoadError, match="format_version 99"):
         load_predictor(bad)
+    notok = tmp_path / "no_tokenizer"
+    shutil.copytree(tiny_router_dir, notok)
+    for f in notok.iterdir():
+        if f.name.startswith(("tokenizer.", "vocab.")):
+            f.unlink()  # transformers would silently build a tokenizer of only the special tokens
+    with pytest.raises(RouterLoadError, match="the tokenizer's vocabulary is missing"):
+        load_predictor(notok)
 
 
 def run_cli(*args):

@@ -17,6 +17,7 @@ from neural_router.feedback import FeedbackStore
 from neural_router.model import RouterModel
 from neural_router.pool import ModelPool
 from neural_router.predictions import Predictions
+from neural_router.predictors import RouterLoadError
 from neural_router.trainer import (ActivationCache, TrainConfig, calibrate_quality_bias, fit_head_mixture,
                                    initial_quality_bias, masked_losses, model_from_parent, rank_loss, train_router)
 from training.promotion import compare_on_logs, policy_probs, predict_router, promotion_verdict, reward_model_shift
@@ -739,10 +740,16 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
     FeedbackStore.from_url(tmp_path / "empty.db").close()
     with pytest.raises(ValueError, match="no logged outcomes"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="not a trained router"):
+    with pytest.raises(RouterLoadError, match="model.safetensors is missing"):
         run_update(tmp_path, tmp_path / "empty.db", tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="compare_with: .* not a trained router"):
+    with pytest.raises(RouterLoadError, match="compare_with: .* model.safetensors is missing"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", compare_with=tmp_path)
+    with pytest.raises(RouterLoadError, match="nope does not exist"):
+        run_update(tmp_path / "nope", tmp_path / "empty.db", tmp_path / "out")
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "router.onnx").write_bytes(b"")
+    with pytest.raises(RouterLoadError, match="is an ONNX export, not a trained router folder"):
+        run_update(tmp_path / "onnx", tmp_path / "empty.db", tmp_path / "out")
     with pytest.raises(ValueError, match="holdout_fraction"):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", holdout_fraction=1.0)
     with pytest.raises(ValueError, match=r"log_val_fraction must be in \[0, 1\)"):
