@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True,
                    help='JSONL lines {"prompt", "response", "reference"?, "request_id"?, "model"?, "latency_ms"?, "cost_usd"?}')
     p.add_argument("--scorer", required=True,
-                   help='JSON spec, e.g. \'{"type": "numeric"}\', \'{"type": "multiple_choice"}\', or module:function')
+                   help='a type name (numeric, multiple_choice, exact_match, ...), a JSON spec with arguments, '
+                        'e.g. \'{"type": "regex", "pattern": "..."}\', or module:function')
     p.add_argument("--output", help="JSONL with a score added to each line")
     p.add_argument("--feedback", help="feedback store URL: attach each score to its request_id")
     p.add_argument("--max-failures", type=positive_int, default=10,
@@ -346,10 +347,16 @@ def cmd_score(args) -> int:
     from .feedback import FeedbackError, FeedbackStore
     from .scoring import ScoringError, load_scorer
 
-    spec = args.scorer if ":" in args.scorer and not args.scorer.lstrip().startswith("{") else json.loads(args.scorer)
-    scorer = load_scorer(spec)
+    spec = args.scorer.strip()
+    if spec.startswith("{"):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--scorer {args.scorer!r} is not valid JSON ({e.msg}); give e.g. "
+                             "'{\"type\": \"numeric\"}', a type name such as numeric, or module:function") from None
+    scorer = load_scorer(spec)   # a JSON spec, a bare type name or module:function
     records = read_jsonl_records(args.input, "response")
-    scored, recorded, failed = [], 0, 0
+    scored, recorded, unrecorded, failed = [], 0, 0, 0
     with ExitStack() as stack:
         store = stack.enter_context(FeedbackStore.from_url(args.feedback, must_exist=True)) if args.feedback else None
         out = None
@@ -375,18 +382,22 @@ def cmd_score(args) -> int:
                                        response=rec["response"])
                     recorded += 1
                 except FeedbackError as e:
+                    unrecorded += 1
                     print(f"{args.input}: line {n}: request {rec['request_id']}: not recorded: {e}", file=sys.stderr)
     mean = sum(r["score"] for r in scored) / max(len(scored), 1)
     print(f"scored {len(scored)} of {len(records)} responses (mean {mean:.3f})"
           + (f", recorded {recorded} as feedback" if store is not None else ""))
+    if unrecorded:
+        print(f"neural-router score: error: {unrecorded} score(s) were not recorded as feedback (named above); "
+              "check their request_id against the store given with --feedback", file=sys.stderr)
     if not failed:
-        return 0
+        return 1 if unrecorded else 0
     stopped = failed >= args.max_failures and len(scored) + failed < len(records)
     print(f"neural-router score: error: {failed} response(s) could not be scored"
           + (f"; stopped after {args.max_failures} failures (--max-failures), "
              f"{len(records) - len(scored) - failed} line(s) not tried" if stopped else "")
           + ". Every score above was kept" + (f" in {args.output}" if args.output else "")
-          + ("" if store is None else " and in the feedback store")
+          + ("" if store is None or not recorded else " and the recorded ones in the feedback store")
           + "; fix the scorer or those lines and score them again.", file=sys.stderr)
     return 1
 

@@ -44,6 +44,27 @@ def test_score_command_rejects_bad_scorer_and_lines(tmp_path):
     r = subprocess.run([sys.executable, "-m", "neural_router.cli", "score", "--input", str(inp), "--scorer",
                         '{"type": "nope"}'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nope" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "neural_router.cli", "score", "--input", str(inp), "--scorer",
+                        '{"type": numeric'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--scorer" in r.stderr and "not valid JSON" in r.stderr
+    inp.write_text(json.dumps({"prompt": "2+2?", "response": "4", "reference": "4"}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "neural_router.cli", "score", "--input", str(inp), "--scorer",
+                        "numeric"], capture_output=True, text=True, timeout=120)   # a bare type name
+    assert r.returncode == 0 and "scored 1 of 1" in r.stdout, r.stderr
+
+
+def test_score_command_fails_when_a_score_is_not_recorded(tmp_path):
+    """A request_id the store does not know: the score is kept in --output, but the exit status says
+    that not everything reached the store, so a script does not take it as recorded."""
+    url = store_with_request_r1(tmp_path)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"request_id": "r1", "prompt": "2+2?", "response": "4", "reference": "4"}) + "\n"
+                   + json.dumps({"request_id": "r9", "prompt": "x", "response": "4", "reference": "4"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    r = score(inp, out, url)
+    assert r.returncode == 1 and "line 2: request r9: not recorded" in r.stderr
+    assert "1 score(s) were not recorded" in r.stderr and "recorded 1 as feedback" in r.stdout
+    assert len(out.read_text().splitlines()) == 2
 
 
 def test_score_command_checks_the_whole_file_before_scoring_or_recording(tmp_path):
