@@ -36,6 +36,7 @@ from serving.config import ConfigError, ServeSettings, load_settings
 from serving.feedback import FeedbackLog
 from serving.guards import GuardMiddleware
 from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.schemas import validation_issues
 from serving.service import InputError, RouterService, device_info, load_router
 
 __all__ = ["create_app", "load_router", "serve"]
@@ -85,25 +86,6 @@ def _error(request: Request, status: int, message: Any, code: str,
         kind = "invalid_request_error" if status < 500 else "api_error"
         body["error"] = {"message": text, "type": kind, "code": code}
     return SafeJSONResponse(body, status_code=status, headers=headers)
-
-
-def validation_issues(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """pydantic's errors as ``{"loc", "msg", "type"}`` issues. For an optional field (``str | None``)
-    pydantic reports each branch of the union: ``prompt.constrained-str: too short`` and ``prompt.none:
-    Input should be None``. The None branch says nothing to a caller who sent a value, so it is left
-    out and the other branches are reported at the field itself (``["body", "prompt"]``)."""
-    issues = [{"loc": [p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())],
-               "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors]
-    optional = {tuple(i["loc"][:-1]) for i in issues if i["type"] == "none_required" and i["loc"]}
-    out = []
-    for i in issues:
-        parent = tuple(i["loc"][:-1])
-        if parent in optional and len(i["loc"]) > 1:
-            if i["type"] == "none_required":
-                continue
-            i = {**i, "loc": list(parent)}
-        out.append(i)
-    return out
 
 
 def _install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from neural_router.policy import Constraints, NoEligibleModelError, Preferences
 from neural_router.feedback import decision_context
@@ -16,7 +18,8 @@ from serving.metrics import CONTENT_TYPE
 from serving.schemas import (BatchItemError, BatchItemErrorInfo, BatchRouteRequest,
                              BatchRouteResponse, ErrorResponse, HealthResponse, ModelInfo,
                              ModelPrediction, ModelsResponse, PredictRequest, PredictResponse,
-                             PresetInfo, ReadyResponse, RouteRequest, RouteResponse)
+                             PresetInfo, ReadyResponse, RouteRequest, RouteResponse, issues_text,
+                             validation_issues)
 from serving.feedback import DecisionRecord, FeedbackLog
 from serving.service import (Choice, InputError, PreparedPrompt, RouterService, RouterState,
                              device_info)
@@ -33,8 +36,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 BATCH_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
-    422: {**_ERR, "description": "Malformed body or more items than max_batch_requests (an item "
-                                 "that cannot be routed is answered in place, with 200)."},
+    422: {**_ERR, "description": "Not a batch (no `requests` list of 1 or more items) or more items "
+                                 "than max_batch_requests; an invalid item or one that cannot be "
+                                 "routed is answered in place, with 200."},
 }
 router = APIRouter()  # needs the API key when one is configured
 health_router = APIRouter()  # /healthz and /readyz: always open (probes)
@@ -83,11 +87,29 @@ def decision_record(request_id: str, state: RouterState, prompt: PreparedPrompt,
                           context=decision_context(prompt.features, cons))
 
 
+class ItemValidationError(InputError):
+    """A batch item that is not a valid route request (what /v1/route answers with a 422 body
+    validation error); the message names each field and what is wrong with it."""
+
+
+def validate_item(raw: Any) -> RouteRequest | ItemValidationError:
+    """One ``/v1/route/batch`` item as a :class:`RouteRequest`, or the error saying why it is not."""
+    try:
+        return RouteRequest.model_validate(raw)
+    except ValidationError as e:
+        if not isinstance(raw, dict):
+            return ItemValidationError(f"must be an object with 'prompt' or 'messages' (a route "
+                                       f"request), got {type(raw).__name__}")
+        return ItemValidationError(issues_text(validation_issues(list(e.errors())), raw))
+
+
 ItemResult = RouteResponse | InputError | NoEligibleModelError
 
 
-async def _route_many(svc: RouterService, fb: FeedbackLog, reqs: list[RouteRequest]) -> list[ItemResult]:
-    """Route each request; an item that cannot be routed gets its error (not raised) in its place.
+async def _route_many(svc: RouterService, fb: FeedbackLog,
+                      reqs: Sequence[RouteRequest | InputError]) -> list[ItemResult]:
+    """Route each request; an item that cannot be routed gets its error (not raised) in its place,
+    and so does an item given as an error already (one that failed validation).
 
     Only the routable items are predicted and logged. Errors of the call as a whole (too many
     items, queue full, timeout) are raised."""
@@ -96,6 +118,9 @@ async def _route_many(svc: RouterService, fb: FeedbackLog, reqs: list[RouteReque
     out: list[ItemResult | None] = [None] * len(reqs)
     todo: list[tuple[int, PreparedPrompt, Preferences, Constraints]] = []
     for i, r in enumerate(reqs):
+        if isinstance(r, InputError):
+            out[i] = r
+            continue
         try:
             todo.append((i, _prepare(svc, r), svc.preferences(r.preset, r.preferences),
                          svc.constraints(r.constraints, state=state)))
@@ -125,7 +150,8 @@ async def _route_many(svc: RouterService, fb: FeedbackLog, reqs: list[RouteReque
 
 def _item_error(svc: RouterService, index: int, e: Exception) -> BatchItemError:
     """A batch item's error, as /v1/route would have answered it (422 ``detail``), named by index."""
-    svc.metrics.rejected.labels("input").inc()  # as the 422 handler counts a refused /v1/route
+    # counted as the 422 handlers count a refused /v1/route
+    svc.metrics.rejected.labels("validation" if isinstance(e, ItemValidationError) else "input").inc()
     kind: Literal["invalid_request", "no_eligible_model"] = \
         "no_eligible_model" if isinstance(e, NoEligibleModelError) else "invalid_request"
     return BatchItemError(index=index, error=BatchItemErrorInfo(type=kind, message=f"requests[{index}]: {e}"))
@@ -160,9 +186,13 @@ async def route_batch(body: BatchRouteRequest, svc: RouterService = Depends(get_
     ``/v1/route`` call. An item that cannot be routed (unknown model or preset, empty prompt after
     flattening ``messages``, no eligible model, ...) gets an error object ``{"index", "error":
     {"type", "message"}}`` in its place and the others are still routed: the answer is 200 as long
-    as the body itself is valid. A malformed body (wrong types, an empty prompt string, too many
-    items) fails the whole call with 422."""
-    results = await _route_many(svc, fb, body.requests)
+    as the body itself is a batch. Each item is validated on its own: an invalid item (an empty
+    prompt string, a negative weight, an unknown field, ...) gets an ``invalid_request`` error whose
+    message names the field and what is wrong with it, as ``/v1/route`` would in its 422. Only a body
+    that is not a batch (not an object, no ``requests`` list of 1 or more items, more items than
+    ``max_batch_requests``) fails the whole call with 422."""
+    _check_count(svc, len(body.requests), "requests")  # before validating a huge list item by item
+    results = await _route_many(svc, fb, [validate_item(r) for r in body.requests])
     return BatchRouteResponse(results=[_item_error(svc, i, r) if isinstance(r, Exception) else r
                                        for i, r in enumerate(results)])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
@@ -133,8 +133,19 @@ class ReloadRequest(_Strict):
                             description="Router folder on the server (exported or trained).")
 
 
+def _unvalidated(item: Any) -> Any:
+    return item
+
+
+# A batch item is validated on its own by /v1/route/batch (an invalid one gets its own error in the
+# results instead of failing the call); the schema still documents it as a RouteRequest.
+BatchItem = Annotated[Any, PlainValidator(_unvalidated, json_schema_input_type=RouteRequest)]
+
+
 class BatchRouteRequest(_Strict):
-    requests: list[RouteRequest] = Field(min_length=1, description="Routed independently, in order.")
+    requests: list[BatchItem] = Field(
+        min_length=1, description="Routed independently, in order; each item is validated on its "
+                                  "own (an invalid item gets an error object in its place).")
 
 
 class PredictRequest(_Strict):
@@ -172,8 +183,9 @@ class RouteResponse(BaseModel):
 
 class BatchItemErrorInfo(BaseModel):
     type: Literal["invalid_request", "no_eligible_model"] = Field(
-        description="invalid_request: the item cannot be routed as given (e.g. unknown model or "
-                    "preset, empty prompt); no_eligible_model: no pool model can serve it.")
+        description="invalid_request: the item is invalid (the message names the field and what is "
+                    "wrong) or cannot be routed as given (e.g. unknown model or preset, empty "
+                    "prompt); no_eligible_model: no pool model can serve it.")
     message: str = Field(description='Names the item, e.g. "requests[2]: constraints.allowed_models: '
                                      'unknown model ...".')
 
@@ -271,6 +283,52 @@ class ValidationIssue(BaseModel):
     loc: list[str | int]
     msg: str
     type: str
+
+
+def validation_issues(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's errors as ``{"loc", "msg", "type"}`` issues. For an optional field (``str | None``)
+    pydantic reports each branch of the union: ``prompt.constrained-str: too short`` and ``prompt.none:
+    Input should be None``. The None branch says nothing to a caller who sent a value, so it is left
+    out and the other branches are reported at the field itself (``["body", "prompt"]``)."""
+    issues = [{"loc": [p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())],
+               "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors]
+    optional = {tuple(i["loc"][:-1]) for i in issues if i["type"] == "none_required" and i["loc"]}
+    out = []
+    for i in issues:
+        parent = tuple(i["loc"][:-1])
+        if parent in optional and len(i["loc"]) > 1:
+            if i["type"] == "none_required":
+                continue
+            i = {**i, "loc": list(parent)}
+        out.append(i)
+    return out
+
+
+def field_path(data: Any, loc: list[str | int]) -> str:
+    """``loc`` of an issue in ``data`` (the validated input) as ``messages[0].content``: pydantic puts
+    the branch of a union it tried into ``loc`` (``messages.list[Message].0.content.str``); a name
+    that is not a key of the object at that point is such a branch and is left out, except at the
+    end, where it is a missing field."""
+    parts: list[str] = []
+    for k, p in enumerate(loc):
+        if isinstance(p, int) and isinstance(data, list):
+            parts.append(f"[{p}]")
+            data = data[p] if 0 <= p < len(data) else None
+        elif isinstance(data, dict) and (p in data or k == len(loc) - 1):
+            parts.append(f".{p}")
+            data = data.get(p)  # type: ignore[call-overload]
+    return "".join(parts).lstrip(".")
+
+
+def issues_text(issues: list[dict[str, Any]], data: Any) -> str:
+    """Issues of :func:`validation_issues` about ``data`` as one line, each ``field.path: message``,
+    e.g. ``"preferences.cost_weight: Input should be greater than or equal to 0; surprise: Extra
+    inputs are not permitted"``."""
+    out = []
+    for i in issues:
+        path = field_path(data, i["loc"])
+        out.append(f"{path}: {i['msg']}" if path else i["msg"])
+    return "; ".join(out)
 
 
 class ErrorResponse(BaseModel):

@@ -242,13 +242,11 @@ def test_batch_route_keeps_order_and_names_bad_item(client: TestClient) -> None:
     r = client.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}, {"prompt": " "}]})
     assert r.status_code == 200 and r.json()["results"][1] == {
         "index": 1, "error": {"type": "invalid_request", "message": "requests[1]: prompt is empty"}}
-    # a malformed body is still a 422 for the whole call
-    r = client.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}, {"prompt": ""}]})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["body", "requests", 1]
-    r = client.post("/v1/route/batch", json={"requests": [{"prompt": "ok"}, {"prompt": 7}]})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["body", "requests", 1]
-    r = client.post("/v1/route/batch", json={"requests": []})
-    assert r.status_code == 422
+    # a body that is not a batch is still a 422 for the whole call
+    for body in ({"requests": []}, {"requests": {"prompt": "ok"}}, {"prompt": "ok"}, [{"prompt": "ok"}],
+                 {"requests": [{"prompt": "ok"}], "surprise": 1}):
+        r = client.post("/v1/route/batch", json=body)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "body", (body, r.text)
     with make_client(max_batch_requests=2) as c:
         r = c.post("/v1/route/batch", json={"requests": [{"prompt": "a"}] * 3})
         assert r.status_code == 422 and "max_batch_requests" in r.json()["detail"]
@@ -301,6 +299,46 @@ def test_batch_route_answers_bad_items_in_place_and_routes_the_others() -> None:
         assert sum(stub.batches) == served_before
         text = c.get("/metrics").text
         assert 'router_http_requests_total{endpoint="/v1/route/batch",method="POST",status="200"} 3.0' in text
+
+
+def test_batch_route_validates_each_item_on_its_own() -> None:
+    """An item that fails schema validation (empty prompt string, negative weight, unknown field,
+    max_tokens above the limit, ...) gets its own error naming the field; the valid items are still
+    routed (such an item used to fail the whole batch with 422)."""
+    stub = StubPredictor()
+    with make_client(stub) as c:
+        bad = [({"prompt": ""}, "prompt: String should have at least 1 character"),
+               ({"prompt": "x", "preferences": {"cost_weight": -1}},
+                "preferences.cost_weight: Input should be greater than or equal to 0"),
+               ({"prompt": "x", "surprise": 1}, "surprise: Extra inputs are not permitted"),
+               ({"prompt": "x", "max_tokens": 10_000_001}, "max_tokens: Input should be less than or equal to"),
+               ({"prompt": 7}, "prompt: Input should be a valid string"),
+               ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, "exactly one of 'prompt' or 'messages'"),
+               ({"messages": [{"role": "robot", "content": "y"}]}, "messages[0].role: Input should be"),
+               ("just a string", "must be an object with 'prompt' or 'messages' (a route request), got str")]
+        reqs: list[Any] = [{"prompt": "good one"}]
+        for item, _ in bad:
+            reqs += [item, {"prompt": f"good after {len(reqs)}"}]
+        served_before = sum(stub.batches)
+        r = c.post("/v1/route/batch", json={"requests": reqs})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert len(results) == len(reqs) == 2 * len(bad) + 1
+        assert all("model" in results[i] for i in range(0, len(reqs), 2))
+        assert len({results[i]["request_id"] for i in range(0, len(reqs), 2)}) == len(bad) + 1
+        assert sum(stub.batches) - served_before == len(bad) + 1  # only the valid items are predicted
+        for k, (item, words) in enumerate(bad):
+            i = 2 * k + 1
+            assert results[i]["index"] == i and results[i]["error"]["type"] == "invalid_request"
+            message = results[i]["error"]["message"]
+            assert message.startswith(f"requests[{i}]: ") and words in message, (item, message)
+            if isinstance(item, dict):  # /v1/route refuses the same item with the same issue
+                single = c.post("/v1/route", json=item)
+                assert single.status_code == 422
+                issue = single.json()["detail"][0]
+                assert issue["msg"] in message, (item, message, issue)
+        metrics = c.get("/metrics").text
+        assert f'router_rejected_total{{reason="validation"}} {2.0 * len(bad) - 1}' in metrics
 
 
 def test_predict_endpoint(client: TestClient) -> None:
