@@ -123,7 +123,7 @@ def one_router(router_dir: str, min_prompts: int, embed_cache: dict) -> dict:
     d = Path(router_dir)
     tm = json.loads((d / "training_metrics.json").read_text())
     predictor = load_predictor(d, device="cpu")
-    train, val, salt = split_as_trained(tm, tm["data"], predictor.models, predictor.pool)
+    train, val, salt = split_as_trained(tm, None, predictor.models, predictor.pool, d / "training_metrics.json")
     models = list(train.models)
     encoder = tm.get("config", {}).get("encoder", "default")
     missing = [p for p in dict.fromkeys(train.prompts + val.prompts) if (encoder, p) not in embed_cache]

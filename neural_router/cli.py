@@ -218,7 +218,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from training.evaluate import print_summary, run_eval
 
-    pairs = [tuple(p.split(",", 1)) for p in args.pair]
+    pairs = [tuple(p.split(",")) for p in args.pair]   # checked against the router's pool by run_eval
     report = run_eval(args.router, args.data, args.output, args.pool, baselines=not args.no_baselines,
                       pairs=pairs, int8=args.int8)
     print_summary(report)

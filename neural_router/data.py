@@ -122,6 +122,22 @@ class RoutingDataset:
                 "sources": {s: self.sources.count(s) for s in sorted(set(self.sources))}}
 
 
+def recorded_sources(paths: list[str]) -> list[str]:
+    """The data sources to record in a router's metrics: local paths made absolute (so ``eval`` and
+    ``update`` find them from any folder), hub ids unchanged."""
+    return [str(Path(p).resolve()) if Path(p).exists() else str(p) for p in paths]
+
+
+def load_recorded_data(paths: list[str], where: str, pool: ModelPool, config: DataConfig) -> RoutingDataset:
+    """:func:`load_routing_data` on the data a router's metrics file names; a failure says where the
+    paths came from and how to give others."""
+    try:
+        return load_routing_data(paths, pool, config)
+    except DataError as e:
+        raise DataError(f"{e}\n(these are the router's training data, as {where} records them; pass --data "
+                        "to use other paths)") from None
+
+
 def prompt_hash_unit(prompt: str, salt: str = "") -> float:
     h = hashlib.sha1((salt + "\x00" + prompt).encode("utf-8")).digest()
     return int.from_bytes(h[:8], "big") / 2.0**64
@@ -215,6 +231,7 @@ class _Builder:
         self.sums = {f: [] for f in self.FIELDS}
         self.counts = {f: [] for f in self.FIELDS}
         self.skipped: dict[str, int] = {}
+        self.unknown_seen: set[str] = set()
         self.errors = Problems()   # raised together once every file is read
         self.M = len(pool)
 
@@ -286,13 +303,14 @@ class _Builder:
     def model(self, where: str, name: str) -> int | None:
         canonical = self.pool.resolve(name)
         if canonical is None:
-            msg = (f"model {name!r} is not in the pool; add it to configs/models.yaml "
-                   "(or set data.unknown_models: skip)")
             if self.cfg.unknown_models == "raise":
-                self.error(where, msg)
+                self.error(where, f"model {name!r} is not in the pool; add it to configs/models.yaml "
+                                  "(or set data.unknown_models: skip)")
                 return None
             self.skipped["unknown model"] = self.skipped.get("unknown model", 0) + 1
-            log.warning("skipping %s: %s", where, msg)
+            if name not in self.unknown_seen:   # once per model: a long file names it on every row
+                self.unknown_seen.add(name)
+                log.warning("skipping model %r, which the pool does not know (first at %s)", name, where)
             return None
         return self.pool.names.index(canonical)
 

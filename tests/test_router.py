@@ -1,12 +1,14 @@
 """Model, training, export, predictors and the CLI on a tiny random encoder (fast)."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from neural_router import Constraints, Preferences, RequestFeatures, Router
 from neural_router.model import RouterConfig, RouterModel
@@ -439,3 +441,33 @@ def test_adversarial_sources_reverses_the_gradient_and_trains_a_router(tiny_data
     with pytest.raises(ValueError, match="two or more sources"):
         run_train([str(one)], tmp_path / "bad", tiny_train_config, tiny_pool_file,
                   overrides={"adversarial_sources": 1.0}, **kw)
+
+
+def test_eval_checks_pairs_data_and_names_where_the_data_paths_came_from(tmp_path, tiny_trained_dir):
+    import shutil
+
+    from neural_router.data import DataError
+    from training.evaluate import run_eval
+
+    tm = json.loads((tiny_trained_dir / "training_metrics.json").read_text())
+    assert all(Path(p).is_absolute() for p in tm["data"])   # found again from any working folder
+    rep = run_eval(tiny_trained_dir, output=tmp_path / "ok", baselines=False, pairs=[("big-alias", "small")])
+    assert rep["routers"]["neural-router"]["two_model"][-1]["strong"] == "big"   # the alias resolved
+    with pytest.raises(ValueError, match="'gpt-5' is not one of the router's models"):
+        run_eval(tiny_trained_dir, output=tmp_path / "e", baselines=False, pairs=[("gpt-5", "small")])
+    with pytest.raises(ValueError, match="give two models as STRONG,WEAK"):
+        run_eval(tiny_trained_dir, output=tmp_path / "e", baselines=False, pairs=[("big",)])
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_trained_dir, moved)
+    (moved / "training_metrics.json").write_text(json.dumps({**tm, "data": ["../nowhere/data.jsonl"]}))
+    with pytest.raises(DataError, match=r"(?s)no such file.*training_metrics.json records them; pass --data"):
+        run_eval(moved, output=tmp_path / "e", baselines=False)
+    from conftest import TINY_POOL   # a pool that knows one more model, and data of only that one
+
+    pool_file = tmp_path / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump({"models": TINY_POOL["models"] + [{**TINY_POOL["models"][2], "name": "extra",
+                                                                          "aliases": []}]}))
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "p", "model": "extra", "score": 1.0}) + "\n")
+    with pytest.raises(ValueError, match="holds none of the router's models"):
+        run_eval(tiny_trained_dir, data=[str(other)], pool_file=pool_file, output=tmp_path / "e", baselines=False)

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from neural_router.card import write_model_card
-from neural_router.data import DataConfig, RoutingDataset, load_routing_data
+from neural_router.data import DataConfig, RoutingDataset, load_recorded_data, load_routing_data
 from neural_router.evaluation import evaluate
 from neural_router.pool import ModelPool
 from neural_router.predictors import load_predictor, require_router_folder
@@ -17,18 +17,40 @@ log = logging.getLogger(__name__)
 DEFAULT_PAIRS = [("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")]
 
 
-def split_as_trained(tm: dict, data: list[str], models: list[str],
-                     pool: ModelPool) -> tuple[RoutingDataset, RoutingDataset, str]:
+def split_as_trained(tm: dict, data: list[str] | None, models: list[str], pool: ModelPool,
+                     tm_path: Path | str = "training_metrics.json") -> tuple[RoutingDataset, RoutingDataset, str]:
     """``data`` split into (train, validation) exactly as the training recorded in ``tm`` (a
     ``training_metrics.json``, or {} for the defaults) split it: same fraction and salt, which is
     returned too. Restricted to ``models``; models of other pools in the same data are skipped, not
     errors."""
     dcfg = DataConfig(**tm.get("config", {}).get("data", {})) if tm else DataConfig()
-    ds = load_routing_data(data, pool, dcfg.model_copy(update={"unknown_models": "skip"}))
+    dcfg = dcfg.model_copy(update={"unknown_models": "skip"})
+    if data:
+        ds = load_routing_data(data, pool, dcfg)
+    elif tm.get("data"):
+        ds = load_recorded_data(tm["data"], str(tm_path), pool, dcfg)
+    else:
+        raise ValueError(f"{tm_path} names no training data; pass --data")
+    if not set(models) & set(ds.models):
+        raise ValueError(f"the data holds none of the router's models ({', '.join(models)}; the data's: "
+                         f"{', '.join(ds.models) or 'none the pool knows'}); evaluate on data of the router's pool")
     ds = ds.select_models([m for m in models if m in ds.models])
     salt = tm.get("split_salt", dcfg.split_salt)
     train, val = ds.split(tm.get("val_fraction", dcfg.val_fraction), salt)
     return train, val, salt
+
+
+def checked_pair(pair: tuple[str, ...], pool: ModelPool, models: list[str]) -> tuple[str, str]:
+    """A user's (strong, weak) pair in the router's canonical names; a clear error otherwise."""
+    if len(pair) != 2 or not all(pair):
+        raise ValueError(f"--pair {','.join(pair)!r}: give two models as STRONG,WEAK, e.g. "
+                         f"--pair {','.join(DEFAULT_PAIRS[0])}")
+    names = tuple(pool.resolve(n.strip()) for n in pair)
+    for given, name in zip(pair, names):
+        if name not in models:
+            raise ValueError(f"--pair {','.join(pair)!r}: {given!r} is not one of the router's models "
+                             f"({', '.join(models)})")
+    return names[0], names[1]
 
 
 def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str | Path | None = None,
@@ -39,12 +61,10 @@ def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str 
     require_router_folder(d)   # before blaming its training_metrics.json
     tm_path = d / "training_metrics.json"
     tm = json.loads(tm_path.read_text()) if tm_path.is_file() else {}
-    data = data or tm.get("data")
-    if not data:
-        raise ValueError(f"{d} has no training_metrics.json naming its data; pass --data")
     predictor = load_predictor(d, device="auto", int8=int8)
     pool = ModelPool.from_yaml(pool_file) if pool_file else predictor.pool
-    train, val, _ = split_as_trained(tm, data, predictor.models, pool)
+    pairs = DEFAULT_PAIRS + [checked_pair(p, pool, predictor.models) for p in pairs or []]
+    train, val, _ = split_as_trained(tm, data, predictor.models, pool, tm_path)
     if not len(val):
         raise ValueError("the validation split is empty; raise data.val_fraction")
     preds = predictor.predict(val.prompts)
@@ -52,7 +72,7 @@ def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str 
     out.mkdir(parents=True, exist_ok=True)
     report = evaluate(preds, train, val, pool, baselines=baselines,
                       encoder=tm.get("config", {}).get("encoder", "default"),
-                      pairs=DEFAULT_PAIRS + list(pairs or []), plot_path=out / ("cost_quality.int8.png" if int8 else "cost_quality.png"))
+                      pairs=pairs, plot_path=out / ("cost_quality.int8.png" if int8 else "cost_quality.png"))
     report["router"] = str(d)
     report["router_version"] = predictor.version
     report["predictor"] = {"provider": predictor.provider, "int8": int8}

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from neural_router.card import write_model_card
-from neural_router.data import load_routing_data
+from neural_router.data import load_routing_data, recorded_sources
 from neural_router.pool import ModelPool
 from neural_router.trainer import TrainConfig, train_router
 from neural_router.validation import describe
@@ -65,7 +65,7 @@ def run_train(data: list[str], output: str | Path, config: str | Path | None = N
         pool.subset(model.config.models).to_yaml(out / "models.yaml")
         # "summary" counts what the weights were trained on (as an update's metrics do: updates read
         # its observed_per_model to share their change per model); "data_summary" the whole dataset
-        metrics = {"data": [str(d) for d in data], "summary": train.summary(), "data_summary": ds.summary(),
+        metrics = {"data": recorded_sources([str(d) for d in data]), "summary": train.summary(), "data_summary": ds.summary(),
                    "train_prompts": len(train),
                    "val_prompts": len(val), "val_fraction": cfg.data.val_fraction,
                    "split_salt": cfg.data.split_salt, "history": history,

@@ -53,7 +53,8 @@ import numpy as np
 
 from neural_router import update_defaults as D
 from neural_router.card import write_model_card
-from neural_router.data import RoutingDataset, load_routing_data, prompt_hash_unit
+from neural_router.data import (RoutingDataset, load_recorded_data, load_routing_data, prompt_hash_unit,
+                                recorded_sources)
 from neural_router.feedback import FeedbackStore, safe_url
 from neural_router.model import HEADS, RouterModel
 from neural_router.policy import Preferences
@@ -499,13 +500,14 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     # ---- original data ---------------------------------------------------------------------------
     if isinstance(data, (str, Path)):
         data = [str(data)]
-    data_paths = [str(d) for d in data] if data else list(tm.get("data") or [])
+    data_paths = recorded_sources([str(d) for d in data] if data else list(tm.get("data") or []))
     val_fraction = tm.get("val_fraction", cfg.data.val_fraction)
     split_salt = tm.get("split_salt", cfg.data.split_salt)
     orig_train = orig_val = None
     if data_paths:
         dcfg = cfg.data.model_copy(update={"unknown_models": "skip"})
-        ds = load_routing_data(data_paths, pool, dcfg)
+        ds = (load_routing_data(data_paths, pool, dcfg) if data
+              else load_recorded_data(data_paths, f"{parent_dir}/training_metrics.json", pool, dcfg))
         ds = align_models(ds, models)
         orig_train, orig_val = ds.split(val_fraction, split_salt)
         if original_sample is not None and len(orig_train) > original_sample:
