@@ -22,7 +22,7 @@ def _add_prefs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-latency-ms", type=float)
     g.add_argument("--allow", action="append", help="allowed model (repeatable)")
     g.add_argument("--deny", action="append", help="denied model (repeatable)")
-    g.add_argument("--max-tokens", type=int, help="requested max output tokens")
+    g.add_argument("--max-tokens", type=positive_int, help="requested max output tokens")
     g.add_argument("--image", action="store_true", help="the request carries an image")
 
 
@@ -42,6 +42,13 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text) if text.strip().isdigit() else 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
     return value
 
 
@@ -66,8 +73,8 @@ def add_update_arguments(p) -> None:
     p.add_argument("--holdout-fraction", type=float, default=0.3)
     p.add_argument("--router-version", help="only decisions logged by this router version")
     p.add_argument("--cold-start-prior", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--soup", type=int, metavar="N",
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--soup", type=positive_int, metavar="N",
                    help="average the weights of N fine-tunes from the router with different seeds (a uniform "
                         "model soup: steadier updates for N times the training time; default: the router's "
                         "config, 1)")
@@ -116,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--config", help="training YAML (default: configs/train.yaml)")
     p.add_argument("--pool", help="model pool YAML (default: configs/models.yaml)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=positive_int)
     p.add_argument("--encoder", help="HF encoder path or hub id (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--soup", type=int, metavar="N",
+    p.add_argument("--soup", type=positive_int, metavar="N",
                    help="average the weights of N fine-tunes with seeds seed, seed+1, ... (default from the "
                         "config: 1)")
     p.add_argument("--freeze-layers", type=int,
@@ -180,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the router microservice")
     p.add_argument("--router", required=True)
     p.add_argument("--host", help="default from the config: 127.0.0.1")
-    p.add_argument("--port", type=int, help="default from the config: 8000")
+    p.add_argument("--port", type=port_number, help="default from the config: 8000")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="default from the config: auto")
     p.add_argument("--config", help="serving YAML (default: built-in settings, same as configs/serve.yaml)")
 
@@ -436,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:   # OSError: e.g. an --output that is an existing file
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"neural-router {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -28,6 +28,18 @@ class RouteResult:
                 "predictions": self.predictions.as_dicts()[0]}
 
 
+def _as(cls, value):
+    """``value`` as a ``cls`` dataclass: unchanged if it is one (or None), built from a dict's fields."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        try:
+            return cls(**value)
+        except TypeError as e:   # an unknown field
+            raise ValueError(f"{cls.__name__}: {e}") from None
+    raise TypeError(f"expected {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+
+
 class Router:
     """A trained (PyTorch) or exported (ONNX) router plus the routing policy."""
 
@@ -58,8 +70,18 @@ class Router:
                      preferences or Preferences(), constraints or Constraints(), self.capabilities,
                      features or RequestFeatures(), int(predictions.input_tokens[i]))
 
-    def route(self, prompt: str, preferences: Preferences | None = None, constraints: Constraints | None = None,
-              features: RequestFeatures | None = None) -> RouteResult:
+    def route(self, prompt: str, preferences: Preferences | dict | None = None,
+              constraints: Constraints | dict | None = None, features: RequestFeatures | dict | None = None
+              ) -> RouteResult:
+        """Route one prompt. Preferences, constraints and features may be given as their dataclasses or
+        as dicts of their fields, e.g. ``route("...", {"cost_weight": 0.3}, {"max_latency_ms": 2000})``."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"route() takes one prompt string, not {type(prompt).__name__}; "
+                            "predict() takes a list")
+        if not prompt.strip():
+            raise ValueError("the prompt is empty: give the text to route")
+        preferences, constraints, features = (_as(Preferences, preferences), _as(Constraints, constraints),
+                                              _as(RequestFeatures, features))
         preds = self.predict([prompt], [features or RequestFeatures()])
         decision = self.decide(preds, 0, preferences, constraints, features)
         return RouteResult(decision, preds, bool(preds.truncated[0]))

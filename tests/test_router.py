@@ -471,3 +471,32 @@ def test_eval_checks_pairs_data_and_names_where_the_data_paths_came_from(tmp_pat
     other.write_text(json.dumps({"prompt": "p", "model": "extra", "score": 1.0}) + "\n")
     with pytest.raises(ValueError, match="holds none of the router's models"):
         run_eval(tiny_trained_dir, data=[str(other)], pool_file=pool_file, output=tmp_path / "e", baselines=False)
+
+
+def test_python_route_checks_its_input_and_takes_dicts(tiny_router_dir):
+    r = Router.from_pretrained(tiny_router_dir)
+    as_dicts = r.route("hello movie", {"cost_weight": 0.5}, {"denied_models": ["big"]})
+    as_classes = r.route("hello movie", Preferences(cost_weight=0.5), Constraints(denied_models=("big",)))
+    assert as_dicts.model == as_classes.model != "big"
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        r.route("  ")
+    with pytest.raises(TypeError, match="predict\\(\\) takes a list"):
+        r.route(["a", "b"])
+    with pytest.raises(ValueError, match="Preferences: .*unexpected keyword argument 'cost'"):
+        r.route("hello", {"cost": 0.5})
+
+
+def test_cli_rejects_bad_numbers_before_loading_anything(tiny_router_dir, tiny_trained_dir, tmp_path):
+    r = run_cli("route", "--router", str(tiny_router_dir), "--prompt", "hi", "--max-tokens", "-1")
+    assert r.returncode == 2 and "--max-tokens" in r.stderr and "at least 1" in r.stderr
+    r = run_cli("train", "--data", "x", "--output", str(tmp_path / "o"), "--epochs", "0")
+    assert r.returncode == 2 and "--epochs" in r.stderr and not (tmp_path / "o").exists()
+    r = run_cli("serve", "--router", str(tiny_router_dir), "--port", "99999")
+    assert r.returncode == 2 and "TCP port" in r.stderr
+    (tmp_path / "file").write_text("")
+    r = run_cli("export", "--router", str(tiny_trained_dir), "--output", str(tmp_path / "file"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "file" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [3\n")
+    r = run_cli("train", "--data", "x", "--output", str(tmp_path / "o"), "--config", str(bad))
+    assert r.returncode == 2 and "not valid YAML" in r.stderr and not (tmp_path / "o").exists()

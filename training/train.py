@@ -35,25 +35,32 @@ def load_train_config(path: str | Path | None, overrides: dict | None = None) ->
         raw = yaml.safe_load(p.read_text()) or {}
     except FileNotFoundError:
         raise FileNotFoundError(f"training config {p} does not exist") from None
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML:\n{e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: a training config is a mapping of keys (e.g. 'epochs: 10'), "
+                         f"not a {type(raw).__name__}")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    raw.update(given)
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        raise ValueError(f"{p}: invalid training config (keys: neural_router/trainer.py TrainConfig):\n"
+        source = f"{p}" + (f" with the command-line options for {', '.join(sorted(given))}" if given else "")
+        raise ValueError(f"{source}: invalid training config (keys: neural_router/trainer.py TrainConfig):\n"
                          f"{describe(e, raw)}") from None
 
 
 def run_train(data: list[str], output: str | Path, config: str | Path | None = None,
               pool_file: str | Path | None = None, overrides: dict | None = None,
               encoder_config=None, progress: bool = True) -> Path:
+    cfg = load_train_config(config, overrides)   # both checked before the output folder is made
+    pool = ModelPool.from_yaml(pool_file or default_config_path("models.yaml"))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
-        cfg = load_train_config(config, overrides)
-        pool = ModelPool.from_yaml(pool_file or default_config_path("models.yaml"))
         t0 = time.time()
         ds = load_routing_data(data, pool, cfg.data)
         train, val = ds.split(cfg.data.val_fraction, cfg.data.split_salt)
