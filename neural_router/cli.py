@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (ValueError, OSError, KeyError) as e:   # OSError: e.g. an --output that is an existing file
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
+            msg = f"cannot make the folder {e.filename}: a file is in the way ({e.strerror}); choose another path"
         print(f"neural-router {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
