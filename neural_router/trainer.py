@@ -305,7 +305,8 @@ def cache_hidden(model: RouterModel, t: Tensors, n_layers: int, batch_size: int,
         todo = np.array(missing, dtype=np.int64)
     if not len(todo):
         return
-    for idx in tqdm(bucket_batches(t.lengths[todo], batch_size * 2, None), desc=desc, leave=False):
+    for idx in tqdm(bucket_batches(t.lengths[todo], batch_size * 2, None), desc=desc, leave=False,
+                    disable=None):   # None: bars on a terminal only, not in a redirected log
         idx = todo[idx]
         T = int(t.lengths[idx].max())
         h = model.hidden_after(torch.tensor(t.input_ids[idx, :T]), torch.tensor(t.attention_mask[idx, :T]),
@@ -639,7 +640,7 @@ def _fit(model: RouterModel, tr: Tensors, va: Tensors | None, cfg: TrainConfig, 
             raw.encoder.eval()  # a fully frozen encoder runs without dropout, as when it was cached
         running, seen = 0.0, 0
         bar = tqdm(bucket_batches(tr.lengths, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)   # a terminal only, as above
         for idx in bar:
             b = make_batch(tr, idx, device)
             out = run_model(raw, b, start_layer)
