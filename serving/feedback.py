@@ -10,7 +10,13 @@ always known to ``/v1/feedback``, on any replica sharing the database. A failing
 routing: the error is logged and counted (``router_decisions_logged_total{status!="ok"}``).
 
 Outcomes arrive through ``POST /v1/feedback`` or, for proxied calls carrying a reference answer,
-from the configured scorer (graded in the background after the answer was returned).
+from the configured scorer (graded in the background after the answer was returned). A proxied
+call's decision names the model that served the answer (a fallback, when the router's choice
+failed; see ``serving/proxy.py``) and keeps the rest under ``context["proxy"]``; feedback for such
+a request must be about that model: the service saw which model answered, so an outcome filed
+under another one would be credited to a model that never answered. For ``/v1/route`` decisions
+the client calls the model itself (possibly one of the ``fallbacks``), so feedback may name any
+of the request's predicted models.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from serving.service import clean_text
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FEEDBACK_PATH = "/v1/feedback"
+PROXY_CONTEXT = "proxy"  # key of Decision.context where the proxy records who served the request
 
 
 class FeedbackDisabledError(RuntimeError):
@@ -48,6 +55,30 @@ class FeedbackDisabledError(RuntimeError):
 
 class FeedbackUnavailableError(RuntimeError):
     """The store could not be reached or failed."""
+
+
+class NotServedModelError(InvalidFeedbackError):
+    """Feedback on a proxied request for another model than the one that answered it (or for a
+    request no model answered)."""
+
+
+def check_served_model(request_id: str, context: dict[str, Any], model: str | None) -> None:
+    """Raise :class:`NotServedModelError` when the decision's ``context`` says the proxy served the
+    request with another model than ``model`` (None: the decision's own model, always the served
+    one), or that no model answered it. Decisions without a proxy record are not checked."""
+    proxy = context.get(PROXY_CONTEXT)
+    if not isinstance(proxy, dict) or "served_model" not in proxy:
+        return
+    served, chosen = proxy["served_model"], proxy.get("chosen_model")
+    if served is None:
+        raise NotServedModelError(
+            f"no model answered request {request_id!r}: every backend failed and the proxy answered "
+            f"502, so there is no answer to score (it is not an outcome of {chosen!r})")
+    if model is not None and model != served:
+        how = f" (the proxy fell back to it after {chosen!r} failed)" if chosen and chosen != served else ""
+        raise NotServedModelError(
+            f"request {request_id!r} was answered by model {served!r}{how}, not {model!r}; "
+            f"send its feedback with \"model\": {served!r} or without \"model\"")
 
 
 @dataclass(frozen=True)
@@ -169,8 +200,8 @@ class FeedbackLog:
         if self.settings.retention == "hash":
             fields["response"] = None  # no texts kept under hash retention
         try:
-            outcome = await self._run(self.store.add_feedback, request_id, score,
-                                      score_range=score_range or self.settings.score_range, **fields)
+            outcome = await self._run(self._add, request_id, score,
+                                      score_range or self.settings.score_range, fields)
         except UnknownRequestError:
             self.metrics.feedback.labels(source, "unknown_request").inc()
             raise
@@ -187,6 +218,15 @@ class FeedbackLog:
                                            "retry later") from None
         self.metrics.feedback.labels(source, "ok").inc()
         return outcome
+
+    def _add(self, request_id: str, score: float, score_range: tuple[float, float],
+             fields: dict[str, Any]) -> Outcome:
+        """Worker thread: check that a proxied request's feedback is about the model that served it,
+        then store the outcome (decisions never change, so the two steps need no common transaction)."""
+        assert self.store is not None
+        decision = self.store.get_decision(request_id)
+        check_served_model(request_id, decision.context, fields.get("model"))
+        return self.store.add_feedback(request_id, score, score_range=score_range, **fields)
 
     def grade_later(self, request_id: str, model: str, prompt: str, response: str, reference: str,
                     **fields: Any) -> None:
@@ -235,14 +275,20 @@ router = APIRouter()
                  413: {"model": ErrorResponse, "description": "Body larger than max_body_bytes."},
                  422: {"model": ErrorResponse, "description": "Invalid body: score outside "
                                                               "score_range or not a number, model not "
-                                                              "among the request's predictions, ..."},
+                                                              "among the request's predictions, not "
+                                                              "the model that answered a proxied "
+                                                              "request, ..."},
                  503: {"model": ErrorResponse, "description": "Feedback is disabled (no feedback_url) "
                                                               "or the store is unavailable."}})
 async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
     """Store the outcome of a request routed by ``/v1/route``, ``/v1/route/batch`` or the proxy:
     its ``score`` (on the configured ``score_range``) and optionally the measured latency, cost,
-    output tokens and answer text. ``model`` defaults to the model the router chose; feedback for
-    another of the request's predicted models (e.g. a fallback that answered) is accepted too."""
+    output tokens and answer text. ``model`` defaults to the model the decision names: the router's
+    choice for ``/v1/route``, the model that answered for the proxy (a fallback, when the choice
+    failed). For a ``/v1/route`` request, feedback for another of its predicted models (e.g. a
+    fallback the client called) is accepted too; for a proxied request the service knows which model
+    answered, and feedback naming another model (or for a request no model answered) is a 422 that
+    names the model that answered."""
     fb: FeedbackLog = request.app.state.feedback
     model = body.model
     if model is not None:

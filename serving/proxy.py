@@ -10,7 +10,13 @@ that fails before its first byte is still retried); ``model`` in every chunk nam
 
 Routed calls go through exploration like ``/v1/route`` and, with ``feedback_url`` set, are logged as
 decisions under the ``x-router-request-id`` of the answer (``x-router-propensity`` gives the
-propensity), so clients can send ``POST /v1/feedback`` later. When a ``scorer`` is configured and the
+propensity), so clients can send ``POST /v1/feedback`` later. The decision is written once the
+forwarding is settled (before the answer is returned) and names the model that *served* the answer
+(after a fallback, not the router's choice), so feedback, which defaults to the decision's model,
+is credited to the model that answered. ``context["proxy"]`` keeps ``chosen_model`` (the
+router's choice, whose probability ``propensity`` is), ``served_model`` (None when every backend
+failed) and ``attempts``; ``/v1/feedback`` refuses feedback naming another model than
+``served_model``. When a ``scorer`` is configured and the
 request carries a reference answer (``metadata.reference``, removed before forwarding, or the
 ``x-router-reference`` header), the backend's answer is graded in the background and stored as the
 outcome of the model that answered, with the measured latency of that backend call and, when the
@@ -26,7 +32,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -37,7 +43,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from neural_router.policy import NoEligibleModelError
 from neural_router.pool import ModelSpec
 
-from serving.feedback import FeedbackLog
+from serving.feedback import PROXY_CONTEXT, DecisionRecord, FeedbackLog
 from serving.routes import decision_record, get_feedback, get_service
 from serving.schemas import ChatCompletionRequest, OpenAIErrorResponse
 from serving.service import PresetError, PreparedPrompt, RouterService, RouterState, clean_text
@@ -82,13 +88,50 @@ class _Routed:
     candidates: list[str]
     prompt: PreparedPrompt
     propensity: float
-    logged: bool
+    record: DecisionRecord | None  # to log once the forwarding is settled (None: feedback is off)
+
+    def served_by(self, served: str | None, attempts: int) -> DecisionRecord | None:
+        """The decision as logged: ``model`` is the model that answered (the router's choice unless
+        a fallback answered; the choice when none did), the rest under ``context["proxy"]``."""
+        if self.record is None:
+            return None
+        chosen = self.candidates[0]
+        proxy = {"chosen_model": chosen, "served_model": served, "attempts": attempts}
+        return replace(self.record, model=served or chosen,
+                       context={**self.record.context, PROXY_CONTEXT: proxy})
+
+
+class _DeferredGrading:
+    """Grades an answer only once its decision is logged (the outcome row needs the decision row,
+    which is written after the backend answered, naming the model that served). An answer that
+    arrives before waits here; if the decision could not be logged, it is not graded."""
+
+    def __init__(self, grader: Callable[[str], OnAnswer]) -> None:
+        self._grader = grader
+        self._logged: bool | None = None  # None: not settled yet
+        self._waiting: list[tuple[str, str, Any, float]] = []
+
+    def for_model(self, name: str) -> OnAnswer:
+        def on_answer(text: str, usage: Any, latency_ms: float) -> None:
+            if self._logged is None:
+                self._waiting.append((name, text, usage, latency_ms))
+            elif self._logged:
+                self._grader(name)(text, usage, latency_ms)
+        return on_answer
+
+    def decision_logged(self, logged: bool) -> None:
+        self._logged = logged
+        waiting, self._waiting = self._waiting, []
+        if logged:
+            for name, text, usage, latency_ms in waiting:
+                self._grader(name)(text, usage, latency_ms)
 
 
 async def _route(svc: RouterService, state: RouterState, fb: FeedbackLog, body: ChatCompletionRequest,
                  request_id: str) -> _Routed:
     """The served model first (after exploration), then the fallbacks; only models with an
-    endpoint take part. The decision is logged under ``request_id`` when feedback is on."""
+    endpoint take part. With feedback on, the decision to log under ``request_id`` comes along
+    (the caller logs it once it knows which model answered)."""
     preset = body.model.split(":", 1)[1] if ":" in body.model else None
     try:
         prefs = svc.preferences(preset, None)
@@ -108,9 +151,8 @@ async def _route(svc: RouterService, state: RouterState, fb: FeedbackLog, body: 
     except NoEligibleModelError as e:
         raise ProxyError(422, f"no model with an endpoint can serve this request: {e}",
                          "no_eligible_model") from None
-    logged = await fb.log_decisions([decision_record(request_id, state, prompt, row, choice, prefs,
-                                                     constraints)])
-    return _Routed([choice.model, *choice.fallbacks], prompt, choice.propensity, logged > 0)
+    record = decision_record(request_id, state, prompt, row, choice, prefs, constraints) if fb.enabled else None
+    return _Routed([choice.model, *choice.fallbacks], prompt, choice.propensity, record)
 
 
 def _reference(payload: dict[str, Any], request: Request) -> str | None:
@@ -327,16 +369,20 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     payload: dict[str, Any] = body.model_dump(mode="json", exclude_unset=True)
     reference = _reference(payload, request)
     extra_headers: dict[str, str] = {}
-    grade: Callable[[str], OnAnswer] | None = None
+    routed: _Routed | None = None
+    grading: _DeferredGrading | None = None
     if body.model == "router" or body.model.startswith("router:"):
         routed = await _route(svc, state, fb, body, request_id)
         candidates = routed.candidates
         extra_headers["x-router-propensity"] = f"{routed.propensity:.6g}"
-        if reference is not None and routed.logged and fb.scorer is not None:
-            grade = _grader(fb, state, request_id, routed.prompt.text, reference)
+        if reference is not None and routed.record is not None and fb.scorer is not None:
+            grading = _DeferredGrading(_grader(fb, state, request_id, routed.prompt.text, reference))
     else:
         candidates = _direct(state, body.model)
     failures: list[str] = []
+    answer: Response | None = None
+    served: str | None = None
+    attempt = 0
     for attempt, name in enumerate(candidates, start=1):
         spec = state.pool.get(name)
         if spec.endpoint is None:
@@ -344,9 +390,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
         headers = {"x-router-model": _header_value(name), "x-router-request-id": request_id,
                    "x-router-attempts": str(attempt), **extra_headers}
         outcome = await _attempt(request.app.state.http, spec, payload, body.stream, headers, svc,
-                                 grade(name) if grade else None)
+                                 grading.for_model(name) if grading else None)
         if isinstance(outcome, Response):
-            return outcome
+            answer, served = outcome, name
+            break
         failures.append(f"{name}: {outcome}")
-    raise ProxyError(502, f"every candidate model failed ({len(failures)} tried): " + "; ".join(failures),
-                     "all_backends_failed", {"x-router-request-id": request_id})
+    if routed is not None:  # logged before answering, so the request id is known to /v1/feedback
+        record = routed.served_by(served, attempt)
+        logged = await fb.log_decisions([record]) if record is not None else 0
+        if grading is not None:
+            grading.decision_logged(logged > 0)
+    if answer is None:
+        raise ProxyError(502, f"every candidate model failed ({len(failures)} tried): " + "; ".join(failures),
+                         "all_backends_failed", {"x-router-request-id": request_id})
+    return answer

@@ -119,7 +119,9 @@ class FeedbackRequest(_Strict):
     request_id: str = Field(min_length=1, max_length=128, description="From the routing response.")
     model: ModelName | None = Field(
         default=None, description="The model that answered (name or alias); default: the model the "
-                                  "router chose. Must be one of the request's predicted models.")
+                                  "router chose (for /v1/chat/completions: the model that answered, "
+                                  "the only one accepted). Must be one of the request's predicted "
+                                  "models.")
     score: float = Field(strict=True, allow_inf_nan=False, description="The outcome's score.")
     latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)

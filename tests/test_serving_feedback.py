@@ -29,7 +29,7 @@ from neural_router.predictions import Predictions, RequestFeatures
 
 from serving.app import create_app, load_router
 from serving.config import ServeSettings
-from test_serving_e2e import REPO, free_port, start_fake_llm, stop, wait_ready
+from test_serving_e2e import REPO, _Stub, free_port, start_fake_llm, stop, wait_ready
 
 ADMIN = {"Authorization": "Bearer adm1n"}
 V2 = "v2-reloaded"
@@ -311,6 +311,75 @@ def test_proxy_logs_decisions_and_grades_answers_with_a_reference(predictor: Any
             assert c.post("/v1/feedback", json={"request_id": rid, "score": 0.5}).status_code == 200
             text = c.get("/metrics").text
             assert metric(text, 'router_feedback_received_total{source="scorer",status="ok"}') == 3
+    finally:
+        stop(proc)
+
+
+def test_proxy_fallback_credits_the_model_that_answered(tiny_router_dir: Path, tmp_path: Path) -> None:
+    """When the router's choice fails and a fallback answers, the logged decision names the model
+    that answered (feedback used to be stored under the chosen model, which never answered), the
+    choice is kept in the decision's context, and feedback naming another model is refused."""
+    from neural_router.pool import ModelPool
+
+    pool = ModelPool.from_yaml(tiny_router_dir / "models.yaml")
+    proc, url = start_fake_llm("--fail-models", "api-big", "--fail-status", "500")
+    ask = [{"role": "user", "content": "What is 6 * 7? The answer is 42"}]
+    try:
+        endpoints = {m: {"endpoint": f"{url}/v1", "api_model": f"api-{m}"} for m in ("big", "mid", "small")}
+        settings = ServeSettings(feedback_url=db_url(tmp_path), endpoints=endpoints, scorer={"type": "numeric"})
+        with TestClient(create_app(settings, _Stub(pool))) as c, FeedbackStore.from_url(db_url(tmp_path)) as store:
+            # the stub ranks big > mid > small: "quality" chooses big, whose backend answers 500
+            r = c.post("/v1/chat/completions", json={"model": "router:quality", "messages": ask})
+            assert r.status_code == 200, r.text
+            assert (r.headers["x-router-model"], r.headers["x-router-attempts"]) == ("mid", "2")
+            rid = r.headers["x-router-request-id"]
+            d = store.get_decision(rid)
+            assert d.model == "mid" and d.propensity == 1.0
+            assert d.context["proxy"] == {"chosen_model": "big", "served_model": "mid", "attempts": 2}
+            r = c.post("/v1/feedback", json={"request_id": rid, "score": 0, "model": "big"})
+            assert r.status_code == 422, r.text
+            assert "answered by model 'mid'" in r.json()["detail"] and "'big' failed" in r.json()["detail"]
+            r = c.post("/v1/feedback", json={"request_id": rid, "score": 0})
+            assert r.status_code == 200 and r.json()["model"] == "mid", r.text
+            assert [o.model for o in store.get_outcomes(rid)] == ["mid"]
+            # naming the model that answered is fine; an alias of another model is not
+            rid2 = c.post("/v1/chat/completions", json={"model": "router:quality", "messages": ask}
+                          ).headers["x-router-request-id"]
+            assert c.post("/v1/feedback", json={"request_id": rid2, "score": 1, "model": "big-alias"}
+                          ).status_code == 422
+            assert c.post("/v1/feedback", json={"request_id": rid2, "score": 1, "model": "mid"}).status_code == 200
+
+            # the scorer grades the fallback's answer under the fallback, streamed or not
+            for stream in (False, True):
+                r = c.post("/v1/chat/completions", json={"model": "router:quality", "messages": ask,
+                                                         "stream": stream, "metadata": {"reference": "42"}})
+                assert r.status_code == 200 and r.headers["x-router-model"] == "mid", r.text
+                rid3 = r.headers["x-router-request-id"]
+                (o,) = wait_for_outcome(store, rid3)
+                assert (o.model, o.score) == ("mid", 1.0) and store.get_decision(rid3).model == "mid"
+            # without a fallback the decision is the router's choice, served by it
+            r = c.post("/v1/chat/completions", json={"model": "router:cheap", "messages": ask})
+            d = store.get_decision(r.headers["x-router-request-id"])
+            assert d.model == r.headers["x-router-model"] == d.context["proxy"]["chosen_model"]
+            assert d.context["proxy"]["attempts"] == 1
+            # a /v1/route decision still takes feedback for any predicted model (the client calls it)
+            rid4 = c.post("/v1/route", json={"prompt": "hi", "preset": "quality"}).json()["request_id"]
+            assert store.get_decision(rid4).model == "big" and "proxy" not in store.get_decision(rid4).context
+            assert c.post("/v1/feedback", json={"request_id": rid4, "score": 1, "model": "mid"}).status_code == 200
+
+        # every backend down: the decision keeps the choice, served by nobody, and takes no feedback
+        down = {m: {"endpoint": "http://127.0.0.1:9/v1"} for m in ("big", "mid", "small")}
+        with TestClient(create_app(ServeSettings(feedback_url=db_url(tmp_path), endpoints=down), _Stub(pool))) as c:
+            r = c.post("/v1/chat/completions", json={"model": "router:quality", "messages": ask})
+            assert r.status_code == 502
+            rid5 = r.headers["x-router-request-id"]
+            r = c.post("/v1/feedback", json={"request_id": rid5, "score": 0})
+            assert r.status_code == 422 and "no model answered" in r.json()["detail"], r.text
+        with FeedbackStore.from_url(db_url(tmp_path)) as store:
+            d = store.get_decision(rid5)
+            assert d.model == "big" and d.context["proxy"] == {"chosen_model": "big", "served_model": None,
+                                                               "attempts": 3}
+            assert store.get_outcomes(rid5) == []
     finally:
         stop(proc)
 
