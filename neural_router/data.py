@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -193,9 +194,47 @@ def _expand(path: str) -> list[tuple[str, str | None]]:
     raise DataError(f"{path}: no such file or folder (hub ids look like 'org/name')")
 
 
+def _ragged_csv_rows(location: str) -> str:
+    """'' if every CSV record has as many fields as the header; else the first few that do not (a
+    ragged row would otherwise shift its cells under other columns, or fail with no row named)."""
+    import csv
+
+    bad, header, start = [], None, 1
+    with open(location, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        for fields in reader:
+            if header is None:
+                header = len(fields)
+            elif fields and len(fields) != header:
+                span = f"line {start}" + (f"-{reader.line_num}" if reader.line_num > start else "")
+                bad.append(f"{span}: {len(fields)} fields")
+            start = reader.line_num + 1
+    if not bad:
+        return ""
+    return (f"{location}: {len(bad)} row(s) do not have the header's {header} fields ({'; '.join(bad[:5])}"
+            f"{'; ...' if len(bad) > 5 else ''}); quote fields that contain commas, quotes or line breaks")
+
+
+def _bad_json_line(location: str) -> str:
+    """The first line of a JSON Lines file that is not a JSON object, named; '' if none is."""
+    with open(location, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"{location}: line {n}: not valid JSON ({e.msg}, column {e.colno})"
+            if not isinstance(rec, dict):
+                return f"{location}: line {n}: expected a JSON object, got {type(rec).__name__}"
+    return ""
+
+
 def _read_table(location: str, builder: str | None) -> list[dict[str, Any]]:
     import datasets
 
+    if builder == "csv" and (problem := _ragged_csv_rows(location)):
+        raise DataError(problem)
     datasets.disable_progress_bars()
     try:
         if builder is None:
@@ -203,6 +242,8 @@ def _read_table(location: str, builder: str | None) -> list[dict[str, Any]]:
         else:
             ds = datasets.load_dataset(builder, data_files=location, split="train")
     except Exception as e:  # datasets raises many types; name the file and pass the reason on
+        if location.endswith(".jsonl") and (problem := _bad_json_line(location)):
+            raise DataError(problem) from None
         raise DataError(f"{location}: could not be read as {builder or 'a hub dataset'}: {e}") from e
     return ds.to_list()
 

@@ -173,3 +173,18 @@ def test_every_bad_row_is_named_in_one_error_and_nothing_is_loaded(tmp_path, poo
     many = write_csv(tmp_path / "many.csv", ["prompt", "model", "score"], [[f"p{i}", "big", "x"] for i in range(30)])
     with pytest.raises(DataError, match=r"30 problems in the data(.|\n)*\.\.\. and 10 more"):
         load_routing_data([str(many)], pool)
+
+
+def test_unreadable_files_name_the_line(tmp_path, pool):
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("prompt,big\nfoo,1\nbar,0,extra\nbaz,1\n")
+    with pytest.raises(DataError, match=r"ragged.csv: 1 row\(s\) do not have the header's 2 fields \(line 3: 3 fields\)"):
+        load_routing_data([str(ragged)], pool)
+    open_quote = tmp_path / "quote.csv"
+    open_quote.write_text('prompt,big\nfoo,1\n"bar,0\nbaz,1\n')
+    with pytest.raises(DataError, match=r"quote.csv: .*line 3-4: 1 fields.*quote fields"):
+        load_routing_data([str(open_quote)], pool)
+    jl = tmp_path / "bad.jsonl"
+    jl.write_text('{"prompt": "p", "model": "big", "score": 1}\n{"prompt": "q", "model": big}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2: not valid JSON"):
+        load_routing_data([str(jl)], pool)
