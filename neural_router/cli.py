@@ -248,6 +248,8 @@ def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list
     from .validation import Problems
 
     records, problems = [], Problems()
+    if Path(path).is_dir():
+        raise ValueError(f"input {path} is a folder; give a JSONL file (one JSON object per line)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"input file {path} does not exist (expected JSONL: one JSON object per line)")
     with open(path, encoding="utf-8") as f:

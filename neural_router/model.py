@@ -78,6 +78,15 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def _readable_like_siblings(path: Path, sibling: Path) -> None:
+    """safetensors writes its file private (0600) whatever the umask; give it its sibling's mode so
+    that a service running as another user (e.g. in a container) can read the weights it can see."""
+    import os
+    import stat
+
+    os.chmod(path, stat.S_IMODE(sibling.stat().st_mode))
+
+
 class RouterModel(nn.Module):
     def __init__(self, config: RouterConfig, encoder: nn.Module):
         super().__init__()
@@ -180,6 +189,7 @@ class RouterModel(nn.Module):
         self.encoder.config.save_pretrained(d)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+        _readable_like_siblings(d / "model.safetensors", d / "router_config.json")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "RouterModel":

@@ -500,3 +500,11 @@ def test_cli_rejects_bad_numbers_before_loading_anything(tiny_router_dir, tiny_t
     bad.write_text("epochs: [3\n")
     r = run_cli("train", "--data", "x", "--output", str(tmp_path / "o"), "--config", str(bad))
     assert r.returncode == 2 and "not valid YAML" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_saved_weights_are_as_readable_as_the_rest_of_the_folder(tiny_trained_dir, tmp_path):
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tiny_trained_dir / "model.safetensors") == mode(tiny_trained_dir / "router_config.json")
+    r = run_cli("predict", "--router", str(tiny_trained_dir), "--input", str(tmp_path), "--output",
+                str(tmp_path / "o.jsonl"))
+    assert r.returncode == 2 and "is a folder; give a JSONL file" in r.stderr
