@@ -245,7 +245,7 @@ def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list
     """(line number, record) for each non-empty line of a JSONL file; each must be an object with a
     string ``required`` (not blank with ``nonempty``). The whole file is checked before anything is
     done with it, and every bad line is reported in one error (the first few named, the rest counted)."""
-    from .validation import Problems
+    from .validation import Problems, json_lines
 
     records, problems = [], Problems()
     if Path(path).is_dir():
@@ -253,22 +253,15 @@ def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list
     if not Path(path).is_file():
         raise FileNotFoundError(f"input file {path} does not exist (expected JSONL: one JSON object per line)")
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                problem = f"line {n}: not valid JSON ({e.msg})"
+        for n, rec, problem in json_lines(f):
+            if rec is not None and not isinstance(rec.get(required), str):
+                problem = f"expected an object with a string {required!r}"
+            elif rec is not None and nonempty and not rec[required].strip():
+                problem = f"{required!r} is empty"
+            if problem:
+                problems.add(f"line {n}: {problem}")
             else:
-                if not isinstance(rec, dict) or not isinstance(rec.get(required), str):
-                    problem = f"line {n}: expected an object with a string {required!r}"
-                elif nonempty and not rec[required].strip():
-                    problem = f"line {n}: {required!r} is empty"
-                else:
-                    records.append((n, rec))
-                    continue
-            problems.add(problem)
+                records.append((n, rec))
     if problems:
         raise ValueError(f"{path}: {problems.count} bad line(s), nothing was processed:\n{problems.lines()}\n"
                          f"Each line must be a JSON object such as {{\"id\": 1, \"{required}\": \"...\"}}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .pool import ModelPool
-from .validation import Problems
+from .validation import Problems, json_lines
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +217,9 @@ def _ragged_csv_rows(location: str) -> str:
 def _bad_json_line(location: str) -> str:
     """The first line of a JSON Lines file that is not a JSON object, named; '' if none is."""
     with open(location, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                return f"{location}: line {n}: not valid JSON ({e.msg}, column {e.colno})"
-            if not isinstance(rec, dict):
-                return f"{location}: line {n}: expected a JSON object, got {type(rec).__name__}"
+        for n, _, problem in json_lines(f):
+            if problem:
+                return f"{location}: line {n}: {problem}"
     return ""
 
 

@@ -8,6 +8,8 @@ a documentation link per error). :func:`describe` turns it into one line per pro
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -78,3 +80,20 @@ def describe(error: ValidationError, raw: Any = None) -> str:
                  else f" (got {given!r})")
         lines.append(f"{_where(loc, raw)}: {msg}{shown}")
     return problem_list(lines)
+
+
+def json_lines(lines: Iterable[str]) -> Iterator[tuple[int, dict | None, str | None]]:
+    """``(line number, object, None)`` for each non-blank JSON Lines line holding a JSON object, and
+    ``(line number, None, what is wrong)`` for one that does not."""
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield n, None, f"not valid JSON ({e.msg}, column {e.colno})"
+            continue
+        if isinstance(rec, dict):
+            yield n, rec, None
+        else:
+            yield n, None, f"expected a JSON object, got {type(rec).__name__}"
