@@ -67,7 +67,6 @@ def require_trained_folder(d: Path) -> None:
 
 
 def _read_common(d: Path, pool: ModelPool | None) -> tuple[RouterConfig, ModelPool, object]:
-    from transformers import AutoTokenizer
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -85,15 +84,21 @@ def _read_common(d: Path, pool: ModelPool | None) -> tuple[RouterConfig, ModelPo
         pool.subset(rc.models)
     except (ValueError, KeyError) as e:
         raise RouterLoadError(f"{d}: pool does not cover the router's models: {e}") from None
+    return rc, pool, load_tokenizer(d)
+
+
+def load_tokenizer(d: Path):
+    """The router folder's tokenizer; :class:`RouterLoadError` if its files are missing or corrupt."""
+    from transformers import AutoTokenizer
+
     if not any((d / name).is_file() for name in VOCAB_FILES):
         # without one, transformers builds a tokenizer of only the special tokens, silently
         raise RouterLoadError(f"{d}: the tokenizer's vocabulary is missing (none of {', '.join(VOCAB_FILES)}); "
                               "copy the folder again from where it was trained or exported")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(d))
+        return AutoTokenizer.from_pretrained(str(d))
     except Exception as e:  # noqa: BLE001 - tokenizer loading raises many types
         raise RouterLoadError(f"{d}: tokenizer files are missing or corrupt: {e}") from None
-    return rc, pool, tokenizer
 
 
 class _Base:

@@ -746,6 +746,14 @@ def test_run_update_errors(tiny_trained_dir, tmp_path):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", compare_with=tmp_path)
     with pytest.raises(RouterLoadError, match="nope does not exist"):
         run_update(tmp_path / "nope", tmp_path / "empty.db", tmp_path / "out")
+    import shutil
+
+    no_tok = tmp_path / "no_tokenizer"
+    shutil.copytree(tiny_trained_dir, no_tok)
+    for f in no_tok.glob("tokenizer.json"):
+        f.unlink()
+    with pytest.raises(RouterLoadError, match="the tokenizer's vocabulary is missing"):
+        run_update(no_tok, tmp_path / "empty.db", tmp_path / "out")
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / "router.onnx").write_bytes(b"")
     with pytest.raises(RouterLoadError, match="is an ONNX export, not a trained router folder"):

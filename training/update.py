@@ -59,7 +59,7 @@ from neural_router.feedback import FeedbackStore, safe_url
 from neural_router.model import HEADS, RouterModel
 from neural_router.policy import Preferences
 from neural_router.pool import ModelPool
-from neural_router.predictors import RouterLoadError, require_trained_folder
+from neural_router.predictors import RouterLoadError, load_tokenizer, require_trained_folder
 from neural_router.trainer import ActivationCache, TrainConfig, train_router
 from training.promotion import (PREF_KEYS, check_on_logs, logged_request, parse_promote_on, policy_probs,
                                 predict_router, pref_weights, promotion_verdict)
@@ -313,14 +313,12 @@ def _version_dir(output_dir: Path, parent_version: str) -> tuple[str, Path]:
 
 def _load_router_folder(d: Path, what: str) -> tuple[RouterModel, Any, dict]:
     """A trained (PyTorch) router folder: its model, tokenizer and training metrics ({} if none)."""
-    from transformers import AutoTokenizer
-
     try:
         require_trained_folder(d)
     except RouterLoadError as e:
         raise RouterLoadError(f"{what}: {e}") from None
     tm_path = d / "training_metrics.json"
-    return (RouterModel.from_pretrained(d), AutoTokenizer.from_pretrained(str(d)),
+    return (RouterModel.from_pretrained(d), load_tokenizer(d),
             json.loads(tm_path.read_text()) if tm_path.is_file() else {})
 
 
