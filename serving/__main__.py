@@ -1,22 +1,16 @@
-"""``python -m serving --router DIR [--host H] [--port P] [--device auto|cuda|cpu] [--config FILE]``."""
+"""``python -m serving --router DIR [--host H] [--port P] [--device auto|cuda|cpu] [--config FILE]``:
+the same command as ``neural-router serve`` (same options, checks and messages)."""
 
 from __future__ import annotations
 
-import argparse
+import sys
 
-from serving.app import serve
+from neural_router.cli import main as cli_main
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m serving", description="Serve an exported router.")
-    p.add_argument("--router", required=True, help="exported router folder (router.onnx, ...)")
-    p.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default from config: 8000)")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default=None)
-    p.add_argument("--config", default=None, help="serve config YAML (see configs/serve.yaml)")
-    a = p.parse_args(argv)
-    serve(a.router, host=a.host, port=a.port, device=a.device, config_file=a.config)
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
