@@ -68,6 +68,33 @@ class InvalidDecisionError(FeedbackError, ValueError):
     """A decision that cannot be logged: propensity outside (0, 1], chosen model not predicted..."""
 
 
+PROXY_CONTEXT = "proxy"  # key of Decision.context where the service's proxy records which model answered
+
+
+class NotServedModelError(InvalidFeedbackError):
+    """Feedback on a proxied request for another model than the one that answered it (or for a
+    request no model answered)."""
+
+
+def check_served_model(request_id: str, context: dict[str, Any], model: str | None) -> None:
+    """Raise :class:`NotServedModelError` when the decision's ``context`` says the proxy served the
+    request with another model than ``model`` (None: the decision's own model, always the served
+    one), or that no model answered it. Decisions without a proxy record are not checked."""
+    proxy = context.get(PROXY_CONTEXT)
+    if not isinstance(proxy, dict) or "served_model" not in proxy:
+        return
+    served, chosen = proxy["served_model"], proxy.get("chosen_model")
+    if served is None:
+        raise NotServedModelError(
+            f"no model answered request {request_id!r}: every backend failed and the proxy answered "
+            f"502, so there is no answer to score (it is not an outcome of {chosen!r})")
+    if model is not None and model != served:
+        how = f" (the proxy fell back to it after {chosen!r} failed)" if chosen and chosen != served else ""
+        raise NotServedModelError(
+            f"request {request_id!r} was answered by model {served!r}{how}, not {model!r}; "
+            f"send its feedback with \"model\": {served!r} or without \"model\"")
+
+
 class StoreUnavailableError(FeedbackError, ValueError):
     """The store cannot be opened: no such SQLite file (where one must exist), not a database, the
     server unreachable, bad credentials..."""
@@ -361,6 +388,7 @@ class FeedbackStore:
                 row = self._decision_row(conn, request_id)
                 if row is None:
                     raise UnknownRequestError(f"no decision was logged for request {request_id!r}")
+                check_served_model(request_id, row["context"] or {}, model)
                 target = row["model"] if model is None else model
                 if target not in row["predictions"]:
                     raise InvalidFeedbackError(

@@ -46,7 +46,6 @@ from serving.service import clean_text
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FEEDBACK_PATH = "/v1/feedback"
-PROXY_CONTEXT = "proxy"  # key of Decision.context where the proxy records who served the request
 
 
 class FeedbackDisabledError(RuntimeError):
@@ -55,30 +54,6 @@ class FeedbackDisabledError(RuntimeError):
 
 class FeedbackUnavailableError(RuntimeError):
     """The store could not be reached or failed."""
-
-
-class NotServedModelError(InvalidFeedbackError):
-    """Feedback on a proxied request for another model than the one that answered it (or for a
-    request no model answered)."""
-
-
-def check_served_model(request_id: str, context: dict[str, Any], model: str | None) -> None:
-    """Raise :class:`NotServedModelError` when the decision's ``context`` says the proxy served the
-    request with another model than ``model`` (None: the decision's own model, always the served
-    one), or that no model answered it. Decisions without a proxy record are not checked."""
-    proxy = context.get(PROXY_CONTEXT)
-    if not isinstance(proxy, dict) or "served_model" not in proxy:
-        return
-    served, chosen = proxy["served_model"], proxy.get("chosen_model")
-    if served is None:
-        raise NotServedModelError(
-            f"no model answered request {request_id!r}: every backend failed and the proxy answered "
-            f"502, so there is no answer to score (it is not an outcome of {chosen!r})")
-    if model is not None and model != served:
-        how = f" (the proxy fell back to it after {chosen!r} failed)" if chosen and chosen != served else ""
-        raise NotServedModelError(
-            f"request {request_id!r} was answered by model {served!r}{how}, not {model!r}; "
-            f"send its feedback with \"model\": {served!r} or without \"model\"")
 
 
 @dataclass(frozen=True)
@@ -200,8 +175,8 @@ class FeedbackLog:
         if self.settings.retention == "hash":
             fields["response"] = None  # no texts kept under hash retention
         try:
-            outcome = await self._run(self._add, request_id, score,
-                                      score_range or self.settings.score_range, fields)
+            outcome = await self._run(self.store.add_feedback, request_id, score,
+                                      score_range=score_range or self.settings.score_range, **fields)
         except UnknownRequestError:
             self.metrics.feedback.labels(source, "unknown_request").inc()
             raise
@@ -218,15 +193,6 @@ class FeedbackLog:
                                            "retry later") from None
         self.metrics.feedback.labels(source, "ok").inc()
         return outcome
-
-    def _add(self, request_id: str, score: float, score_range: tuple[float, float],
-             fields: dict[str, Any]) -> Outcome:
-        """Worker thread: check that a proxied request's feedback is about the model that served it,
-        then store the outcome (decisions never change, so the two steps need no common transaction)."""
-        assert self.store is not None
-        decision = self.store.get_decision(request_id)
-        check_served_model(request_id, decision.context, fields.get("model"))
-        return self.store.add_feedback(request_id, score, score_range=score_range, **fields)
 
     def grade_later(self, request_id: str, model: str, prompt: str, response: str, reference: str,
                     **fields: Any) -> None:

@@ -40,10 +40,11 @@ import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from neural_router.feedback import PROXY_CONTEXT
 from neural_router.policy import NoEligibleModelError
 from neural_router.pool import ModelSpec
 
-from serving.feedback import PROXY_CONTEXT, DecisionRecord, FeedbackLog
+from serving.feedback import DecisionRecord, FeedbackLog
 from serving.routes import decision_record, get_feedback, get_service
 from serving.schemas import ChatCompletionRequest, OpenAIErrorResponse
 from serving.service import PresetError, PreparedPrompt, RouterService, RouterState, clean_text

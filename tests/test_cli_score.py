@@ -130,3 +130,23 @@ def test_score_command_checks_store_and_output_before_scoring(tmp_path):
     out = tmp_path / "new" / "folder" / "o.jsonl"  # a missing folder is created, as predict does
     r = subprocess.run(base + ["--output", str(out)], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0 and calls.read_text() == "x" and json.loads(out.read_text())["score"] == 1.0
+
+
+def test_score_command_refuses_feedback_for_a_model_that_did_not_answer(tmp_path):
+    """The store itself checks a proxied request's feedback against the model that answered, so
+    `score` enforces what /v1/feedback does."""
+    url = f"sqlite:///{tmp_path / 'fb.db'}"
+    preds = {m: {"quality": 0.5, "cost_usd": 0.001, "latency_ms": 10.0} for m in ("a", "b")}
+    with FeedbackStore.from_url(url) as store:
+        store.log_decision(request_id="p1", prompt="2+2?", model="b", router_version="v", predictions=preds,
+                           context={"proxy": {"chosen_model": "a", "served_model": "b", "attempts": 2}})
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"request_id": "p1", "model": "a", "prompt": "2+2?", "response": "4",
+                               "reference": "4"}) + "\n")
+    r = score(inp, tmp_path / "out.jsonl", url)
+    assert r.returncode == 1 and "was answered by model 'b'" in r.stderr and "recorded 0" in r.stdout
+    inp.write_text(json.dumps({"request_id": "p1", "prompt": "2+2?", "response": "4", "reference": "4"}) + "\n")
+    r = score(inp, tmp_path / "out.jsonl", url)
+    assert r.returncode == 0 and "recorded 1" in r.stdout
+    with FeedbackStore.from_url(url) as store:
+        assert [(o.model, o.score) for o in store.get_outcomes("p1")] == [("b", 1.0)]
