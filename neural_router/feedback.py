@@ -291,15 +291,22 @@ class FeedbackStore:
         except SQLAlchemyError as e:
             raise StoreUnavailableError(f"{safe_url(url)} is not a store URL ({e}); use e.g. "
                                         "sqlite:///path/feedback.db or postgresql://user:pw@host:5432/db") from None
-        if parsed.drivername == "postgresql":  # SQLAlchemy would pick psycopg2; we ship psycopg 3
+        if parsed.drivername in ("postgresql", "postgres"):  # SQLAlchemy would pick psycopg2; we ship psycopg 3
             parsed = parsed.set(drivername="postgresql+psycopg")
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             path = Path(parsed.database).expanduser()
+            if path.is_dir():
+                raise StoreUnavailableError(f"the feedback store {path} is a folder; give the SQLite file in it "
+                                            f"(e.g. {path / 'feedback.db'})")
             if must_exist and not path.is_file():
                 raise StoreUnavailableError(f"the feedback store {path} does not exist; give the file the "
                                             "service logs to (feedback_url in its serving config)")
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed)
+        try:
+            engine = create_engine(parsed)
+        except (SQLAlchemyError, ImportError) as e:   # an unknown dialect, or its driver not installed
+            raise StoreUnavailableError(f"{safe_url(url)}: this kind of database cannot be used ({e}); use "
+                                        "sqlite:///path/feedback.db or postgresql://user:pw@host:5432/db") from None
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         try:

@@ -395,5 +395,11 @@ def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path):
         FeedbackStore.from_url("postgresql://user:hunter2@127.0.0.1:1/db")
     assert "cannot open the feedback store postgresql://user:***@127.0.0.1:1/db" in str(e.value)
     assert "hunter2" not in str(e.value)
+    with pytest.raises(StoreUnavailableError, match="cannot open the feedback store postgres://u@"):
+        FeedbackStore.from_url("postgres://u@127.0.0.1:1/db")   # the common spelling reaches psycopg too
+    with pytest.raises(StoreUnavailableError, match="mysql://x:\\*\\*\\*@h/db: this kind of database cannot be used"):
+        FeedbackStore.from_url("mysql://x:pw@h/db")   # no driver installed: named, not a traceback
+    with pytest.raises(StoreUnavailableError, match="is a folder; give the SQLite file in it"):
+        FeedbackStore.from_url(tmp_path, must_exist=True)
     with FeedbackStore.from_url(tmp_path / "new.db") as store:   # the service's default: created
         assert store.export_long() == []
