@@ -427,6 +427,22 @@ def aggregate(reports: list[dict], seeds: list[int], out: Path) -> dict:
     return agg
 
 
+RUN_MARKER = ".bench_feedback_run"   # in every folder a replay writes: only such a folder is ever replaced
+
+
+def fresh_run_folder(out: Path) -> Path:
+    """``out``, empty: a previous replay's folder there is replaced; any other non-empty folder (or a
+    file) is an error, so a mistyped ``--out`` never deletes someone's files."""
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / RUN_MARKER).is_file()):
+            raise SystemExit(f"--out {out} exists and is not a previous replay's folder (no {RUN_MARKER}); "
+                             "choose a new or empty folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / RUN_MARKER).write_text("written by benchmarks/bench_feedback.py; the next replay here replaces it\n")
+    return out
+
+
 def run(args) -> dict:
     """One replay (one seed)."""
     from transformers import logging as hf_logging
@@ -447,27 +463,30 @@ def run(args) -> dict:
         raise SystemExit("--lineage only changes gated runs: add --gate")
     if args.refit_naive and args.head_refit is None:
         raise SystemExit("--refit-naive gives naive retraining the head refit, which --head-refit off turns off")
+    methods = ["static", "naive", "ips"] + (["explore_noweight"] if args.ablation else []) + ["full"]
+    if args.methods:
+        methods = ["static"] + [m for m in args.methods.split(",") if m and m != "static"]
+        unknown = set(methods) - {"static", "naive", "ips", "ips_thompson", "explore_noweight", "full"}
+        if unknown:
+            raise SystemExit(f"unknown methods: {', '.join(sorted(unknown))}")
     t0 = time.time()
     torch.manual_seed(args.seed)
-    out = Path(args.out).resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     pool = ModelPool.from_yaml(args.pool)
     ds = load_data(args.data, pool)
     pool = pool.subset(ds.models)
-    pool.to_yaml(out / "pool.yaml")
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(ds))
     need = args.eval + args.init + args.rounds * args.per_round
     if need > len(ds):
         raise SystemExit(f"need {need} prompts, the data has {len(ds)} complete ones")
-    ev = ds.subset(order[: args.eval])
-    init = ds.subset(order[args.eval: args.eval + args.init])
-    traffic = ds.subset(order[args.eval + args.init: need])
     new = (args.new_model,) if args.new_model else ()
     if args.new_model and args.new_model not in ds.models:
         raise SystemExit(f"--new-model {args.new_model!r} is not in the data's models: {', '.join(ds.models)}")
+    out = fresh_run_folder(Path(args.out).resolve())   # only once every argument is checked
+    pool.to_yaml(out / "pool.yaml")
+    ev = ds.subset(order[: args.eval])
+    init = ds.subset(order[args.eval: args.eval + args.init])
+    traffic = ds.subset(order[args.eval + args.init: need])
     init_file = write_long(init, out / "init.jsonl", skip=new)
     init_pool = out / "pool.yaml"
     if new:
@@ -486,12 +505,6 @@ def run(args) -> dict:
 
     cache = ActivationCache()
     evaluate = Evaluator(ev, pool, prefs, cache)
-    methods = ["static", "naive", "ips"] + (["explore_noweight"] if args.ablation else []) + ["full"]
-    if args.methods:
-        methods = ["static"] + [m for m in args.methods.split(",") if m and m != "static"]
-        unknown = set(methods) - {"static", "naive", "ips", "ips_thompson", "explore_noweight", "full"}
-        if unknown:
-            raise SystemExit(f"unknown methods: {', '.join(sorted(unknown))}")
     boost = () if args.no_boost else new
     thompson_cfg = ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n, boost_models=boost,
                                      thompson_evidence_half=args.thompson_evidence)

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from neural_router.cli import positive_int  # noqa: E402
 
 
 def make_router(out: Path, encoder_config=None) -> Path:
@@ -80,18 +81,22 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--router", help="exported router folder (router.onnx, router.int8.onnx, model weights)")
     ap.add_argument("--trained", help="the trained (PyTorch) folder the export came from, for the PyTorch row")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--tokens", type=positive_int, default=64)
+    ap.add_argument("--batch", type=positive_int, default=64)
+    ap.add_argument("--repeats", type=positive_int, default=30)
     ap.add_argument("--compare", action="append", default=[], metavar="LABEL=EXPORTED_DIR",
                     help="also time another exported router (fp32 and int8) in the same run, e.g. "
                          "'MiniLM 4 layers=runs/rb_l4_onnx' (repeatable)")
     ap.add_argument("--no-bert-base", action="store_true")
     ap.add_argument("--no-unfused", action="store_true",
                     help="skip the rows of the plain graph (export --no-optimize) next to the fused one")
-    ap.add_argument("--out", default="benchmarks/results/bench_predictor.json")
+    ap.add_argument("--out", default="runs/bench_predictor.json",
+                    help="JSON results (the README's table: benchmarks/results/bench_predictor.json)")
     args = ap.parse_args()
+    if args.router and not (Path(args.router) / "router.onnx").is_file():
+        raise SystemExit(f"--router {args.router}: no router.onnx there; give the folder `neural-router export` "
+                         "wrote (and the trained folder as --trained)")
 
     import torch
     from transformers import BertConfig
@@ -134,15 +139,15 @@ def main() -> None:
         candidates["bert-base ONNX fp32 (reference)"] = lambda: OnnxPredictor(bert_dir, "cpu", threads=args.threads)
 
     rows = []
-    for name, factory in candidates.items():
+    for label, factory in candidates.items():
         pred = factory()
         single_prompts = [prompt_of(pred.tokenizer, args.tokens, s) for s in range(8)]
         batch_prompts = [prompt_of(pred.tokenizer, args.tokens, s) for s in range(args.batch)]
         lat = time_single(pred, single_prompts, args.repeats)
         thr = time_batched(pred, batch_prompts, max(3, args.repeats // 5))
-        rows.append({"predictor": name, "p50_ms_single": statistics.median(lat),
+        rows.append({"predictor": label, "p50_ms_single": statistics.median(lat),
                      "p90_ms_single": float(np.percentile(lat, 90)), "prompts_per_s_batched": statistics.median(thr)})
-        print(f"{name:40s} p50 {rows[-1]['p50_ms_single']:7.2f} ms   p90 {rows[-1]['p90_ms_single']:7.2f} ms   "
+        print(f"{label:40s} p50 {rows[-1]['p50_ms_single']:7.2f} ms   p90 {rows[-1]['p90_ms_single']:7.2f} ms   "
               f"batched {rows[-1]['prompts_per_s_batched']:8.1f} prompts/s", flush=True)
     base = next((r for r in rows if r["predictor"] == f"{name} ONNX fp32"), None)
     if base:

@@ -9,11 +9,13 @@ the benchmark's models (negated: a difficulty score).
 
 About 5 minutes on 2 cores for all nine folds. Prints one line per fold and the means.
 """
+import argparse
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
@@ -24,12 +26,20 @@ from neural_router.trainer import ActivationCache, train_router  # noqa: E402
 from neural_router import metrics as M  # noqa: E402
 from training.train import default_config_path, load_train_config  # noqa: E402
 
-out = sys.argv[1]
-overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-benches = sys.argv[3].split(",") if len(sys.argv) > 3 else None
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("output", help="JSON file for the results")
+ap.add_argument("overrides", nargs="?", default="{}", type=json.loads,
+                help='training config overrides as JSON, e.g. \'{"encoder_layers": 4}\'')
+ap.add_argument("benches", nargs="?", help="comma-separated benchmarks to hold out (default: all)")
+ap.add_argument("--data", action="append", help="data files or folders (default: the shared RouterBench "
+                                                 "and RouterDC data beside the repository)")
+args = ap.parse_args()
+out, overrides = args.output, args.overrides
+benches = args.benches.split(",") if args.benches else None
+data = args.data or [str(REPO.parent / "shared" / "data" / d) for d in ("routerbench", "routerdc7")]
 cfg = load_train_config(None, {"freeze_layers": -1, "epochs": 6, "encoder_layers": 4, **overrides})
 pool = ModelPool.from_yaml(default_config_path("models.yaml"))
-ds = load_routing_data(["../shared/data/routerbench", "../shared/data/routerdc7"], pool, cfg.data)
+ds = load_routing_data(data, pool, cfg.data)
 cache = ActivationCache()
 res = {}
 for bench in sorted(set(ds.sources)):
