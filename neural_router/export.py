@@ -28,13 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .card import write_model_card
 from .model import RouterModel
 from .predictors import ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, OnnxPredictor, TorchPredictor
 
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
-COPY_FILES = ("router_config.json", "models.yaml", "README.md", "training_metrics.json", "eval_report.json")
+COPY_FILES = ("router_config.json", "config.json", "models.yaml", "training_metrics.json", "eval_report.json",
+              "promotion.json")   # the model card is written anew, for the ONNX folder
 SAMPLE_PROMPTS = [
     "What is the capital of France?",
     "Write a Python function that returns the n-th Fibonacci number using memoization.",
@@ -256,5 +258,6 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
         report["int8"] = {"onnx": ONNX_INT8_FILE, **_parity(ref, q8),
                           "size_bytes": (out / ONNX_INT8_FILE).stat().st_size}
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
+    write_model_card(out)
     log.info("exported %s -> %s (fp32 max diff %.2e)", src, out, diff)
     return report

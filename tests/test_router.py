@@ -508,3 +508,10 @@ def test_saved_weights_are_as_readable_as_the_rest_of_the_folder(tiny_trained_di
     r = run_cli("predict", "--router", str(tiny_trained_dir), "--input", str(tmp_path), "--output",
                 str(tmp_path / "o.jsonl"))
     assert r.returncode == 2 and "is a folder; give a JSONL file" in r.stderr
+
+
+def test_exported_folder_has_its_own_model_card(tiny_router_dir):
+    card = (tiny_router_dir / "README.md").read_text()
+    assert "- format: ONNX, `router.onnx`" in card and "`router.int8.onnx`" in card
+    assert f"Router.from_pretrained('{tiny_router_dir.name}')" in card
+    assert (tiny_router_dir / "config.json").is_file()   # the encoder's config, as in the trained folder

@@ -593,6 +593,9 @@ def test_run_update_end_to_end(tiny_trained_dir, tiny_pool_file, tmp_path, capsy
     assert tm["summary"]["observed_per_model"]["newbie"] == 0
     promo = json.loads((out / "promotion.json").read_text())
     assert promo["n"] == res["n_holdout"] and isinstance(promo["promote"], bool)
+    card = (out / "README.md").read_text()   # the model card says where the version came from and its verdict
+    assert f"updated from version `{tm['parent_version']}`" in card and "## Promotion check" in card
+    assert promo["reason"] in card and "inf" not in card
     for who in ("current", "new"):
         for m in ("ips", "snips", "dr"):
             e = promo[who][m]

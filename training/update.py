@@ -574,7 +574,6 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                "parent_version": parent.config.version, "parent_dir": str(parent_dir),
                "lineage": list(tm.get("lineage", [])) + [parent.config.version], "update": update_info}
     (out / "training_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    write_model_card(out)
 
     # ---- safe promotion ----------------------------------------------------------------------------
     hold_prompts = set(np.asarray(logs.prompts, dtype=object)[hold].tolist())
@@ -596,6 +595,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
     else:
         promotion.update({"promote": False, "reason": "no held-out logged requests to evaluate on"})
     (out / "promotion.json").write_text(json.dumps(promotion, indent=2, default=float))
+    write_model_card(out)   # with the promotion verdict
     log.info("update: new router %s in %s; promote=%s (%s)", version, out, promotion["promote"],
              promotion["reason"])
     return {"router_dir": str(out), "version": version, "parent_version": parent.config.version,
