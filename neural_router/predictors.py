@@ -49,6 +49,9 @@ def finish(rc: RouterConfig, pool: ModelPool, quality: np.ndarray, out_tokens: n
 
 def require_router_folder(d: Path) -> None:
     """:class:`RouterLoadError` saying how to get one when the folder ``d`` does not exist."""
+    if d.is_file():
+        raise RouterLoadError(f"{d} is a file; a router is a folder (give the folder that "
+                              "`neural-router train` or `neural-router export` wrote)")
     if not d.is_dir():
         raise RouterLoadError(f"router folder {d} does not exist; train one with `neural-router train` "
                               "or export one with `neural-router export`")

@@ -112,6 +112,9 @@ def test_route_respects_constraints_and_capabilities(tiny_router_dir):
 def test_load_errors_are_clear(tmp_path, tiny_router_dir):
     with pytest.raises(RouterLoadError, match="does not exist"):
         load_predictor(tmp_path / "missing")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RouterLoadError, match="a_file is a file; a router is a folder"):
+        load_predictor(tmp_path / "a_file")
     (tmp_path / "empty").mkdir()
     with pytest.raises(RouterLoadError, match="router_config.json is missing"):
         load_predictor(tmp_path / "empty")
