@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -33,6 +34,29 @@ def float_or_off(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
+
+
+def number_in(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False,
+              off: bool = False):
+    """An argparse type: a finite number in the interval (``off`` also takes 'off', as None), so that a
+    bad value is refused naming the flag before any work starts."""
+    interval = (f"{'(' if open_low else '['}{low:g}, " + (f"{high:g}{')' if open_high else ']'}"
+                                                        if math.isfinite(high) else "inf)"))
+
+    def parse(text: str) -> float | None:
+        if off and text.strip().lower() in ("off", "none"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = (math.isfinite(value) and (value > low if open_low else value >= low)
+                  and (value < high if open_high else value <= high))
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}" + (" or 'off'" if off else "")
+                                             + f", got {text!r}")
+        return value
+    return parse
 
 
 def positive_int(text: str) -> int:
@@ -69,8 +93,8 @@ def add_update_arguments(p) -> None:
     p.add_argument("--promote-on", default="dm",
                    help="comma-separated estimators that must all show a gain: ips, snips, dr, dm "
                         "(default: dm, the calibrated reward model; dm,dr is stricter)")
-    p.add_argument("--clip", type=float, default=10.0, help="clip of the 1/propensity weights")
-    p.add_argument("--holdout-fraction", type=float, default=0.3)
+    p.add_argument("--clip", type=number_in(1), default=10.0, help="clip of the 1/propensity weights")
+    p.add_argument("--holdout-fraction", type=number_in(0, 1, open_high=True), default=0.3)
     p.add_argument("--router-version", help="only decisions logged by this router version")
     p.add_argument("--cold-start-prior", type=float)
     p.add_argument("--epochs", type=positive_int)
@@ -83,31 +107,31 @@ def add_update_arguments(p) -> None:
                    help="use the raw clipped 1/propensity weights instead of self-normalised ones")
     p.add_argument("--compare-with", help="the router serving now, which the new one must beat (default: --router); "
                    "set it to keep fine-tuning a candidate that was not promoted")
-    p.add_argument("--interpolate", type=float, default=None,
+    p.add_argument("--interpolate", type=number_in(0, 1, open_low=True), default=None,
                    help="keep this share of the update's change: new = a * updated + (1 - a) * current "
                         "(default: 1 with the head refit, 0.5 when fine-tuning); a model's head rows keep more "
                         "where the current router saw few of its outcomes (all, for a new pool member)")
     p.add_argument("--bias-calibration", type=float, default=None, metavar="K",
                    help="after fine-tuning, move each model's mean predicted quality on its training outcomes "
                         "to their (weighted) mean score, shrunk by K pseudo-observations (off by default)")
-    p.add_argument("--head-transfer", type=float, default=D.HEAD_TRANSFER, metavar="P",
+    p.add_argument("--head-transfer", type=number_in(0), default=D.HEAD_TRANSFER, metavar="P",
                    help="rewrite each new pool member's quality head as a mixture of the known models' heads "
                         "fitted to its outcomes, with a prior at their average as strong as P outcomes "
                         "(default %(default)s; 0 = off; see --head-transfer-models)")
     p.add_argument("--head-transfer-models", nargs="+", default=None, metavar="MODEL",
                    help="the models --head-transfer rewrites (default: those this update adds to the pool "
                         "and those the parent's update rewrote)")
-    p.add_argument("--max-shift", type=float, default=None, metavar="S",
+    p.add_argument("--max-shift", type=number_in(0, 1, open_low=True), default=None, metavar="S",
                    help="trust region: scale the update down until at most this share (0-1] of the logged "
                         "traffic moves to another model (default: off)")
-    p.add_argument("--head-refit", type=float_or_off, default=D.HEAD_REFIT, metavar="K",
+    p.add_argument("--head-refit", type=number_in(0, open_low=True, off=True), default=D.HEAD_REFIT, metavar="K",
                    help="refit only the quality head on the router's frozen trunk (weighted logistic "
                         "regression, convex and deterministic, seconds on CPU) with a penalty K toward the "
                         "current head (default %(default)s); off = fine-tune the trunk and heads instead, which "
                         "may pay once an update has a few hundred outcomes (benchmarks/FEEDBACK.md)")
-    p.add_argument("--log-val-fraction", type=float, default=D.LOG_VAL_FRACTION, metavar="F",
+    p.add_argument("--log-val-fraction", type=number_in(0, 1, open_high=True), default=D.LOG_VAL_FRACTION, metavar="F",
                    help="share of the logged prompts kept for early stopping (default %(default)s)")
-    p.add_argument("--reward-calibration", type=float_or_off, default=D.REWARD_CALIBRATION, metavar="K",
+    p.add_argument("--reward-calibration", type=number_in(0, off=True), default=D.REWARD_CALIBRATION, metavar="K",
                    help="calibrate the promotion check's reward model on the logs the update trained on: "
                         "each model's predicted quality moves by its mean residual there, shrunk by K "
                         "pseudo-requests (default %(default)s; off = uncalibrated)")

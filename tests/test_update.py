@@ -835,7 +835,13 @@ def test_update_command_passes_bias_calibration_to_run_update(monkeypatch, capsy
     with pytest.raises(SystemExit):
         build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o",
                                    "--reward-calibration", "lots"])
-    assert "expected a number or 'off', got 'lots'" in capsys.readouterr().err
+    assert "expected a number in [0, inf) or 'off', got 'lots'" in capsys.readouterr().err
+    for flag, bad, interval in (("--clip", "0.5", "[1, inf)"), ("--holdout-fraction", "1", "[0, 1)"),
+                                ("--max-shift", "0", "(0, 1]"), ("--head-refit", "0", "(0, inf) or 'off'"),
+                                ("--interpolate", "nan", "(0, 1]")):   # refused naming the flag, before any work
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["update", "--router", "r", "--feedback", "f.db", "--output", "o", flag, bad])
+        assert f"argument {flag}: expected a number in {interval}, got '{bad}'" in capsys.readouterr().err
 
 
 def test_train_router_head_refit_changes_only_the_quality_head_deterministically(tiny_trained_dir, tiny_data_file,
