@@ -310,6 +310,11 @@ class FeedbackStore:
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         try:
+            if must_exist and "decisions" not in inspect(engine).get_table_names():
+                engine.dispose()   # a reader never turns another database into a store
+                raise StoreUnavailableError(f"{safe_url(url)} holds no feedback store (no decisions table); "
+                                            "give the store the service logs to (feedback_url in its serving "
+                                            "config)")
             return cls(engine, retention)
         except SQLAlchemyError as e:
             engine.dispose()

@@ -401,5 +401,14 @@ def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path):
         FeedbackStore.from_url("mysql://x:pw@h/db")   # no driver installed: named, not a traceback
     with pytest.raises(StoreUnavailableError, match="is a folder; give the SQLite file in it"):
         FeedbackStore.from_url(tmp_path, must_exist=True)
+    import sqlite3
+
+    other = tmp_path / "other.db"   # someone else's SQLite database: named, and left as it was
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (x TEXT)")
+    with pytest.raises(StoreUnavailableError, match="other.db holds no feedback store"):
+        FeedbackStore.from_url(other, must_exist=True)
+    with sqlite3.connect(other) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["notes"]
     with FeedbackStore.from_url(tmp_path / "new.db") as store:   # the service's default: created
         assert store.export_long() == []
