@@ -123,14 +123,21 @@ class Decision:
     prompt: str | None                         # None when logged with retention="hash"
     prompt_sha256: str
     retention: Retention
-    model: str                                 # the chosen model
-    propensity: float                          # P(the logging policy picked `model`), in (0, 1]
+    model: str                                 # the chosen model (the proxy: the model that answered)
+    propensity: float                          # P(the logging policy picked its choice), in (0, 1]
     predictions: dict[str, dict[str, float]]   # {model: {"quality", "cost_usd", "latency_ms"}}
     preferences: dict[str, float]
     exploration: str                           # name of the exploration policy, e.g. "greedy"
     input_tokens: int | None = None
     # what else the policy saw (see decision_context); off-policy estimates replay the policy with it
     context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def served_by_fallback(self) -> bool:
+        """The proxy answered with a fallback after the policy's choice failed: ``model`` is then not the
+        policy's action, and ``propensity`` is not its probability (so its outcome is no off-policy sample)."""
+        proxy = self.context.get(PROXY_CONTEXT) if self.context else None
+        return isinstance(proxy, dict) and proxy.get("served_model") not in (None, proxy.get("chosen_model"))
 
 
 def decision_context(features: RequestFeatures, constraints: Constraints) -> dict[str, Any]:
@@ -440,7 +447,8 @@ class FeedbackStore:
     def iter_logged(self, chosen_only: bool = True, router_version: str | None = None,
                     since: datetime | None = None) -> Iterator[tuple[Decision, Outcome]]:
         """(decision, outcome) pairs in logging order, for off-policy evaluation. By default only
-        outcomes of the chosen model (whose probability is ``decision.propensity``)."""
+        outcomes of the chosen model (whose probability is ``decision.propensity``), leaving out
+        requests a fallback answered (:attr:`Decision.served_by_fallback`)."""
         d, o = self.decisions, self.outcomes
         q = select(d, *[c.label(f"o_{c.name}") for c in o.c]).join(o, o.c.request_id == d.c.request_id)
         if chosen_only:
@@ -453,7 +461,10 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             for row in conn.execution_options(yield_per=500).execute(q).mappings():
                 outcome = {c.name: row[f"o_{c.name}"] for c in o.c}
-                yield self._decision(row), self._outcome(outcome)
+                decision = self._decision(row)
+                if chosen_only and decision.served_by_fallback:
+                    continue
+                yield decision, self._outcome(outcome)
 
     def export_long(self, path: str | Path | None = None, source: str = DEFAULT_SOURCE,
                     router_version: str | None = None) -> list[dict[str, Any]]:
@@ -468,7 +479,7 @@ class FeedbackStore:
             if dec.prompt is None:
                 hashed += 1
                 continue
-            chosen = out.model == dec.model
+            chosen = out.model == dec.model and not dec.served_by_fallback   # else an unweighted observation
             rows.append({"prompt": dec.prompt, "model": out.model, "score": out.score,
                          "cost_usd": out.cost_usd, "latency_ms": out.latency_ms,
                          "input_tokens": dec.input_tokens,

@@ -412,3 +412,23 @@ def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path):
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["notes"]
     with FeedbackStore.from_url(tmp_path / "new.db") as store:   # the service's default: created
         assert store.export_long() == []
+
+
+def test_an_answer_from_a_fallback_is_no_off_policy_sample(tmp_path):
+    """After the proxy fell back, the logged model answered but the policy did not pick it: its outcome
+    is kept for training as an unweighted observation, never as the policy's action with the choice's
+    propensity, and off-policy evaluation leaves the request out."""
+    preds = {m: {"quality": 0.5, "cost_usd": 0.001, "latency_ms": 10.0} for m in ("a", "b")}
+    with FeedbackStore.from_url(tmp_path / "fb.db") as store:
+        store.log_decision(request_id="r1", prompt="p1", model="a", router_version="v", predictions=preds,
+                           propensity=0.8)
+        store.log_decision(request_id="r2", prompt="p2", model="b", router_version="v", predictions=preds,
+                           propensity=0.8, context={"proxy": {"chosen_model": "a", "served_model": "b",
+                                                              "attempts": 2}})
+        store.add_feedback("r1", 1.0)
+        store.add_feedback("r2", 1.0)
+        rows = {r["id"]: r for r in store.export_long()}
+        assert (rows["r1"]["chosen"], rows["r1"]["propensity"]) == (True, 0.8)
+        assert (rows["r2"]["chosen"], rows["r2"]["propensity"]) == (False, None) and rows["r2"]["model"] == "b"
+        assert [d.request_id for d, _ in store.iter_logged()] == ["r1"]
+        assert store.get_decision("r2").served_by_fallback and not store.get_decision("r1").served_by_fallback
