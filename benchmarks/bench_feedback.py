@@ -86,7 +86,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from neural_router import update_defaults as D  # noqa: E402
-from neural_router.cli import float_or_off  # noqa: E402
+from neural_router.cli import number_in  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_feedback")
@@ -123,7 +123,7 @@ def parse_args(argv=None):
                          "promoted (run_update compare_with= the serving router), so a missed improvement "
                          "is delayed rather than lost")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--head-refit", type=float_or_off, default=D.HEAD_REFIT, metavar="K",
+    ap.add_argument("--head-refit", type=number_in(0, open_low=True, off=True), default=D.HEAD_REFIT, metavar="K",
                     help="exploring methods update by refitting only the quality head on the frozen trunk "
                          "(penalty K toward the current head; run_update(head_refit=), default %(default)s as there); "
                          "off = fine-tune, as every replay before 2026-12-02 did")
@@ -171,7 +171,7 @@ def parse_args(argv=None):
     ap.add_argument("--soup", type=int, default=None, metavar="N",
                     help="exploring methods' updates average the weights of N fine-tunes with different seeds "
                          "(neural-router update --soup N)")
-    ap.add_argument("--reward-calibration", type=float_or_off, default=D.REWARD_CALIBRATION, metavar="K",
+    ap.add_argument("--reward-calibration", type=number_in(0, off=True), default=D.REWARD_CALIBRATION, metavar="K",
                     help="calibration of the promotion check's reward model (run_update reward_calibration; "
                          "default %(default)s, off = uncalibrated as before it existed)")
     ap.add_argument("--keep-weights", action="store_true",

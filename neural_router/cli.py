@@ -27,15 +27,6 @@ def _add_prefs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image", action="store_true", help="the request carries an image")
 
 
-def float_or_off(text: str) -> float | None:
-    if text.strip().lower() in ("off", "none"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
-
-
 def number_in(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False,
               off: bool = False):
     """An argparse type: a finite number in the interval (``off`` also takes 'off', as None), so that a
