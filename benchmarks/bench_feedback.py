@@ -81,7 +81,6 @@ import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
@@ -191,7 +190,7 @@ def parse_args(argv=None):
 
 
 def load_data(path: str, pool):
-    from neural_router.data import load_routing_data
+    from neural_router.data.dataset import load_routing_data
 
     ds = load_routing_data([path], pool)
     complete = np.isfinite(ds.scores).all(1) & np.isfinite(ds.cost_usd).all(1)
@@ -225,14 +224,14 @@ def true_utility(ds, cost_weight: float) -> np.ndarray:
 
 class Evaluator:
     def __init__(self, ds, pool, prefs, cache):
-        from neural_router import metrics as M
+        from neural_router.evaluation import metrics as M
 
         self.ds, self.pool, self.prefs, self.cache, self.M = ds, pool, prefs, cache, M
         self.u = true_utility(ds, prefs.cost_weight)
         self.lambdas = M.lambda_grid(ds.cost_usd, n=80)
 
     def __call__(self, router_dir: Path, pessimism: float | None = None) -> dict:
-        from training.promotion import policy_probs
+        from neural_router.training.promotion import policy_probs
 
         model, tok, cfg = load_router(router_dir)
         raw = predict(model, tok, self.pool, self.ds.prompts, cfg, self.cache)
@@ -258,8 +257,8 @@ class Evaluator:
 def pessimistic(pred, router_dir: Path, penalty: float | None):
     """``pred`` with its qualities lowered by ``penalty`` standard errors of the router's evidence per
     model (:func:`neural_router.policy.pessimistic_quality`); unchanged when ``penalty`` is None/0."""
-    from neural_router.exploration import read_evidence
-    from neural_router.policy import pessimistic_quality
+    from neural_router.policy.exploration import read_evidence
+    from neural_router.policy.routing import pessimistic_quality
 
     if not penalty:
         return pred
@@ -271,8 +270,8 @@ def pessimistic(pred, router_dir: Path, penalty: float | None):
 def load_router(router_dir: Path):
     from transformers import AutoTokenizer
 
-    from neural_router.model import RouterModel
-    from neural_router.trainer import TrainConfig
+    from neural_router.modeling.model import RouterModel
+    from neural_router.training.trainer import TrainConfig
 
     tm = json.loads((router_dir / "training_metrics.json").read_text())
     return (RouterModel.from_pretrained(router_dir), AutoTokenizer.from_pretrained(str(router_dir)),
@@ -280,7 +279,7 @@ def load_router(router_dir: Path):
 
 
 def predict(model, tok, pool, prompts, cfg, cache):
-    from training.promotion import predict_router
+    from neural_router.training.promotion import predict_router
 
     return predict_router(model, tok, pool, prompts, cfg, cache)
 
@@ -294,9 +293,9 @@ def serve_round(method: str, router_dir: Path, traffic, idx: np.ndarray, rnd: in
     """Route traffic[idx] with the method's router, log decisions and the revealed outcomes
     (``store=None``: only measure what was served). With ``pessimism`` the policy routes on the
     pessimistic qualities; the log keeps the router's own predictions."""
-    from neural_router.exploration import explore, read_evidence
-    from neural_router.policy import Capabilities, Constraints, route
-    from neural_router.predictions import RequestFeatures
+    from neural_router.policy.exploration import explore, read_evidence
+    from neural_router.policy.routing import Capabilities, Constraints, route
+    from neural_router.inference.interface import RequestFeatures
 
     model, tok, cfg = load_router(router_dir)
     if expl_cfg.kind == "thompson" and expl_cfg.thompson_evidence_half is not None:
@@ -450,14 +449,14 @@ def run(args) -> dict:
     hf_logging.set_verbosity_error()
     import torch
 
-    from neural_router.exploration import ExplorationConfig
-    from neural_router.feedback import FeedbackStore
-    from neural_router.policy import Preferences
+    from neural_router.policy.exploration import ExplorationConfig
+    from neural_router.feedback.store import FeedbackStore
+    from neural_router.policy.routing import Preferences
     from neural_router.pool import ModelPool
-    from neural_router.trainer import ActivationCache
-    from training.train import run_train
-    from training.promotion import promotion_verdict
-    from training.update import run_update
+    from neural_router.training.trainer import ActivationCache
+    from neural_router.training.train import run_train
+    from neural_router.training.promotion import promotion_verdict
+    from neural_router.training.update import run_update
 
     if args.lineage and not args.gate:
         raise SystemExit("--lineage only changes gated runs: add --gate")

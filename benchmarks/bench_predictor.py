@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from neural_router.cli import positive_int  # noqa: E402
@@ -32,8 +31,8 @@ def make_router(out: Path, encoder_config=None) -> Path:
     """An (untrained) router folder with the given encoder, exported to ONNX fp32 + int8."""
     from transformers import AutoTokenizer
 
-    from neural_router.export import export_onnx
-    from neural_router.model import RouterConfig, RouterModel, resolve_encoder
+    from neural_router.inference.export import export_onnx
+    from neural_router.modeling.model import RouterConfig, RouterModel, resolve_encoder
     from neural_router.pool import ModelPool
 
     pool = ModelPool.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "models.yaml")
@@ -102,8 +101,8 @@ def main() -> None:
     from transformers import BertConfig
     from transformers import logging as hf_logging
 
-    from neural_router.export import export_onnx
-    from neural_router.predictors import OnnxPredictor, TorchPredictor
+    from neural_router.inference.export import export_onnx
+    from neural_router.inference.predictors import OnnxPredictor, TorchPredictor
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

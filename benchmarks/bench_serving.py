@@ -3,7 +3,7 @@
     python benchmarks/bench_serving.py --router runs/demo/export --out runs/bench_serving.json
 
 For each configuration (dynamic batching on, and off = max_batch_size 1) the service is started as
-a subprocess (`python -m serving`) on 127.0.0.1 with a free port, then a closed-loop load generator
+a subprocess (`python -m neural_router.serving`) on 127.0.0.1 with a free port, then a closed-loop load generator
 (asyncio; each of C workers sends its next /v1/route request on its own keep-alive connection as soon
 as the previous answers; ``--client httpx`` uses httpx instead)
 runs for --duration-s seconds at each concurrency C. Reported per run: throughput, p50/p95/p99
@@ -36,7 +36,6 @@ import psutil  # a dependency of accelerate
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 PROMPTS = [
     "What is the capital of France?",
@@ -70,7 +69,7 @@ def batch_counters(base: str) -> tuple[float, float]:
 
 
 class Service:
-    """`python -m serving` in a subprocess on loopback, with its own config file."""
+    """`python -m neural_router.serving` in a subprocess on loopback, with its own config file."""
 
     def __init__(self, router: str, device: str, settings: dict[str, Any], workdir: Path) -> None:
         self.port = free_port()
@@ -80,7 +79,7 @@ class Service:
         self.log = workdir / f"serve-{self.port}.log"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "serving", "--router", router, "--port", str(self.port),
+                [sys.executable, "-m", "neural_router.serving", "--router", router, "--port", str(self.port),
                  "--device", device, "--config", str(cfg)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 120) -> dict[str, Any]:
@@ -247,7 +246,7 @@ def run_service(name: str, router: str, device: str, settings: dict[str, Any], l
 def raw_throughput(router: str, device: str, batch_sizes: list[int], duration_s: float,
                    threads: int | None) -> dict[str, Any]:
     """Prompts/s of predictor.predict() alone (tokenisation + ONNX), same prompts, in this process."""
-    from serving.app import load_router
+    from neural_router.serving.api.app import load_router
 
     predictor = load_router(router, device, None, threads)
     out: dict[str, Any] = {"provider": str(predictor.provider), "by_batch_size": {}, "cpu_ms_per_prompt": {}}

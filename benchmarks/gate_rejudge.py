@@ -36,8 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_feedback import load_data, load_router, true_utility  # noqa: E402
 from gate_accuracy import candidates, print_table, score  # noqa: E402
@@ -52,12 +50,12 @@ def request_round(request_id: str) -> tuple[int, int]:
 
 
 def rejudge_seed(sd: Path, method: str, data_cache: dict) -> list[dict]:
-    from neural_router.feedback import FeedbackStore
-    from neural_router.policy import Preferences
+    from neural_router.feedback.store import FeedbackStore
+    from neural_router.policy.routing import Preferences
     from neural_router.pool import ModelPool
-    from neural_router.trainer import ActivationCache
-    from training.promotion import check_on_logs, logged_request, policy_probs, pref_weights, predict_router
-    from training.update import is_holdout
+    from neural_router.training.trainer import ActivationCache
+    from neural_router.training.promotion import check_on_logs, logged_request, policy_probs, pref_weights, predict_router
+    from neural_router.training.update import is_holdout
 
     report = json.loads((sd / "bench_feedback.json").read_text())
     a = report["args"]

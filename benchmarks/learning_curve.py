@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
@@ -49,12 +48,12 @@ def parse_args(argv=None):
 
 
 def one(data, salt: str, fractions: list[float], config, cache) -> list[dict]:
-    from neural_router.data import load_routing_data, prompt_hash_unit
-    from neural_router.evaluation import evaluate
+    from neural_router.data.dataset import load_routing_data, prompt_hash_unit
+    from neural_router.evaluation.report import evaluate
     from neural_router.pool import ModelPool
-    from neural_router.trainer import train_router
-    from training.train import default_config_path, load_train_config
-    from training.promotion import predict_router
+    from neural_router.training.trainer import train_router
+    from neural_router.training.train import default_config_path, load_train_config
+    from neural_router.training.promotion import predict_router
 
     base = load_train_config(config)
     cfg = base.model_copy(update={"data": base.data.model_copy(update={"split_salt": salt})})
@@ -80,7 +79,7 @@ def one(data, salt: str, fractions: list[float], config, cache) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    from neural_router.trainer import ActivationCache
+    from neural_router.training.trainer import ActivationCache
 
     args = parse_args(argv)
     cache = ActivationCache()  # the frozen layers are the same in every run: encode each prompt once

@@ -15,16 +15,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from neural_router.data import load_routing_data  # noqa: E402
+from neural_router.data.dataset import load_routing_data  # noqa: E402
 from neural_router.pool import ModelPool  # noqa: E402
-from neural_router.predictors import TorchPredictor  # noqa: E402
-from neural_router.trainer import ActivationCache, train_router  # noqa: E402
-from neural_router import metrics as M  # noqa: E402
-from training.train import default_config_path, load_train_config  # noqa: E402
+from neural_router.inference.predictors import TorchPredictor  # noqa: E402
+from neural_router.training.trainer import ActivationCache, train_router  # noqa: E402
+from neural_router.evaluation import metrics as M  # noqa: E402
+from neural_router.training.train import default_config_path, load_train_config  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("output", help="JSON file for the results")

@@ -28,7 +28,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
@@ -52,7 +51,7 @@ def parse_args(argv=None):
 
 def corrections(q_cal, s_cal, q_val, blend_with: dict) -> dict[str, np.ndarray]:
     """Corrected validation qualities, each fitted (where it has parameters) on the calibration split."""
-    from neural_router.trainer import _logits, calibrate_quality_bias, fit_head_mixture
+    from neural_router.training.trainer import _logits, calibrate_quality_bias, fit_head_mixture
 
     z_cal, z_val = _logits(q_cal), _logits(q_val)
     sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
@@ -74,14 +73,14 @@ def corrections(q_cal, s_cal, q_val, blend_with: dict) -> dict[str, np.ndarray]:
 
 
 def run_salt(salt: str, data: list[str], args) -> dict:
-    from neural_router import metrics as M
-    from neural_router.baselines import BenchmarkPriorBaseline, KNNBaseline
-    from neural_router.data import load_routing_data, prompt_hash_unit
-    from neural_router.evaluation import eval_costs, frozen_embeddings
+    from neural_router.evaluation import metrics as M
+    from neural_router.evaluation.baselines import BenchmarkPriorBaseline, KNNBaseline
+    from neural_router.data.dataset import load_routing_data, prompt_hash_unit
+    from neural_router.evaluation.report import eval_costs, frozen_embeddings
     from neural_router.pool import ModelPool
-    from neural_router.predictors import load_predictor
-    from neural_router.trainer import train_router
-    from training.train import default_config_path, load_train_config
+    from neural_router.inference.predictors import load_predictor
+    from neural_router.training.trainer import train_router
+    from neural_router.training.train import default_config_path, load_train_config
 
     pool = ModelPool.from_yaml(default_config_path("models.yaml"))
     cfg = load_train_config(args.config, {"freeze_layers": args.freeze_layers})

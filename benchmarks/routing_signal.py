@@ -33,7 +33,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
@@ -116,9 +115,9 @@ def benchmark_signal(s_tr: np.ndarray, s_va: np.ndarray, q_va: np.ndarray, e_tr:
 
 
 def one_router(router_dir: str, min_prompts: int, embed_cache: dict) -> dict:
-    from neural_router.evaluation import frozen_embeddings
-    from neural_router.predictors import load_predictor
-    from training.evaluate import split_as_trained
+    from neural_router.evaluation.report import frozen_embeddings
+    from neural_router.inference.predictors import load_predictor
+    from neural_router.training.evaluate import split_as_trained
 
     d = Path(router_dir)
     tm = json.loads((d / "training_metrics.json").read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .model import RouterConfig
+from neural_router.modeling.model import RouterConfig
 
 
 def _fmt(x, spec=".4f") -> str:

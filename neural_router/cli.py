@@ -68,7 +68,7 @@ def port_number(text: str) -> int:
 
 
 def add_update_arguments(p) -> None:
-    """The options of `neural-router update` and `python -m training.update`."""
+    """The options of `neural-router update` and `python -m neural_router.training.update`."""
     p.add_argument("--router", required=True, help="current router folder (trained, not ONNX)")
     p.add_argument("--feedback", required=True, help="feedback store: SQLAlchemy URL or SQLite path")
     p.add_argument("--output", required=True, help="parent folder of the new versioned router folder")
@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prefs(args):
-    from .policy import Constraints, Preferences
-    from .predictions import RequestFeatures
+    from neural_router.policy.routing import Constraints, Preferences
+    from neural_router.inference.interface import RequestFeatures
 
     prefs = Preferences(args.quality_weight, args.cost_weight, args.latency_weight)
     cons = Constraints(min_quality=args.min_quality, max_cost_usd=args.max_cost_usd,
@@ -225,8 +225,8 @@ def _prefs(args):
 
 
 def cmd_train(args) -> int:
-    from training.evaluate import run_eval
-    from training.train import run_train
+    from neural_router.training.evaluate import run_eval
+    from neural_router.training.train import run_train
 
     out = run_train(args.data, args.output, args.config, args.pool,
                     {"epochs": args.epochs, "encoder": args.encoder, "seed": args.seed, "soup": args.soup,
@@ -238,7 +238,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from training.evaluate import print_summary, run_eval
+    from neural_router.training.evaluate import print_summary, run_eval
 
     pairs = [tuple(p.split(",")) for p in args.pair]   # checked against the router's pool by run_eval
     report = run_eval(args.router, args.data, args.output, args.pool, baselines=not args.no_baselines,
@@ -248,7 +248,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_onnx
+    from neural_router.inference.export import export_onnx
 
     report = export_onnx(args.router, args.output, int8=args.int8, fp16=args.fp16,
                          optimize=not args.no_optimize)
@@ -260,7 +260,7 @@ def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list
     """(line number, record) for each non-empty line of a JSONL file; each must be an object with a
     string ``required`` (not blank with ``nonempty``). The whole file is checked before anything is
     done with it, and every bad line is reported in one error (the first few named, the rest counted)."""
-    from .validation import Problems, json_lines
+    from neural_router.validation import Problems, json_lines
 
     records, problems = [], Problems()
     if Path(path).is_dir():
@@ -306,7 +306,7 @@ def open_output(path: str):
 def cmd_predict(args) -> int:
     from tqdm import tqdm
 
-    from .predictors import load_predictor
+    from neural_router.inference.predictors import load_predictor
 
     ids, prompts = read_jsonl(args.input)
     pred = load_predictor(args.router, device=args.device, int8=args.int8)  # before the output is truncated
@@ -342,7 +342,7 @@ def print_decision(result, prompt: str) -> None:
 
 
 def cmd_route(args) -> int:
-    from .router import Router
+    from neural_router.router import Router
 
     if not args.prompt.strip():
         raise ValueError("--prompt is empty: give the text to route, e.g. --prompt 'What is 2 + 2?'")
@@ -361,8 +361,8 @@ def cmd_score(args) -> int:
     before the first (possibly expensive) score, and a failure part way keeps every score before it."""
     from contextlib import ExitStack
 
-    from .feedback import FeedbackError, FeedbackStore
-    from .scoring import ScoringError, load_scorer
+    from neural_router.feedback.store import FeedbackError, FeedbackStore
+    from neural_router.feedback.scoring import ScoringError, load_scorer
 
     spec = args.scorer.strip()
     if spec.startswith("{"):
@@ -420,21 +420,21 @@ def cmd_score(args) -> int:
 
 
 def cmd_update(args) -> int:
-    from training.update import run_from_args
+    from neural_router.training.update import run_from_args
 
     print(json.dumps(run_from_args(args), indent=2, default=str))
     return 0
 
 
 def cmd_serve(args) -> int:
-    from serving.app import serve
+    from neural_router.serving.api.app import serve
 
     serve(args.router, host=args.host, port=args.port, device=args.device, config_file=args.config)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from training.demo import run_demo
+    from neural_router.training.demo import run_demo
 
     run_demo(args.data, args.output)
     return 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .policy import Capabilities, Constraints, Decision, Preferences, route
-from .pool import ModelPool
-from .predictions import Predictions, RequestFeatures
-from .predictors import load_predictor
+from neural_router.policy.routing import Capabilities, Constraints, Decision, Preferences, route
+from neural_router.pool import ModelPool
+from neural_router.inference.interface import Predictions, RequestFeatures
+from neural_router.inference.predictors import load_predictor
 
 
 @dataclass

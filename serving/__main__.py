@@ -1,4 +1,4 @@
-"""``python -m serving --router DIR [--host H] [--port P] [--device auto|cuda|cpu] [--config FILE]``:
+"""``python -m neural_router.serving --router DIR [--host H] [--port P] [--device auto|cuda|cpu] [--config FILE]``:
 the same command as ``neural-router serve`` (same options, checks and messages)."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from neural_router.exploration import ExplorationConfig
+from neural_router.policy.exploration import ExplorationConfig
 from neural_router.validation import describe
 
 Device = Literal["auto", "cuda", "cpu"]

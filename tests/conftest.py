@@ -75,7 +75,7 @@ def tiny_train_config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_trained_dir(tmp_path_factory, tiny_data_file, tiny_pool_file, tiny_train_config) -> Path:
-    from training.train import run_train
+    from neural_router.training.train import run_train
 
     out = tmp_path_factory.mktemp("router") / "trained"
     return run_train([str(tiny_data_file)], out, tiny_train_config, tiny_pool_file,
@@ -85,7 +85,7 @@ def tiny_trained_dir(tmp_path_factory, tiny_data_file, tiny_pool_file, tiny_trai
 @pytest.fixture(scope="session")
 def tiny_router_dir(tmp_path_factory, tiny_trained_dir) -> Path:
     """A tiny router exported to ONNX (fp32 + int8): what `predict` and the service load."""
-    from neural_router.export import export_onnx
+    from neural_router.inference.export import export_onnx
 
     out = tmp_path_factory.mktemp("router") / "onnx"
     export_onnx(tiny_trained_dir, out, int8=True)

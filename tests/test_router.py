@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from neural_router import Constraints, Preferences, RequestFeatures, Router
-from neural_router.model import RouterConfig, RouterModel
-from neural_router.predictors import OnnxPredictor, RouterLoadError, TorchPredictor, load_predictor
-from neural_router.text import encode, head_tail
+from neural_router.modeling.model import RouterConfig, RouterModel
+from neural_router.inference.predictors import OnnxPredictor, RouterLoadError, TorchPredictor, load_predictor
+from neural_router.modeling.text import encode, head_tail
 
-from conftest import tiny_encoder_config
+from tests.conftest import tiny_encoder_config
 
 
 def test_head_tail_truncation_keeps_both_ends():
@@ -160,7 +160,7 @@ def test_cli_predict_contract_on_exported_and_trained(tmp_path, tiny_trained_dir
 def test_cli_predict_in_chunks_matches_one_batch(tmp_path, tiny_router_dir, monkeypatch):
     """predict writes a long file chunk by chunk; the chunks' predictions are those of one batch."""
     from neural_router import cli
-    from neural_router.predictors import load_predictor
+    from neural_router.inference.predictors import load_predictor
 
     prompts = ["hello movie", "python loop", "a much longer prompt about the weather today", "x", "sort a list"]
     inp = tmp_path / "in.jsonl"
@@ -204,7 +204,7 @@ def test_cli_route_and_bad_input(tmp_path, tiny_router_dir):
 
 
 def test_demo_pipeline_end_to_end(tmp_path, tiny_data_file, tiny_pool_file, tiny_train_config):
-    from training.demo import run_demo
+    from neural_router.training.demo import run_demo
 
     out = run_demo([str(tiny_data_file)], tmp_path / "demo", tiny_train_config, tiny_pool_file,
                    encoder_config=tiny_encoder_config(), samples=["math question: solve the integral"])
@@ -216,7 +216,7 @@ def test_demo_pipeline_end_to_end(tmp_path, tiny_data_file, tiny_pool_file, tiny
 
 
 def test_length_buckets_bound_padding_and_cover_every_row():
-    from neural_router.text import length_buckets
+    from neural_router.modeling.text import length_buckets
 
     lengths = np.array([5, 100, 6, 7, 50, 120, 9, 8])
     batches = length_buckets(lengths, 3)
@@ -268,7 +268,7 @@ def test_fp16_export_writes_a_valid_graph_with_fp32_io(fp16_router_dir):
     import onnxruntime as ort
     from onnx import TensorProto
 
-    from neural_router.predictors import ONNX_FP16_FILE
+    from neural_router.inference.predictors import ONNX_FP16_FILE
 
     path = fp16_router_dir / ONNX_FP16_FILE
     assert path.is_file() and not (fp16_router_dir / "router.int8.onnx").exists()
@@ -344,7 +344,7 @@ def test_fp16_is_for_cuda_only(fp16_router_dir, tmp_path, monkeypatch):
 def test_export_fuses_attention_and_no_optimize_keeps_the_plain_graph(tiny_trained_dir, tiny_router_dir, tmp_path):
     import onnx
 
-    from neural_router.export import export_onnx
+    from neural_router.inference.export import export_onnx
 
     report = json.loads((tiny_router_dir / "export_report.json").read_text())
     assert report["fusion"]["used"] is True
@@ -364,7 +364,7 @@ def test_export_fuses_attention_and_no_optimize_keeps_the_plain_graph(tiny_train
 
 
 def test_export_writes_the_plain_graph_when_fusion_fails(tiny_trained_dir, tmp_path, monkeypatch):
-    import neural_router.export as export
+    import neural_router.inference.export as export
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fusion for this graph")
@@ -378,7 +378,7 @@ def test_export_writes_the_plain_graph_when_fusion_fails(tiny_trained_dir, tmp_p
 def test_reexport_without_fp16_removes_the_stale_fp16_model(tiny_trained_dir, fp16_router_dir, tmp_path):
     import shutil
 
-    from neural_router.export import export_onnx
+    from neural_router.inference.export import export_onnx
 
     out = tmp_path / "again"
     shutil.copytree(fp16_router_dir, out)
@@ -390,9 +390,9 @@ def test_encoder_layers_trains_a_smaller_router_that_saves_loads_and_exports(
         tiny_data_file, tiny_pool_file, tiny_train_config, tmp_path):
     """``encoder_layers`` keeps only the encoder's first layers: the saved folder loads as the smaller
     encoder, routes, and exports with one fused attention per kept layer."""
-    from neural_router.export import export_onnx
-    from neural_router.model import RouterModel
-    from training.train import run_train
+    from neural_router.inference.export import export_onnx
+    from neural_router.modeling.model import RouterModel
+    from neural_router.training.train import run_train
 
     out = run_train([str(tiny_data_file)], tmp_path / "small", tiny_train_config, tiny_pool_file,
                     overrides={"encoder_layers": 1, "freeze_layers": 0},
@@ -408,7 +408,7 @@ def test_encoder_layers_trains_a_smaller_router_that_saves_loads_and_exports(
 
 def test_encoder_layers_beyond_the_encoder_is_a_clear_error(tiny_data_file, tiny_pool_file, tiny_train_config,
                                                            tmp_path):
-    from training.train import run_train
+    from neural_router.training.train import run_train
 
     with pytest.raises(ValueError, match="encoder_layers must be between 1 and the encoder's 2 layers, got 3"):
         run_train([str(tiny_data_file)], tmp_path / "bad", tiny_train_config, tiny_pool_file,
@@ -422,8 +422,8 @@ def test_adversarial_sources_reverses_the_gradient_and_trains_a_router(tiny_data
     error (nothing to tell apart)."""
     from safetensors.torch import load_file
 
-    from neural_router.trainer import GradientReversal
-    from training.train import run_train
+    from neural_router.training.trainer import GradientReversal
+    from neural_router.training.train import run_train
 
     x = torch.ones(3, requires_grad=True)
     (GradientReversal.apply(x, 0.5) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
@@ -449,8 +449,8 @@ def test_adversarial_sources_reverses_the_gradient_and_trains_a_router(tiny_data
 def test_eval_checks_pairs_data_and_names_where_the_data_paths_came_from(tmp_path, tiny_trained_dir):
     import shutil
 
-    from neural_router.data import DataError
-    from training.evaluate import run_eval
+    from neural_router.data.dataset import DataError
+    from neural_router.training.evaluate import run_eval
 
     tm = json.loads((tiny_trained_dir / "training_metrics.json").read_text())
     assert all(Path(p).is_absolute() for p in tm["data"])   # found again from any working folder
@@ -465,7 +465,7 @@ def test_eval_checks_pairs_data_and_names_where_the_data_paths_came_from(tmp_pat
     (moved / "training_metrics.json").write_text(json.dumps({**tm, "data": ["../nowhere/data.jsonl"]}))
     with pytest.raises(DataError, match=r"(?s)no such file.*training_metrics.json records them; pass --data"):
         run_eval(moved, output=tmp_path / "e", baselines=False)
-    from conftest import TINY_POOL   # a pool that knows one more model, and data of only that one
+    from tests.conftest import TINY_POOL   # a pool that knows one more model, and data of only that one
 
     pool_file = tmp_path / "pool.yaml"
     pool_file.write_text(yaml.safe_dump({"models": TINY_POOL["models"] + [{**TINY_POOL["models"][2], "name": "extra",

@@ -20,7 +20,7 @@ def test_pool_errors_name_the_model_the_field_and_the_value(tmp_path):
 
 
 def test_training_config_errors_list_every_bad_key(tmp_path):
-    from training.train import load_train_config
+    from neural_router.training.train import load_train_config
 
     f = tmp_path / "train.yaml"
     f.write_text("epochs: -3\ndata:\n  val_fraction: 2\nbogus: 1\n")
@@ -35,7 +35,7 @@ def test_serving_config_errors_are_readable_and_never_show_secrets(tmp_path):
     from pydantic import BaseModel, ValidationError
 
     from neural_router.validation import describe
-    from serving.config import ConfigError, load_settings
+    from neural_router.serving.config import ConfigError, load_settings
 
     f = tmp_path / "serve.yaml"
     f.write_text("port: 99999999\nfoo: 1\n")

@@ -8,11 +8,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from neural_router.export import export_onnx
-from neural_router.policy import Constraints, Preferences
+from neural_router.inference.export import export_onnx
+from neural_router.policy.routing import Constraints, Preferences
 from neural_router.router import Router
-from training.evaluate import print_summary, run_eval
-from training.train import run_train
+from neural_router.training.evaluate import print_summary, run_eval
+from neural_router.training.train import run_train
 
 SAMPLES = [
     "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",

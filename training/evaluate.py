@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 
 from neural_router.card import write_model_card
-from neural_router.data import DataConfig, RoutingDataset, load_recorded_data, load_routing_data
-from neural_router.evaluation import evaluate
+from neural_router.data.dataset import DataConfig, RoutingDataset, load_recorded_data, load_routing_data
+from neural_router.evaluation.report import evaluate
 from neural_router.pool import ModelPool
-from neural_router.predictors import load_predictor, require_router_folder
+from neural_router.inference.predictors import load_predictor, require_router_folder
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_router.data import load_routing_data
-from neural_router.evaluation import evaluate
+from neural_router.data.dataset import load_routing_data
+from neural_router.evaluation.report import evaluate
 from neural_router.pool import ModelPool
-from neural_router.predictors import TorchPredictor
-from neural_router.trainer import ActivationCache, train_router
-from training.train import default_config_path, load_train_config
+from neural_router.inference.predictors import TorchPredictor
+from neural_router.training.trainer import ActivationCache, train_router
+from neural_router.training.train import default_config_path, load_train_config
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from neural_router import offpolicy as op
+from neural_router.feedback import offpolicy as op
 from neural_router import update_defaults as D
-from neural_router.feedback import replay_context
-from neural_router.model import RouterModel
-from neural_router.policy import Preferences
+from neural_router.feedback.store import replay_context
+from neural_router.modeling.model import RouterModel
+from neural_router.policy.routing import Preferences
 from neural_router.pool import ModelPool
-from neural_router.predictions import Predictions
-from neural_router.trainer import ActivationCache, TrainConfig, frozen_layer_count
+from neural_router.inference.interface import Predictions
+from neural_router.training.trainer import ActivationCache, TrainConfig, frozen_layer_count
 
 PREF_KEYS = ("quality_weight", "cost_weight", "latency_weight")
 PROMOTE_ON = ("ips", "snips", "dr", "dm")
@@ -38,10 +38,10 @@ def predict_router(model: RouterModel, tokenizer, pool: ModelPool, prompts: list
     prompt once; without, the plain PyTorch predictor."""
     import torch
 
-    from neural_router.model import to_outputs
-    from neural_router.predictors import TorchPredictor, finish
-    from neural_router.text import encode, request_features
-    from neural_router.trainer import Tensors, bucket_batches, cache_hidden, make_batch
+    from neural_router.modeling.model import to_outputs
+    from neural_router.inference.predictors import TorchPredictor, finish
+    from neural_router.modeling.text import encode, request_features
+    from neural_router.training.trainer import Tensors, bucket_batches, cache_hidden, make_batch
 
     model = model.eval().cpu()
     n_layers = frozen_layer_count(model, cfg) if cfg is not None else 0
@@ -82,7 +82,7 @@ def policy_probs(pred: Predictions, models: list[str], pool: ModelPool, weights:
     where logged, its ``contexts`` (request features and constraints, see ``Decision.context``):
     capabilities such as context windows and modalities, allowed/denied models and soft constraints
     apply exactly as they did live. Models the router does not know get probability 0."""
-    from neural_router.policy import Capabilities, route
+    from neural_router.policy.routing import Capabilities, route
 
     routed = list(pred.models)
     caps = Capabilities.from_pool(pool.subset(routed))

@@ -11,22 +11,17 @@ import yaml
 from pydantic import ValidationError
 
 from neural_router.card import write_model_card
-from neural_router.data import load_routing_data, recorded_sources
+from neural_router.configs import config_path
+from neural_router.data.dataset import load_routing_data, recorded_sources
 from neural_router.pool import ModelPool
-from neural_router.trainer import TrainConfig, train_router
+from neural_router.training.trainer import TrainConfig, train_router
 from neural_router.validation import describe
 
 log = logging.getLogger(__name__)
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
 def default_config_path(name: str) -> Path:
-    for base in (Path.cwd() / "configs", REPO_CONFIGS):
-        if (base / name).is_file():
-            return base / name
-    raise FileNotFoundError(f"configs/{name} was not found (looked in ./configs and {REPO_CONFIGS}); "
-                            f"pass the file explicitly")
+    """The shipped default ``configs/<name>`` (installed with the package as ``neural_router.configs``)."""
+    return config_path(name)
 
 
 def load_train_config(path: str | Path | None, overrides: dict | None = None) -> TrainConfig:

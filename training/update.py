@@ -53,15 +53,15 @@ import numpy as np
 
 from neural_router import update_defaults as D
 from neural_router.card import write_model_card
-from neural_router.data import (RoutingDataset, load_recorded_data, load_routing_data, prompt_hash_unit,
+from neural_router.data.dataset import (RoutingDataset, load_recorded_data, load_routing_data, prompt_hash_unit,
                                 recorded_sources)
-from neural_router.feedback import FeedbackStore, safe_url
-from neural_router.model import HEADS, RouterModel
-from neural_router.policy import Preferences
+from neural_router.feedback.store import FeedbackStore, safe_url
+from neural_router.modeling.model import HEADS, RouterModel
+from neural_router.policy.routing import Preferences
 from neural_router.pool import ModelPool
-from neural_router.predictors import RouterLoadError, load_tokenizer, require_trained_folder
-from neural_router.trainer import ActivationCache, TrainConfig, train_router
-from training.promotion import (PREF_KEYS, check_on_logs, logged_request, parse_promote_on, policy_probs,
+from neural_router.inference.predictors import RouterLoadError, load_tokenizer, require_trained_folder
+from neural_router.training.trainer import ActivationCache, TrainConfig, train_router
+from neural_router.training.promotion import (PREF_KEYS, check_on_logs, logged_request, parse_promote_on, policy_probs,
                                 predict_router, pref_weights, promotion_verdict)
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ def limit_traffic_shift(model: RouterModel, parent: RouterModel, tokenizer, pool
 
 
 def _train_config(config, tm: dict, overrides: dict | None) -> TrainConfig:
-    from training.train import load_train_config
+    from neural_router.training.train import load_train_config
 
     over = {k: v for k, v in (overrides or {}).items() if v is not None}
     if isinstance(config, TrainConfig):
@@ -607,7 +607,7 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
 
 
 # --------------------------------------------------------------------------------------------------
-# command line: ``python -m training.update`` and ``neural-router update`` share their options
+# command line: ``python -m neural_router.training.update`` and ``neural-router update`` share their options
 # (``neural_router.cli.add_update_arguments``, kept there so the CLI starts without importing torch)
 
 
@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from neural_router.cli import add_update_arguments
 
-    ap = argparse.ArgumentParser(prog="python -m training.update", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m neural_router.training.update", description=__doc__.split("\n\n")[0])
     add_update_arguments(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
