@@ -78,6 +78,17 @@ class Preferences:
                              "set at least one to a positive value (default quality_weight=1.0)")
 
 
+# Named preference sets: the service's built-in presets (``"preset"`` in /v1/route, model
+# ``"router:<name>"`` in the proxy) and the demo's; ``DEFAULT_PRESET`` is used when none is named.
+PRESETS: dict[str, Preferences] = {
+    "balanced": Preferences(quality_weight=1.0, cost_weight=0.3, latency_weight=0.1),
+    "quality": Preferences(quality_weight=1.0, cost_weight=0.0, latency_weight=0.0),
+    "cheap": Preferences(quality_weight=1.0, cost_weight=1.0, latency_weight=0.0),
+    "fast": Preferences(quality_weight=1.0, cost_weight=0.0, latency_weight=1.0),
+}
+DEFAULT_PRESET = "balanced"
+
+
 def _names(field_name: str, value: Iterable[str] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
