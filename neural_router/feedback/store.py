@@ -258,6 +258,50 @@ def _finite(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def open_engine(url: str | Path, must_exist: bool = False) -> Engine:
+    """A SQLAlchemy engine for a store URL (see :meth:`FeedbackStore.from_url`): a plain path means a
+    SQLite file there (its folder is created), ``postgresql://``/``postgres://`` use psycopg 3, SQLite
+    connections run in WAL mode with ``synchronous=FULL``. Nothing is connected yet: a server that is
+    down shows at the first query (turn that error into a message with :func:`unavailable`).
+    :class:`StoreUnavailableError` for a URL that does not parse, a folder given as the SQLite file,
+    a missing SQLite file when ``must_exist``, or a kind of database without a driver."""
+    text = str(url)
+    if "://" not in text:
+        text = sqlite_url(text)
+    try:
+        parsed = make_url(text)
+    except SQLAlchemyError as e:
+        raise StoreUnavailableError(f"{safe_url(url)} is not a store URL ({e}); use e.g. "
+                                    "sqlite:///path/feedback.db or postgresql://user:pw@host:5432/db") from None
+    if parsed.drivername in ("postgresql", "postgres"):  # SQLAlchemy would pick psycopg2; we ship psycopg 3
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database).expanduser()
+        if path.is_dir():
+            raise StoreUnavailableError(f"the feedback store {path} is a folder; give the SQLite file in it "
+                                        f"(e.g. {path / 'feedback.db'})")
+        if must_exist and not path.is_file():
+            raise StoreUnavailableError(f"the feedback store {path} does not exist; give the file the "
+                                        "service logs to (feedback_url in its serving config)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(parsed)
+    except (SQLAlchemyError, ImportError) as e:   # an unknown dialect, or its driver not installed
+        raise StoreUnavailableError(f"{safe_url(url)}: this kind of database cannot be used ({e}); use "
+                                    "sqlite:///path/feedback.db or postgresql://user:pw@host:5432/db") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def unavailable(url: str | Path, error: SQLAlchemyError, what: str = "the feedback store") -> StoreUnavailableError:
+    """The :class:`StoreUnavailableError` for a database error met while opening ``what`` at ``url``."""
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    return StoreUnavailableError(f"cannot open {what} {safe_url(url)}: {reason}; check the URL, that the "
+                                 "database server is running and reachable, and the credentials (a SQLite "
+                                 "URL must name a SQLite database file)")
+
+
 # --------------------------------------------------------------------------------------------------
 # The store
 
@@ -290,32 +334,7 @@ class FeedbackStore:
         psycopg 3); a plain filesystem path means a SQLite file there. ``must_exist``: a SQLite file
         that is not there is an error rather than a new, empty store (for readers of the logs).
         :class:`StoreUnavailableError` when it cannot be opened."""
-        text = str(url)
-        if "://" not in text:
-            text = sqlite_url(text)
-        try:
-            parsed = make_url(text)
-        except SQLAlchemyError as e:
-            raise StoreUnavailableError(f"{safe_url(url)} is not a store URL ({e}); use e.g. "
-                                        "sqlite:///path/feedback.db or postgresql://user:pw@host:5432/db") from None
-        if parsed.drivername in ("postgresql", "postgres"):  # SQLAlchemy would pick psycopg2; we ship psycopg 3
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            path = Path(parsed.database).expanduser()
-            if path.is_dir():
-                raise StoreUnavailableError(f"the feedback store {path} is a folder; give the SQLite file in it "
-                                            f"(e.g. {path / 'feedback.db'})")
-            if must_exist and not path.is_file():
-                raise StoreUnavailableError(f"the feedback store {path} does not exist; give the file the "
-                                            "service logs to (feedback_url in its serving config)")
-            path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            engine = create_engine(parsed)
-        except (SQLAlchemyError, ImportError) as e:   # an unknown dialect, or its driver not installed
-            raise StoreUnavailableError(f"{safe_url(url)}: this kind of database cannot be used ({e}); use "
-                                        "sqlite:///path/feedback.db or postgresql://user:pw@host:5432/db") from None
-        if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
+        engine = open_engine(url, must_exist=must_exist)
         try:
             if must_exist and "decisions" not in inspect(engine).get_table_names():
                 engine.dispose()   # a reader never turns another database into a store
@@ -325,10 +344,7 @@ class FeedbackStore:
             return cls(engine, retention)
         except SQLAlchemyError as e:
             engine.dispose()
-            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-            raise StoreUnavailableError(f"cannot open the feedback store {safe_url(url)}: {reason}; check the "
-                                        "URL, that the database server is running and reachable, and the "
-                                        "credentials (a SQLite URL must name a SQLite database file)") from None
+            raise unavailable(url, e) from None
 
     def close(self) -> None:
         self.engine.dispose()
