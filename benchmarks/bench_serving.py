@@ -3,7 +3,7 @@
     python benchmarks/bench_serving.py --router runs/demo/export --out runs/bench_serving.json
 
 For each configuration (dynamic batching on, and off = max_batch_size 1) the service is started as
-a subprocess (`python -m neural_router.serving`) on 127.0.0.1 with a free port, then a closed-loop load generator
+a subprocess (`python -m neural_router serve`) on 127.0.0.1 with a free port, then a closed-loop load generator
 (asyncio; each of C workers sends its next /v1/route request on its own keep-alive connection as soon
 as the previous answers; ``--client httpx`` uses httpx instead)
 runs for --duration-s seconds at each concurrency C. Reported per run: throughput, p50/p95/p99
@@ -35,15 +35,12 @@ import numpy as np
 import psutil  # a dependency of accelerate
 import yaml
 
+from neural_router.inference.export import SAMPLE_PROMPTS
+
 REPO = Path(__file__).resolve().parents[1]
 
 PROMPTS = [
-    "What is the capital of France?",
-    "Write a Python function that returns the n-th Fibonacci number using memoization.",
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-    "How many clips did Natalia sell altogether in April and May?",
-    "Question: Which gas do plants absorb from the atmosphere?\nA. Oxygen\nB. Carbon dioxide\n"
-    "C. Nitrogen\nD. Helium\nAnswer:",
+    *SAMPLE_PROMPTS[:4],  # short question, code, maths word problem, multiple choice
     "Summarise the following text. " + "The quick brown fox jumps over the lazy dog. " * 40,
     "Translate to German: the weather is nice today and we are going to the lake.",
     "Explain the difference between a process and a thread in operating systems.",
@@ -69,7 +66,7 @@ def batch_counters(base: str) -> tuple[float, float]:
 
 
 class Service:
-    """`python -m neural_router.serving` in a subprocess on loopback, with its own config file."""
+    """`python -m neural_router serve` in a subprocess on loopback, with its own config file."""
 
     def __init__(self, router: str, device: str, settings: dict[str, Any], workdir: Path) -> None:
         self.port = free_port()
@@ -79,7 +76,7 @@ class Service:
         self.log = workdir / f"serve-{self.port}.log"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "neural_router.serving", "--router", router, "--port", str(self.port),
+                [sys.executable, "-m", "neural_router", "serve", "--router", router, "--port", str(self.port),
                  "--device", device, "--config", str(cfg)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 120) -> dict[str, Any]:
@@ -246,7 +243,7 @@ def run_service(name: str, router: str, device: str, settings: dict[str, Any], l
 def raw_throughput(router: str, device: str, batch_sizes: list[int], duration_s: float,
                    threads: int | None) -> dict[str, Any]:
     """Prompts/s of predictor.predict() alone (tokenisation + ONNX), same prompts, in this process."""
-    from neural_router.serving.api.app import load_router
+    from neural_router.serving.engine.service import load_router
 
     predictor = load_router(router, device, None, threads)
     out: dict[str, Any] = {"provider": str(predictor.provider), "by_batch_size": {}, "cpu_ms_per_prompt": {}}

@@ -19,25 +19,31 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from neural_router.policy.exploration import ExplorationConfig
+from neural_router.policy.routing import DEFAULT_PRESET, PRESETS, Preferences
 from neural_router.validation import describe
 
 Device = Literal["auto", "cuda", "cpu"]
+_DEFAULT_WEIGHTS = Preferences()  # the policy's defaults are the schema's defaults
 
 
 class PresetPreferences(BaseModel):
-    """Named weights for ``model: "router:<preset>"`` and ``"preset"`` in /v1/route requests."""
+    """Named weights for ``model: "router:<preset>"`` and ``"preset"`` in /v1/route requests
+    (the schema of :class:`neural_router.policy.routing.Preferences`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    quality_weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    cost_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    latency_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    quality_weight: float = Field(default=_DEFAULT_WEIGHTS.quality_weight, ge=0, allow_inf_nan=False)
+    cost_weight: float = Field(default=_DEFAULT_WEIGHTS.cost_weight, ge=0, allow_inf_nan=False)
+    latency_weight: float = Field(default=_DEFAULT_WEIGHTS.latency_weight, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _not_all_zero(self) -> "PresetPreferences":
         if self.quality_weight == self.cost_weight == self.latency_weight == 0:
             raise ValueError("at least one of quality_weight, cost_weight, latency_weight must be > 0")
         return self
+
+    def to_preferences(self) -> Preferences:
+        return Preferences(**self.model_dump())
 
 
 class EndpointOverride(BaseModel):
@@ -58,7 +64,7 @@ class EndpointOverride(BaseModel):
 
 
 class ExplorationSettings(BaseModel):
-    """Exploration on top of the greedy policy (see ``neural_router/exploration.py``)."""
+    """Exploration on top of the greedy policy (see ``neural_router/policy/exploration.py``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -105,11 +111,8 @@ class ExplorationSettings(BaseModel):
 
 
 DEFAULT_PRESETS: dict[str, PresetPreferences] = {
-    "balanced": PresetPreferences(quality_weight=1.0, cost_weight=0.3, latency_weight=0.1),
-    "quality": PresetPreferences(quality_weight=1.0),
-    "cheap": PresetPreferences(quality_weight=1.0, cost_weight=1.0),
-    "fast": PresetPreferences(quality_weight=1.0, latency_weight=1.0),
-}
+    name: PresetPreferences(quality_weight=p.quality_weight, cost_weight=p.cost_weight,
+                            latency_weight=p.latency_weight) for name, p in PRESETS.items()}
 
 
 class ServeSettings(BaseSettings):
@@ -128,7 +131,7 @@ class ServeSettings(BaseSettings):
 
     inference_threads: int | None = Field(
         default=None, ge=1, le=256, description="ONNX Runtime intra-op threads; None = its default "
-                                                "(all cores). On small machines 1-2 leaves CPU to HTTP.")
+                                                "(all cores). Fewer threads leave cores to the HTTP side.")
     int8: bool = Field(default=False, description="Serve router.int8.onnx (CPU) instead of router.onnx.")
 
     # dynamic batching
@@ -151,7 +154,7 @@ class ServeSettings(BaseSettings):
                     "None = the router's own max_length.")
 
     # routing
-    default_preset: str = Field(default="balanced", description="Preset used when none is given.")
+    default_preset: str = Field(default=DEFAULT_PRESET, description="Preset used when none is given.")
     presets: dict[str, PresetPreferences] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
 
     # security
@@ -182,7 +185,7 @@ class ServeSettings(BaseSettings):
                     "anyway (the write continues in the background).")
     exploration: ExplorationSettings = Field(default_factory=ExplorationSettings)
     scorer: dict[str, Any] | str | None = Field(
-        default=None, description="Scorer spec (neural_router.scoring.load_scorer) that grades "
+        default=None, description="Scorer spec (neural_router.feedback.scoring.load_scorer) that grades "
                                   "proxied answers of requests carrying a reference.")
     admin_key: SecretStr | None = Field(
         default=None, description="Bearer key of /admin/reload and /admin/rollback; None disables them.")
@@ -249,7 +252,7 @@ class _DefaultPresetsSource(PydanticBaseSettingsSource):
     nested value (``NEURAL_ROUTER_PRESETS__CHEAP__COST_WEIGHT=2``) is merged into them instead of
     replacing the whole map (pydantic-settings merges sources key by key, but never into a field's
     ``default_factory``). A ``presets`` map from the YAML file or a keyword argument replaces the
-    built-in presets, as before; the environment is then merged into that map."""
+    built-in presets; the environment is then merged into that map."""
 
     def __init__(self, settings_cls: type[BaseSettings], replaced: Callable[[], bool]) -> None:
         super().__init__(settings_cls)

@@ -16,16 +16,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from neural_router.serving.config import ServeSettings
 from neural_router.serving.api.schemas import AdminResponse, ErrorResponse, ReloadRequest
-from neural_router.inference.interface import RequestFeatures
-
-from neural_router.serving.engine.service import PreparedPrompt, RouterService, RouterState, load_router
+from neural_router.serving.engine.service import RouterService, RouterState
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, scheme_name="AdminKey",
@@ -51,21 +47,6 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
                               403: {**_ERR, "description": "Wrong key, or no admin_key configured."}})
 
 
-def build_state(router_dir: str, settings: ServeSettings) -> RouterState:
-    """Worker thread: load, validate and warm up a router folder (any failure -> ValueError)."""
-    try:
-        predictor = load_router(router_dir, settings.device, settings.max_prompt_tokens,
-                                settings.inference_threads, settings.int8)
-        state = RouterState.build(predictor, settings, str(Path(router_dir)))
-        state.predict_batch([PreparedPrompt("warm-up", RequestFeatures())])
-    except (ValueError, OSError, TypeError) as e:
-        raise ValueError(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - whatever a broken folder makes the loaders raise
-        log.exception("reload of %s failed", router_dir)
-        raise ValueError(f"{type(e).__name__}: {e}") from None
-    return state
-
-
 def _response(svc: RouterService) -> AdminResponse:
     return AdminResponse(router_version=svc.state.version,
                          previous_version=svc.previous.version if svc.previous else None,
@@ -82,7 +63,7 @@ async def reload(body: ReloadRequest, request: Request) -> AdminResponse:
     metrics = request.app.state.metrics
     async with request.app.state.admin_lock:  # one reload at a time
         try:
-            state = await asyncio.to_thread(build_state, body.router_dir, svc.settings)
+            state = await asyncio.to_thread(RouterState.load, body.router_dir, svc.settings)
         except ValueError as e:
             metrics.reloads.labels("reload", "error").inc()
             raise HTTPException(422, f"cannot serve the router folder {body.router_dir}: {e}; router "

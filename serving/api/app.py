@@ -2,7 +2,8 @@
 
 ``create_app(settings, predictor)`` builds a self-contained FastAPI app (its own metrics registry,
 batcher and HTTP client; no module-level state). ``serve(...)`` loads settings and an exported
-router folder and runs it with uvicorn; ``neural-router serve`` and ``python -m neural_router.serving`` call it.
+router folder and runs it with uvicorn; ``neural-router serve`` (also ``python -m neural_router serve``)
+calls it.
 """
 
 from __future__ import annotations
@@ -25,24 +26,25 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from neural_router.policy.routing import NoEligibleModelError
+from neural_router import __version__
+from neural_router.feedback.store import FeedbackStore, safe_url
 from neural_router.inference.interface import Predictor
-
-from neural_router.feedback.store import FeedbackStore
+from neural_router.policy.routing import NoEligibleModelError
 
 from neural_router.serving.api import admin, feedback, proxy, routes
-from neural_router.serving.engine.batching import BatcherClosedError, QueueFullError
-from neural_router.serving.config import ConfigError, ServeSettings, load_settings
-from neural_router.serving.api.feedback import FeedbackLog
 from neural_router.serving.api.guards import GuardMiddleware
-from neural_router.serving.api.prometheus import MetricsMiddleware, ServingMetrics
+from neural_router.serving.api.prometheus import MetricsMiddleware
 from neural_router.serving.api.schemas import validation_issues
-from neural_router.serving.engine.service import InputError, RouterService, device_info, load_router
+from neural_router.serving.config import ConfigError, ServeSettings, load_settings
+from neural_router.serving.engine.batching import BatcherClosedError, QueueFullError
+from neural_router.serving.engine.decisions import FeedbackLog
+from neural_router.serving.engine.inputs import InputError
+from neural_router.serving.engine.metrics import ServingMetrics
+from neural_router.serving.engine.service import RouterService, device_info, load_router
 
-__all__ = ["create_app", "load_router", "serve"]
+__all__ = ["create_app", "serve"]
 
 log = logging.getLogger("serving")
-__version__ = "0.1.0"
 
 
 class SafeJSONResponse(JSONResponse):
@@ -68,9 +70,9 @@ def otel_configured() -> bool:
 
 def telemetry_options() -> dict[str, Any]:
     """FastAPI keyword arguments for its native OpenTelemetry hooks. Left on, they ask on every
-    request whether a provider is configured (environment lookups: 14 % of the event loop's samples
-    in a py-spy profile under load); settled once when the app is built: on when a provider is configured, off otherwise.
-    Empty for FastAPI versions without the hooks."""
+    request whether a provider is configured (environment lookups on the event loop); settled once
+    when the app is built instead: on when a provider is configured, off otherwise. Empty for
+    FastAPI versions without the hooks."""
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters or otel_configured():
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
@@ -153,9 +155,9 @@ def create_app(settings: ServeSettings, predictor: Predictor, *, router_dir: str
         if fallback and settings.device == "auto":  # load_predictor itself warns for an explicit "cuda"
             log.warning("CUDA is not available; the router runs on CPU (provider %s)", predictor.provider)
         log.info("router %s: %d models, provider %s, max_batch_size %d, max_wait_ms %g, exploration %s, "
-                 "feedback %s", predictor.version, len(service.models), predictor.provider,
+                 "feedback %s", predictor.version, len(service.state.models), predictor.provider,
                  settings.max_batch_size, settings.max_wait_ms, service.state.exploration.name,
-                 feedback.safe_url(settings.feedback_url) if settings.feedback_url else "off")
+                 safe_url(settings.feedback_url) if settings.feedback_url else "off")
         await service.batcher.start()
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(
             settings.backend_timeout_s, connect=settings.backend_connect_timeout_s))

@@ -44,10 +44,11 @@ from neural_router.feedback.store import PROXY_CONTEXT
 from neural_router.policy.routing import NoEligibleModelError
 from neural_router.pool import ModelSpec
 
-from neural_router.serving.api.feedback import DecisionRecord, FeedbackLog
-from neural_router.serving.api.routes import decision_record, get_feedback, get_service
+from neural_router.serving.api.routes import get_feedback, get_service
 from neural_router.serving.api.schemas import ChatCompletionRequest, OpenAIErrorResponse
-from neural_router.serving.engine.service import PresetError, PreparedPrompt, RouterService, RouterState, clean_text
+from neural_router.serving.engine.decisions import DecisionRecord, FeedbackLog, decision_record
+from neural_router.serving.engine.inputs import PresetError, PreparedPrompt, clean_text
+from neural_router.serving.engine.service import RouterService, RouterState
 
 # called with (answer text, the backend's usage object or None, latency of the backend call in ms)
 OnAnswer = Callable[[str, Any, float], None]
@@ -300,17 +301,31 @@ async def _attempt(client: httpx.AsyncClient, spec: ModelSpec, payload: dict[str
         svc.metrics.proxy_attempts.labels(name, f"http_{status}").inc()
         return f"HTTP {status}"
     if stream and status == 200:
-        lines = resp.aiter_lines()
-        try:  # wait for the first line, so a backend failing before its first byte is still retried
-            first = await lines.__anext__()
-        except (httpx.HTTPError, httpx.StreamError, StopAsyncIteration) as e:
-            await resp.aclose()
-            svc.metrics.proxy_attempts.labels(name, "stream_error").inc()
-            return "empty stream" if isinstance(e, StopAsyncIteration) else type(e).__name__
-        svc.metrics.proxy_attempts.labels(name, "ok").inc()
-        return StreamingResponse(_relay(resp, lines, first, name, svc, on_answer, started),
-                                 media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
+        return await _relay_stream(resp, name, headers, svc, on_answer, started)
+    return await _read_answer(resp, name, headers, svc, on_answer, started)
+
+
+async def _relay_stream(resp: httpx.Response, name: str, headers: dict[str, str], svc: RouterService,
+                        on_answer: OnAnswer | None, started: float) -> Response | str:
+    """A streaming answer relayed once its first line arrived (so a backend failing before its
+    first byte is still retried), or why it failed."""
+    lines = resp.aiter_lines()
+    try:
+        first = await lines.__anext__()
+    except (httpx.HTTPError, httpx.StreamError, StopAsyncIteration) as e:
+        await resp.aclose()
+        svc.metrics.proxy_attempts.labels(name, "stream_error").inc()
+        return "empty stream" if isinstance(e, StopAsyncIteration) else type(e).__name__
+    svc.metrics.proxy_attempts.labels(name, "ok").inc()
+    return StreamingResponse(_relay(resp, lines, first, name, svc, on_answer, started),
+                             media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+
+async def _read_answer(resp: httpx.Response, name: str, headers: dict[str, str], svc: RouterService,
+                       on_answer: OnAnswer | None, started: float) -> Response | str:
+    """A whole (non-streamed) answer: returned with ``model`` naming the pool model; a client error
+    (4xx) returned as it is; or why it failed (unreadable, not a JSON object)."""
+    status = resp.status_code
     try:
         content = await resp.aread()
     except (httpx.HTTPError, httpx.StreamError) as e:

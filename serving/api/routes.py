@@ -10,19 +10,18 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from neural_router.policy.routing import Constraints, NoEligibleModelError, Preferences
-from neural_router.feedback.store import decision_context
 from neural_router.inference.interface import Predictions
+from neural_router.policy.routing import Constraints, NoEligibleModelError, Preferences
 
 from neural_router.serving.api.prometheus import CONTENT_TYPE
 from neural_router.serving.api.schemas import (BatchItemError, BatchItemErrorInfo, BatchRouteRequest,
-                             BatchRouteResponse, ErrorResponse, HealthResponse, ModelInfo,
-                             ModelPrediction, ModelsResponse, PredictRequest, PredictResponse,
-                             PresetInfo, ReadyResponse, RouteRequest, RouteResponse, issues_text,
-                             validation_issues)
-from neural_router.serving.api.feedback import DecisionRecord, FeedbackLog
-from neural_router.serving.engine.service import (Choice, InputError, PreparedPrompt, RouterService, RouterState,
-                             device_info)
+                                               BatchRouteResponse, ErrorResponse, HealthResponse, ModelInfo,
+                                               ModelPrediction, ModelsResponse, PredictRequest,
+                                               PredictResponse, PresetInfo, ReadyResponse, RouteRequest,
+                                               RouteResponse, issues_text, validation_issues)
+from neural_router.serving.engine.decisions import FeedbackLog, decision_record
+from neural_router.serving.engine.inputs import InputError, PreparedPrompt
+from neural_router.serving.engine.service import RouterService, RouterState, device_info
 
 _ERR = {"model": ErrorResponse}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -61,30 +60,27 @@ def _prepare(svc: RouterService, req: RouteRequest) -> PreparedPrompt:
                                max_tokens=req.max_tokens)
 
 
+def _policy_inputs(svc: RouterService, req: RouteRequest,
+                   state: RouterState) -> tuple[PreparedPrompt, Preferences, Constraints]:
+    """The request in the engine's terms: prompt, preferences and constraints (InputError if it
+    cannot be routed as given)."""
+    prompt = _prepare(svc, req)
+    try:
+        explicit = req.preferences.to_preferences() if req.preferences is not None else None
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    prefs = svc.preferences(req.preset, explicit)
+    try:
+        given = req.constraints.to_constraints() if req.constraints is not None else None
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return prompt, prefs, svc.constraints(given, state=state)
+
+
 def _check_count(svc: RouterService, n: int, what: str) -> None:
     limit = min(svc.settings.max_batch_requests, svc.settings.max_queue)
     if n > limit:
         raise InputError(f"{n} {what} in one call; the limit is {limit} (max_batch_requests, max_queue)")
-
-
-def logged_preferences(prefs: Preferences, cons: Constraints) -> dict[str, float]:
-    """What the decision log keeps of the preferences: the weights and any soft constraint."""
-    out = {"quality_weight": prefs.quality_weight, "cost_weight": prefs.cost_weight,
-           "latency_weight": prefs.latency_weight}
-    for name in ("min_quality", "max_cost_usd", "max_latency_ms"):
-        value = getattr(cons, name)
-        if value is not None:
-            out[name] = float(value)
-    return out
-
-
-def decision_record(request_id: str, state: RouterState, prompt: PreparedPrompt, row: Predictions,
-                    choice: Choice, prefs: Preferences, cons: Constraints) -> DecisionRecord:
-    return DecisionRecord(request_id=request_id, prompt=prompt.text, model=choice.model, predictions=row,
-                          router_version=state.version, propensity=choice.propensity,
-                          preferences=logged_preferences(prefs, cons),
-                          exploration=choice.exploration.policy, input_tokens=int(row.input_tokens[0]),
-                          context=decision_context(prompt.features, cons))
 
 
 class ItemValidationError(InputError):
@@ -122,8 +118,7 @@ async def _route_many(svc: RouterService, fb: FeedbackLog,
             out[i] = r
             continue
         try:
-            todo.append((i, _prepare(svc, r), svc.preferences(r.preset, r.preferences),
-                         svc.constraints(r.constraints, state=state)))
+            todo.append((i, *_policy_inputs(svc, r, state)))
         except InputError as e:
             out[i] = e
     rows = await svc.predict([p for _, p, _, _ in todo], state) if todo else []
@@ -135,7 +130,7 @@ async def _route_many(svc: RouterService, fb: FeedbackLog,
             out[i] = e
             continue
         request_id = uuid.uuid4().hex
-        if fb.enabled:   # the record costs ~5 % of the event loop's time; build it only to log it
+        if fb.enabled:   # building a record takes event-loop time: only when it is logged
             records.append(decision_record(request_id, state, p, row, choice, prefs, cons))
         out[i] = RouteResponse(
             request_id=request_id, model=choice.model, predictions=_prediction_map(row),

@@ -12,8 +12,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from neural_router.policy.routing import Constraints, Preferences
+
 Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+_DEFAULT_WEIGHTS = Preferences()
 
 
 class _Strict(BaseModel):
@@ -63,9 +66,14 @@ class Message(_Strict):
 class PreferencesIn(_Strict):
     """Weights of the routing utility (cost and latency in units of quality; see the policy)."""
 
-    quality_weight: Weight = 1.0
-    cost_weight: Weight = 0.0
-    latency_weight: Weight = 0.0
+    quality_weight: Weight = _DEFAULT_WEIGHTS.quality_weight
+    cost_weight: Weight = _DEFAULT_WEIGHTS.cost_weight
+    latency_weight: Weight = _DEFAULT_WEIGHTS.latency_weight
+
+    def to_preferences(self) -> Preferences:
+        """The policy's Preferences (ValueError when every weight is 0)."""
+        return Preferences(quality_weight=self.quality_weight, cost_weight=self.cost_weight,
+                           latency_weight=self.latency_weight)
 
 
 class ConstraintsIn(_Strict):
@@ -78,6 +86,13 @@ class ConstraintsIn(_Strict):
         default=None, min_length=1, max_length=1000, description="Only these models (names or aliases).")
     denied_models: list[ModelName] = Field(default_factory=list, max_length=1000,
                                            description="Never these models (names or aliases).")
+
+    def to_constraints(self) -> Constraints:
+        """The policy's Constraints, model names as given (the engine resolves aliases)."""
+        return Constraints(min_quality=self.min_quality, max_cost_usd=self.max_cost_usd,
+                           max_latency_ms=self.max_latency_ms,
+                           allowed_models=None if self.allowed_models is None else tuple(self.allowed_models),
+                           denied_models=tuple(self.denied_models))
 
 
 _ONE_OF_PROMPT_MESSAGES: dict[str, Any] = {"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}

@@ -1,6 +1,6 @@
-"""The routing core shared by /v1/route, /v1/predict and the proxy: input preparation, batched
-prediction, the policy decision and exploration. No HTTP here; errors are typed exceptions the app
-maps.
+"""The routing engine shared by /v1/route, /v1/predict and the proxy: input checks, batched
+prediction, the policy decision and exploration. It speaks the core's types (Preferences,
+Constraints, RequestFeatures, Predictions); no HTTP here: errors are typed exceptions the API maps.
 
 The loaded router lives in a :class:`RouterState` (predictor, pool, capabilities). A request takes
 the current state once and uses it throughout (prediction and decision), and each queued prompt
@@ -9,6 +9,7 @@ routers in one request: prompts queued before the swap are predicted by the old 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,85 +20,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from neural_router.inference.interface import Predictions, Predictor, RequestFeatures
 from neural_router.policy.exploration import ExplorationConfig, Exploration, explore, read_evidence
 from neural_router.policy.routing import Capabilities, Constraints, Decision, Preferences, route
 from neural_router.pool import ModelPool
-from neural_router.inference.interface import Predictions, Predictor, RequestFeatures
 
-from neural_router.serving.engine.batching import DynamicBatcher
 from neural_router.serving.config import EndpointOverride, ServeSettings
-from neural_router.serving.api.prometheus import ServingMetrics
-from neural_router.serving.api.schemas import ConstraintsIn, PreferencesIn
+from neural_router.serving.engine.batching import DynamicBatcher
+from neural_router.serving.engine.inputs import InputError, PresetError, PreparedPrompt, clean_text, flatten_messages
+from neural_router.serving.engine.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """The request is well-formed JSON but cannot be routed as given (answered with 422)."""
-
-
-class PresetError(InputError):
-    """Unknown preset name."""
-
-
-@dataclass(frozen=True)
-class PreparedPrompt:
-    text: str
-    features: RequestFeatures
-
-
-def clean_text(text: str) -> str:
-    """Replace lone surrogates (valid in JSON escapes, invalid UTF-8) so the tokenizer never sees them."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _content_text(content: Any) -> tuple[str, bool, bool]:
-    """(text, has_image, has_audio) of one message's content: a string or a list of parts."""
-    if content is None:
-        return "", False, False
-    if isinstance(content, str):
-        return content, False, False
-    texts: list[str] = []
-    has_image = has_audio = False
-    for part in content:
-        if not isinstance(part, Mapping):
-            raise InputError("message content parts must be objects with a 'type'")
-        kind = part.get("type")
-        if kind == "text":
-            texts.append(str(part.get("text", "")))
-        elif kind in ("image_url", "image"):
-            has_image = True
-            texts.append("[image]")
-        elif kind in ("input_audio", "audio"):
-            has_audio = True
-            texts.append("[audio]")
-    return "\n".join(texts), has_image, has_audio
-
-
-def flatten_messages(messages: Sequence[Mapping[str, Any]]) -> tuple[str, bool, bool, bool]:
-    """Messages -> (prompt text, has_image, has_audio, has_tool_messages).
-
-    Each message's text parts are joined by newlines (image parts read ``[image]``, audio parts
-    ``[audio]``). If only one message carries any text, the prompt is that text alone (the router
-    was trained on single prompts); otherwise it is ``"role: text"`` lines joined by newlines.
-    Tool-role messages and assistant ``tool_calls`` count as tool use.
-    """
-    rendered: list[tuple[str, str]] = []
-    has_image = has_audio = has_tools = False
-    for m in messages:
-        text, img, aud = _content_text(m.get("content"))
-        has_image |= img
-        has_audio |= aud
-        has_tools |= m.get("role") == "tool" or bool(m.get("tool_calls"))
-        if text.strip():
-            rendered.append((str(m.get("role", "user")), text))
-    if len(rendered) == 1:
-        return rendered[0][1], has_image, has_audio, has_tools
-    return "\n".join(f"{role}: {text}" for role, text in rendered), has_image, has_audio, has_tools
+WARM_UP = PreparedPrompt("warm-up", RequestFeatures())
 
 
 def with_endpoint_overrides(pool: ModelPool, overrides: Mapping[str, EndpointOverride]) -> ModelPool:
@@ -178,6 +112,21 @@ class RouterState:
                    capabilities=Capabilities.from_pool(served),
                    exploration=settings.exploration.to_config(boost, evidence), router_dir=router_dir)
 
+    @classmethod
+    def load(cls, router_dir: str, settings: ServeSettings) -> "RouterState":
+        """Worker thread: load, validate and warm up a router folder (any failure -> ValueError)."""
+        try:
+            predictor = load_router(router_dir, settings.device, settings.max_prompt_tokens,
+                                    settings.inference_threads, settings.int8)
+            state = cls.build(predictor, settings, str(Path(router_dir)))
+            state.predict_batch([WARM_UP])
+        except (ValueError, OSError, TypeError) as e:
+            raise ValueError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - whatever a broken folder makes the loaders raise
+            log.exception("loading %s failed", router_dir)
+            raise ValueError(f"{type(e).__name__}: {e}") from None
+        return state
+
     @property
     def version(self) -> str:
         return str(self.predictor.version)
@@ -223,7 +172,7 @@ class RouterService:
         self.state = RouterState.build(predictor, settings, router_dir)
         self.previous: RouterState | None = None
         self.warm = False  # set once the warm-up prediction succeeded (/readyz)
-        self.presets = {name: Preferences(**p.model_dump()) for name, p in settings.presets.items()}
+        self.presets = {name: p.to_preferences() for name, p in settings.presets.items()}
         self.rng = np.random.default_rng(settings.exploration.seed)
         self._swap_lock = threading.Lock()
         self.batcher: DynamicBatcher[_Job, Predictions] = DynamicBatcher(
@@ -232,22 +181,6 @@ class RouterService:
             on_batch=metrics.observe_batch, on_queue_depth=metrics.queue_depth.set)
 
     # ---- the current router (read once per request: see the module docstring) ---------------
-    @property
-    def predictor(self) -> Predictor:
-        return self.state.predictor
-
-    @property
-    def pool(self) -> ModelPool:
-        return self.state.pool
-
-    @property
-    def models(self) -> list[str]:
-        return self.state.models
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self.state.capabilities
-
     def swap(self, new: RouterState) -> RouterState:
         """Make ``new`` the current router; the old one becomes ``previous`` (and is returned).
         Requests that already took the old state (queued or running) finish on it."""
@@ -282,12 +215,11 @@ class RouterService:
         return self.prompt(text, has_image=img, has_audio=aud, has_tools=bool(tools) or tool_msgs,
                            max_tokens=max_tokens, where=where)
 
-    def preferences(self, preset: str | None, explicit: PreferencesIn | None) -> Preferences:
+    def preferences(self, preset: str | None, explicit: Preferences | None = None) -> Preferences:
+        """``explicit`` if given, else the named preset (the default preset when None);
+        PresetError for an unknown name."""
         if explicit is not None:
-            try:
-                return Preferences(**explicit.model_dump())
-            except ValueError as e:
-                raise InputError(str(e)) from None
+            return explicit
         name = preset or self.settings.default_preset
         if name not in self.presets:
             raise PresetError(f"unknown preset {name!r}; known presets: {', '.join(sorted(self.presets))}")
@@ -303,22 +235,19 @@ class RouterService:
             out.append(c)
         return tuple(dict.fromkeys(out))
 
-    def constraints(self, given: ConstraintsIn | None, *, restrict_to: Sequence[str] | None = None,
+    def constraints(self, given: Constraints | None, *, restrict_to: Sequence[str] | None = None,
                     state: RouterState | None = None) -> Constraints:
-        """Policy constraints with aliases resolved; ``restrict_to`` intersects the allowed list."""
+        """``given`` with model names and aliases resolved to pool names (InputError for an unknown
+        one); ``restrict_to`` intersects the allowed list."""
         st = state or self.state
-        c = given or ConstraintsIn()
+        c = given or Constraints()
         allowed = self._canonical(st, c.allowed_models, "allowed_models") if c.allowed_models else None
         if restrict_to is not None:
             allowed = tuple(m for m in (allowed or st.models) if m in set(restrict_to))
             if not allowed:
                 raise InputError("no allowed model has an endpoint to forward to")
-        try:
-            return Constraints(min_quality=c.min_quality, max_cost_usd=c.max_cost_usd,
-                               max_latency_ms=c.max_latency_ms, allowed_models=allowed,
-                               denied_models=self._canonical(st, c.denied_models, "denied_models"))
-        except ValueError as e:
-            raise InputError(str(e)) from None
+        return dataclasses.replace(c, allowed_models=allowed,
+                                   denied_models=self._canonical(st, c.denied_models, "denied_models"))
 
     # ---- prediction and decision -------------------------------------------------------------
     @staticmethod
@@ -368,4 +297,4 @@ class RouterService:
 
     def warm_up(self, state: RouterState | None = None) -> None:
         """Worker thread: one prediction so the first request does not pay for lazy initialisation."""
-        (state or self.state).predict_batch([PreparedPrompt("warm-up", RequestFeatures())])
+        (state or self.state).predict_batch([WARM_UP])

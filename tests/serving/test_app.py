@@ -634,7 +634,7 @@ def test_env_override_of_one_preset_value_keeps_the_other_presets(tmp_path: Any,
 def test_endpoint_overrides_must_name_pool_models() -> None:
     s = ServeSettings(endpoints={"big-latest": EndpointOverride(endpoint="http://127.0.0.1:9/v1", api_model="b")})
     app = create_app(s, StubPredictor())
-    spec = app.state.service.pool.get("big")
+    spec = app.state.service.state.pool.get("big")
     assert spec.endpoint == "http://127.0.0.1:9/v1" and spec.api_model == "b"
     with pytest.raises(ValueError, match="not in the router's pool"):
         create_app(ServeSettings(endpoints={"gpt-17": EndpointOverride(endpoint="http://x/v1")}), StubPredictor())

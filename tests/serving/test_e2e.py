@@ -1,4 +1,4 @@
-"""End-to-end tests over real HTTP on 127.0.0.1: the service runs as `python -m neural_router.serving` on the tiny
+"""End-to-end tests over real HTTP on 127.0.0.1: the service runs as `python -m neural_router serve` on the tiny
 ONNX router in a subprocess, and the proxy forwards to a real fake-LLM server process
 (tests/fake_llm_server.py) that fails, hangs or answers depending on the model name."""
 
@@ -93,7 +93,7 @@ def service(tiny_router_dir: Path, fake_llm: str, tmp_path_factory: pytest.TempP
     log = tmp / "service.log"
     env = {**os.environ, "FAKE_BIG_KEY": "k-big", "NEURAL_ROUTER_LOG_LEVEL": "info"}
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "neural_router.serving", "--router", str(tiny_router_dir),
+        proc = subprocess.Popen([sys.executable, "-m", "neural_router", "serve", "--router", str(tiny_router_dir),
                                  "--port", str(port), "--config", str(tmp / "serve.yaml")],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -275,7 +275,7 @@ def test_serve_exits_with_a_clear_message_on_bad_router_folders(tiny_router_dir:
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_router_dir, corrupt)
     (corrupt / "router.onnx").write_bytes(b"not an onnx file")
-    p = subprocess.run([sys.executable, "-m", "neural_router.serving", "--router", str(corrupt), "--port", str(free_port())],
+    p = subprocess.run([sys.executable, "-m", "neural_router", "serve", "--router", str(corrupt), "--port", str(free_port())],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, p.stderr
     assert "cannot load the router folder" in p.stderr and "router.onnx" in p.stderr

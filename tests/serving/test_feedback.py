@@ -2,7 +2,7 @@
 proxied answers, hot reload / rollback of the router, and durability across kill -9.
 
 Everything runs on the real tiny ONNX router (``tiny_router_dir``) and real SQLite files; the
-reload-under-load and kill -9 tests run the service as ``python -m neural_router.serving`` in a subprocess."""
+reload-under-load and kill -9 tests run the service as ``python -m neural_router serve`` in a subprocess."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from fastapi.testclient import TestClient
 from neural_router.feedback.store import FeedbackStore, UnknownRequestError
 from neural_router.inference.interface import Predictions, RequestFeatures
 
-from neural_router.serving.api.app import create_app, load_router
+from neural_router.serving.api.app import create_app
+from neural_router.serving.engine.service import load_router
 from neural_router.serving.config import ServeSettings
 from tests.serving.test_e2e import REPO, _Stub, free_port, start_fake_llm, stop, wait_ready
 
@@ -483,7 +484,7 @@ def start_service(router_dir: Path, tmp: Path, config: dict[str, Any]) -> tuple[
     port = free_port()
     log = tmp / "service.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "neural_router.serving", "--router", str(router_dir), "--port",
+        proc = subprocess.Popen([sys.executable, "-m", "neural_router", "serve", "--router", str(router_dir), "--port",
                                  str(port), "--device", "cpu", "--config", str(tmp / "serve.yaml")],
                                 cwd=REPO, env={**os.environ, "NEURAL_ROUTER_API_KEY": ""},
                                 stdout=out, stderr=subprocess.STDOUT)

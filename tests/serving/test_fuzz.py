@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis import checks as st_checks  # noqa: E402
 
-from neural_router.serving.api.app import create_app, load_router  # noqa: E402
+from neural_router.serving.api.app import create_app  # noqa: E402
+from neural_router.serving.engine.service import load_router  # noqa: E402
 from neural_router.serving.config import ServeSettings  # noqa: E402
 
 
