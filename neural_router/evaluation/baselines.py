@@ -9,22 +9,15 @@ Random / single-model / oracle reference points live in :mod:`neural_router.metr
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
-FloatArray = NDArray[np.float64]
+from neural_router.evaluation.metrics import FloatArray, nanmean
 
 __all__ = ["KNNBaseline", "MLPBaseline", "BenchmarkPriorBaseline", "mean_cost_predictor"]
-
-
-def _nanmean(a: ArrayLike, axis: int | None = None) -> FloatArray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        return np.nanmean(np.asarray(a, dtype=np.float64), axis=axis)
 
 
 def _check_xy(emb: ArrayLike, scores: ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -40,7 +33,7 @@ def mean_cost_predictor(costs_train: ArrayLike) -> FloatArray:
     c = np.asarray(costs_train, dtype=np.float64)
     if c.ndim != 2:
         raise ValueError(f"costs_train must be [N, M], got {c.shape}")
-    return _nanmean(c, axis=0)
+    return nanmean(c, axis=0)
 
 
 class KNNBaseline:
@@ -159,7 +152,7 @@ class MLPBaseline:
             torch.manual_seed(self.seed)
             net = nn.Sequential(nn.Linear(d, self.hidden), nn.ReLU(), nn.Dropout(self.dropout),
                                 nn.Linear(self.hidden, m))
-            prior = np.clip(np.nan_to_num(_nanmean(y, axis=0), nan=0.5), 1e-3, 1 - 1e-3)
+            prior = np.clip(np.nan_to_num(nanmean(y, axis=0), nan=0.5), 1e-3, 1 - 1e-3)
             with torch.no_grad():
                 net[-1].bias.copy_(torch.as_tensor(np.log(prior / (1 - prior)), dtype=torch.float32))
             opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -225,13 +218,13 @@ class BenchmarkPriorBaseline:
         g = np.asarray([str(v) for v in groups], dtype=object)
         if s.ndim != 2 or s.shape != c.shape or g.shape != (s.shape[0],):
             raise ValueError(f"need groups [N], scores and costs [N, M]; got {g.shape}, {s.shape}, {c.shape}")
-        self._global_quality = _nanmean(s, axis=0)
-        self._global_cost = _nanmean(c, axis=0)
+        self._global_quality = nanmean(s, axis=0)
+        self._global_cost = nanmean(c, axis=0)
         self._quality, self._cost = {}, {}
         for name in np.unique(g):
             rows = g == name
-            q = _nanmean(s[rows], axis=0)
-            k = _nanmean(c[rows], axis=0)
+            q = nanmean(s[rows], axis=0)
+            k = nanmean(c[rows], axis=0)
             self._quality[str(name)] = np.where(np.isfinite(q), q, self._global_quality)
             self._cost[str(name)] = np.where(np.isfinite(k), k, self._global_cost)
         return self

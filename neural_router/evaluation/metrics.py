@@ -91,8 +91,10 @@ def _as1d(x: ArrayLike, name: str) -> FloatArray:
     return a
 
 
-def _nanmean(a: ArrayLike, axis: int | None = None) -> Any:
-    """``np.nanmean`` without the 'mean of empty slice' warning (all-NaN slices give NaN)."""
+def nanmean(a: ArrayLike, axis: int | None = None) -> Any:
+    """``np.nanmean`` as float64 without the 'mean of empty slice' warning (all-NaN slices give NaN).
+
+    The one NaN-aware mean of the evaluation code (metrics and baselines)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         return np.nanmean(np.asarray(a, dtype=np.float64), axis=axis)
@@ -124,14 +126,14 @@ def routed_quality_cost(scores: ArrayLike, costs: ArrayLike, choice: ArrayLike) 
     if ch.size and (ch.min() < 0 or ch.max() >= s.shape[1]):
         raise ValueError("choice holds an index outside [0, M)")
     rows = np.arange(s.shape[0])
-    return float(_nanmean(s[rows, ch])), float(_nanmean(c[rows, ch]))
+    return float(nanmean(s[rows, ch])), float(nanmean(c[rows, ch]))
 
 
 def single_model_points(scores: ArrayLike, costs: ArrayLike) -> tuple[FloatArray, FloatArray]:
     """Per-model mean observed quality ``q[M]`` and mean observed cost ``c[M]``."""
     s = _as2d(scores, "scores")
     c = _as2d(costs, "costs")
-    return _nanmean(s, axis=0), _nanmean(c, axis=0)
+    return nanmean(s, axis=0), nanmean(c, axis=0)
 
 
 def oracle_point(scores: ArrayLike, costs: ArrayLike) -> tuple[float, float]:
@@ -157,7 +159,7 @@ def oracle_point(scores: ArrayLike, costs: ArrayLike) -> tuple[float, float]:
     no_cost = ~np.isfinite(c_tie.min(axis=1))
     pick[no_cost] = np.argmax(tied[no_cost], axis=1)
     rows = np.arange(s.shape[0])
-    return float(_nanmean(s[rows, pick])), float(_nanmean(c[rows, pick]))
+    return float(nanmean(s[rows, pick])), float(nanmean(c[rows, pick]))
 
 
 def random_point(scores: ArrayLike, costs: ArrayLike) -> tuple[float, float]:
@@ -167,7 +169,7 @@ def random_point(scores: ArrayLike, costs: ArrayLike) -> tuple[float, float]:
     """
     s = _as2d(scores, "scores")
     c = _as2d(costs, "costs")
-    return float(_nanmean(_nanmean(s, axis=1))), float(_nanmean(_nanmean(c, axis=1)))
+    return float(nanmean(nanmean(s, axis=1))), float(nanmean(nanmean(c, axis=1)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,8 +433,11 @@ def route(pred_quality: ArrayLike, pred_cost: ArrayLike, lam: float) -> NDArray[
     """``choice[N] = argmax_j(pred_quality - lam * pred_cost)``, ties to the lower predicted cost.
 
     ``pred_cost`` may be ``[N, M]`` or ``[M]`` (broadcast). A NaN utility never wins unless the whole
-    row is NaN (then the model with the lowest predicted cost, or column 0).
+    row is NaN (then the model with the lowest predicted cost, or column 0). ``lam`` (quality per USD)
+    must be finite and >= 0, else ValueError.
     """
+    if not (np.isfinite(lam) and lam >= 0):
+        raise ValueError(f"route: lam must be a finite number >= 0, got {lam!r}")
     q = _as2d(pred_quality, "pred_quality")
     c = np.broadcast_to(np.asarray(pred_cost, dtype=np.float64), q.shape)
     u = q - float(lam) * c

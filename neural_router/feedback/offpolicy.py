@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from neural_router.policy.routing import weighted_utility
+
 __all__ = [
     "Estimate",
-    "normalise",
     "utilities",
     "observed_reward",
     "greedy_probs",
@@ -75,13 +76,6 @@ class Estimate:
 # utilities, rewards and policies
 
 
-def normalise(x: np.ndarray, top: np.ndarray | None = None) -> np.ndarray:
-    """Divide by the per-row maximum (last axis) or by the given ``top[N]``; non-positive tops -> 1."""
-    x = np.asarray(x, dtype=np.float64)
-    t = x.max(axis=-1, keepdims=True) if top is None else np.asarray(top, dtype=np.float64)[..., None]
-    return x / np.where(t > 0, t, 1.0)
-
-
 def _weights(w: float | np.ndarray, n: int, name: str) -> np.ndarray:
     a = np.broadcast_to(np.asarray(w, dtype=np.float64), (n,))
     if not np.isfinite(a).all() or (a < 0).any():
@@ -95,9 +89,11 @@ def utilities(quality: np.ndarray, cost: np.ndarray, latency: np.ndarray,
               latency_max: np.ndarray | None = None) -> np.ndarray:
     """[N, K] estimates -> [N, K] utility ``qw*q - cw*cost/cost_max - lw*latency/latency_max``.
 
-    As in :func:`neural_router.policy.utility`, cost and latency are normalised per request, by the
-    row maximum unless ``cost_max[N]`` / ``latency_max[N]`` are given (use fixed maxima to make a
-    utility comparable between routers). Weights may be scalars or per-row arrays ``[N]``.
+    The policy's formula (:func:`neural_router.policy.routing.weighted_utility`) with checked shapes
+    and weights: cost and latency are normalised per request, by the row maximum unless
+    ``cost_max[N]`` / ``latency_max[N]`` are given (use fixed maxima to make a utility comparable
+    between routers). Weights may be scalars or per-row arrays ``[N]``; negative or non-finite ones
+    raise ValueError.
     """
     q = np.asarray(quality, dtype=np.float64)
     if q.ndim != 2:
@@ -108,7 +104,7 @@ def utilities(quality: np.ndarray, cost: np.ndarray, latency: np.ndarray,
         raise ValueError(f"cost {c.shape} and latency {lat.shape} must match quality {q.shape}")
     qw, cw, lw = (_weights(w, n, name)[:, None] for w, name in (
         (quality_weight, "quality_weight"), (cost_weight, "cost_weight"), (latency_weight, "latency_weight")))
-    return qw * q - cw * normalise(c, cost_max) - lw * normalise(lat, latency_max)
+    return weighted_utility(q, c, lat, qw, cw, lw, cost_max, latency_max)
 
 
 def observed_reward(score: np.ndarray, cost: np.ndarray, latency: np.ndarray, cost_max: np.ndarray,

@@ -68,7 +68,7 @@ class InvalidDecisionError(FeedbackError, ValueError):
     """A decision that cannot be logged: propensity outside (0, 1], chosen model not predicted..."""
 
 
-PROXY_CONTEXT = "proxy"  # key of Decision.context where the service's proxy records which model answered
+PROXY_CONTEXT = "proxy"  # key of LoggedDecision.context where the service's proxy records which model answered
 
 
 class NotServedModelError(InvalidFeedbackError):
@@ -116,7 +116,13 @@ def safe_url(url: str | Path) -> str:
 
 
 @dataclass(frozen=True)
-class Decision:
+class LoggedDecision:
+    """One row of the decision log: what the router chose for a request, with what it saw.
+
+    Not :class:`neural_router.policy.routing.Decision` (the policy's choice for one request); this is
+    that choice as stored, with the propensity, the predictions and the context needed to replay it.
+    """
+
     request_id: str
     created_at: datetime                       # UTC
     router_version: str
@@ -141,7 +147,7 @@ class Decision:
 
 
 def decision_context(features: RequestFeatures, constraints: Constraints) -> dict[str, Any]:
-    """What the policy saw besides predictions and weights, as logged in ``Decision.context``: the
+    """What the policy saw besides predictions and weights, as logged in ``LoggedDecision.context``: the
     request's features that are set (has_image, has_audio, has_tools, max_output_tokens) and, under
     ``"constraints"``, the constraints that are set (a limit of 0, e.g. max_cost_usd 0, is kept)."""
     ctx: dict[str, Any] = {k: v for k, v in asdict(features).items() if v}
@@ -363,7 +369,7 @@ class FeedbackStore:
                      preferences: Mapping[str, float] | None = None,
                      exploration: str = "greedy", input_tokens: int | None = None,
                      created_at: datetime | None = None,
-                     context: Mapping[str, Any] | None = None) -> Decision:
+                     context: Mapping[str, Any] | None = None) -> LoggedDecision:
         """Record what the router chose for one request. ``predictions`` is the per-model mapping
         of ``Predictions.as_dicts()`` (or a one-row ``Predictions``); ``propensity`` is the
         probability with which ``model`` was picked (1.0 for a deterministic policy)."""
@@ -383,7 +389,7 @@ class FeedbackStore:
             json.dumps(ctx, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise InvalidDecisionError(f"context must be JSON (no NaN): {e}") from None
-        decision = Decision(
+        decision = LoggedDecision(
             request_id=request_id, created_at=_utc(created_at or datetime.now(timezone.utc)),
             router_version=router_version,
             prompt=prompt if self.retention == "full" else None,
@@ -447,7 +453,7 @@ class FeedbackStore:
 
     # ---- reading ---------------------------------------------------------------------------------
 
-    def get_decision(self, request_id: str) -> Decision:
+    def get_decision(self, request_id: str) -> LoggedDecision:
         with self.engine.connect() as conn:
             row = self._decision_row(conn, request_id)
         if row is None:
@@ -461,10 +467,10 @@ class FeedbackStore:
             return [self._outcome(r) for r in conn.execute(q).mappings()]
 
     def iter_logged(self, chosen_only: bool = True, router_version: str | None = None,
-                    since: datetime | None = None) -> Iterator[tuple[Decision, Outcome]]:
+                    since: datetime | None = None) -> Iterator[tuple[LoggedDecision, Outcome]]:
         """(decision, outcome) pairs in logging order, for off-policy evaluation. By default only
         outcomes of the chosen model (whose probability is ``decision.propensity``), leaving out
-        requests a fallback answered (:attr:`Decision.served_by_fallback`)."""
+        requests a fallback answered (:attr:`LoggedDecision.served_by_fallback`)."""
         d, o = self.decisions, self.outcomes
         q = select(d, *[c.label(f"o_{c.name}") for c in o.c]).join(o, o.c.request_id == d.c.request_id)
         if chosen_only:
@@ -545,14 +551,14 @@ class FeedbackStore:
                                              self.outcomes.c.model == model)
         return conn.execute(q).first() is not None
 
-    def _decision(self, row: Mapping[Any, Any]) -> Decision:
-        return Decision(request_id=row["request_id"], created_at=_utc(row["created_at"]),
-                        router_version=row["router_version"], prompt=row["prompt"],
-                        prompt_sha256=row["prompt_sha256"], retention=row["retention"],
-                        model=row["model"], propensity=float(row["propensity"]),
-                        predictions=dict(row["predictions"]), preferences=dict(row["preferences"]),
-                        exploration=row["exploration"], input_tokens=row["input_tokens"],
-                        context=dict(row["context"] or {}))
+    def _decision(self, row: Mapping[Any, Any]) -> LoggedDecision:
+        return LoggedDecision(request_id=row["request_id"], created_at=_utc(row["created_at"]),
+                              router_version=row["router_version"], prompt=row["prompt"],
+                              prompt_sha256=row["prompt_sha256"], retention=row["retention"],
+                              model=row["model"], propensity=float(row["propensity"]),
+                              predictions=dict(row["predictions"]), preferences=dict(row["preferences"]),
+                              exploration=row["exploration"], input_tokens=row["input_tokens"],
+                              context=dict(row["context"] or {}))
 
     @staticmethod
     def _outcome(row: Mapping[Any, Any]) -> Outcome:

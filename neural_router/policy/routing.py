@@ -166,10 +166,28 @@ class Decision:
 
 # ---- scoring ----------------------------------------------------------------------------------
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    """Divide by the largest value along the last axis (per request); all-zero rows stay 0."""
-    top = x.max(axis=-1, keepdims=True)
-    return x / np.where(top > 0, top, 1.0)
+def _normalise(x: np.ndarray, top: np.ndarray | None = None) -> np.ndarray:
+    """Divide by the largest value along the last axis (per request), or by ``top`` (one value per
+    request, i.e. ``x.shape[:-1]``) when given; a top <= 0 divides by 1, so all-zero rows stay 0."""
+    x = np.asarray(x, dtype=np.float64)
+    t = x.max(axis=-1, keepdims=True) if top is None else np.asarray(top, dtype=np.float64)[..., None]
+    return x / np.where(t > 0, t, 1.0)
+
+
+def weighted_utility(quality: np.ndarray, cost: np.ndarray, latency: np.ndarray,
+                     quality_weight: float | np.ndarray, cost_weight: float | np.ndarray,
+                     latency_weight: float | np.ndarray, cost_max: np.ndarray | None = None,
+                     latency_max: np.ndarray | None = None) -> np.ndarray:
+    """The utility formula of the module docstring on [..., M] estimates -> [..., M].
+
+    Weights are scalars or arrays that broadcast against the estimates (``w[:, None]`` for one weight
+    per request). Cost and latency are divided by their per-request maximum, or by ``cost_max`` /
+    ``latency_max`` (one value per request) when given, e.g. fixed maxima that make the utility of
+    two routers comparable. Inputs are not validated: :func:`utility` is the checked entry point.
+    """
+    q, c, l = (np.asarray(a, dtype=np.float64) for a in (quality, cost, latency))
+    return (quality_weight * q - cost_weight * _normalise(c, cost_max)
+            - latency_weight * _normalise(l, latency_max))
 
 
 def utility(quality: np.ndarray, cost: np.ndarray, latency: np.ndarray,
@@ -179,9 +197,8 @@ def utility(quality: np.ndarray, cost: np.ndarray, latency: np.ndarray,
     ``cost_weight=0.5`` = willing to give up 0.5 quality to go from the most expensive candidate to
     a free one; likewise ``latency_weight`` against the slowest candidate.
     """
-    q, c, l = (np.asarray(a, dtype=np.float64) for a in (quality, cost, latency))
-    return (prefs.quality_weight * q - prefs.cost_weight * _normalise(c)
-            - prefs.latency_weight * _normalise(l))
+    return weighted_utility(quality, cost, latency, prefs.quality_weight, prefs.cost_weight,
+                            prefs.latency_weight)
 
 
 def pessimistic_quality(quality: np.ndarray, evidence: np.ndarray, penalty: float) -> np.ndarray:
@@ -319,7 +336,7 @@ def route(models: list[str], quality: np.ndarray, cost: np.ndarray, latency: np.
                     violated=violated, feasible=bool(feasible[best]))
 
 
-# ---- vectorised helpers for evaluation sweeps -------------------------------------------------
+# ---- threshold calibration (RouteLLM style) and its checks ------------------------------------
 
 def _check_2d(**arrays: np.ndarray) -> list[np.ndarray]:
     out = [np.asarray(a, dtype=np.float64) for a in arrays.values()]
@@ -331,35 +348,6 @@ def _check_2d(**arrays: np.ndarray) -> list[np.ndarray]:
             raise ValueError(f"{name} contains NaN or inf")
     return out
 
-
-def select_by_tradeoff(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
-    """[N, M] quality and raw USD cost -> [N] argmax(quality - lam * cost); ties go to the cheaper model."""
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"select_by_tradeoff: lam must be a finite number >= 0, got {lam!r}")
-    q, c = _check_2d(quality=quality, cost=cost)
-    score = q - lam * c
-    tied = score == score.max(axis=1, keepdims=True)
-    return np.argmin(np.where(tied, c, np.inf), axis=1)
-
-
-def cost_quality_sweep_lambdas(cost: np.ndarray, n: int = 60) -> np.ndarray:
-    """λ grid for :func:`select_by_tradeoff`: 0 (always best quality), ``n`` log-spaced values over the
-    range where the data's cost gaps trade against quality gaps of 1e-3..1, and one value so large
-    that the cheapest model always wins (for quality in [0, 1]). Sorted ascending, length n + 2."""
-    if n < 1:
-        raise ValueError(f"cost_quality_sweep_lambdas: n must be >= 1, got {n}")
-    (c,) = _check_2d(cost=cost)
-    gaps = np.diff(np.sort(c, axis=1), axis=1)
-    gaps = gaps[gaps > 0]
-    if gaps.size == 0:  # every model costs the same: any λ gives the same choice
-        gaps = np.array([max(float(np.abs(c).max()), 1.0)])
-    lo = 1e-3 / gaps.max()                 # tiniest quality gap vs the biggest cost gap
-    hi = 1.0 / np.quantile(gaps, 0.01)     # whole quality range vs a small cost gap
-    grid = np.geomspace(lo, max(hi, lo * 10), n)
-    return np.concatenate([[0.0], grid, [max(1e3 / gaps.min(), grid[-1] * 10)]])
-
-
-# ---- threshold calibration (RouteLLM style) ---------------------------------------------------
 
 def _check_fraction(name: str, fraction: float) -> None:
     if not (isinstance(fraction, (int, float, np.floating)) and 0.0 <= fraction <= 1.0):
@@ -396,7 +384,7 @@ def calibrate_cost_weight(quality: np.ndarray, cost: np.ndarray, latency: np.nda
     t = models.index(target_model)
     Preferences(prefs_quality_weight, 0.0, latency_weight)  # validate the fixed weights
     qw, lw = float(prefs_quality_weight), float(latency_weight)
-    base = qw * q - lw * _normalise(l)  # utility without the cost term
+    base = weighted_utility(q, c, l, qw, 0.0, lw)  # utility without the cost term
     cn = _normalise(c)
 
     def share(w: float) -> float:

@@ -261,6 +261,43 @@ def test_route_argmax_with_cost_tiebreak() -> None:
     np.testing.assert_array_equal(m.route(pq, np.array([1.0, 2.0, 3.0]), 0.0), [0, 1])  # [M] broadcast
 
 
+def _random_predictions(n: int = 500, k: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    q = rng.uniform(0, 1, (n, k))
+    price = np.geomspace(0.1, 30, k) / 1e6
+    c = rng.integers(50, 2000, (n, 1)) * price * rng.uniform(0.5, 2, (n, k))
+    return q, c
+
+
+def test_route_extremes_are_best_quality_and_cheapest() -> None:
+    q, c = _random_predictions()
+    np.testing.assert_array_equal(m.route(q, c, 0.0), q.argmax(1))
+    np.testing.assert_array_equal(m.route(q, c, 1e12), c.argmin(1))
+
+
+def test_route_ties_go_to_cheaper_and_bad_lambda_is_refused() -> None:
+    q = np.array([[0.8, 0.8, 0.5]])
+    c = np.array([[0.02, 0.01, 0.0]])
+    assert m.route(q, c, 0.0)[0] == 1
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lam"):
+            m.route(q, c, bad)
+
+
+def test_lambda_grid_sweep_is_monotone_and_traces_a_curve() -> None:
+    q, c = _random_predictions()
+    lams = m.lambda_grid(c, n=40)
+    assert len(lams) == 41 and lams[0] == 0 and np.all(np.diff(lams) > 0)
+    idx = [m.route(q, c, lam) for lam in lams]
+    np.testing.assert_array_equal(idx[0], q.argmax(1))
+    rows = np.arange(len(q))
+    mean_cost = np.array([c[rows, i].mean() for i in idx])
+    mean_q = np.array([q[rows, i].mean() for i in idx])
+    assert np.all(np.diff(mean_cost) <= 1e-15) and np.all(np.diff(mean_q) <= 1e-12)
+    # the grid traces a curve rather than jumping straight from one end to the other
+    assert len(np.unique(np.round(mean_cost, 12))) > 10
+
+
 def test_cost_quality_curve_perfect_predictions_reach_oracle_and_cheapest() -> None:
     rng = np.random.default_rng(5)
     n, k = 500, 4

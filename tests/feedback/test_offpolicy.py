@@ -52,6 +52,20 @@ def test_utilities_match_the_router_policy():
     assert np.allclose(r, ours[:, 1])
 
 
+def test_utilities_take_per_row_weights_and_refuse_bad_ones():
+    from neural_router.policy.routing import Preferences, utility
+
+    rng = np.random.default_rng(2)
+    q, c, l = rng.random((4, 3)), rng.random((4, 3)) * 0.01, rng.random((4, 3)) * 900
+    cw = np.array([0.0, 0.1, 0.5, 2.0])
+    ours = op.utilities(q, c, l, 1.0, cw, 0.0)
+    for i, w in enumerate(cw):
+        assert np.allclose(ours[i], utility(q[i], c[i], l[i], Preferences(1.0, float(w), 0.0)))
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="cost_weight"):
+            op.utilities(q, c, l, 1.0, bad, 0.0)
+
+
 def test_estimators_are_unbiased_and_dr_has_lower_variance():
     mu, log_probs, target = _world()
     true_value = float((target * mu).sum(1).mean())

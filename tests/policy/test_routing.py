@@ -9,8 +9,8 @@ import pytest
 
 from neural_router.policy.routing import (DEFAULT_OUTPUT_TOKENS, Capabilities, Constraints, Decision,
                                   NoEligibleModelError, Preferences, calibrate_cost_weight,
-                                  calibrate_threshold, cost_quality_sweep_lambdas, pessimistic_quality,
-                                  route, select_by_tradeoff, utility)
+                                  calibrate_threshold, pessimistic_quality,
+                                  route, utility)
 from neural_router.pool import ModelPool, ModelSpec
 from neural_router.inference.interface import RequestFeatures
 
@@ -246,35 +246,6 @@ def _random(n=500, m=5, seed=0):
     c = rng.integers(50, 2000, (n, 1)) * price * rng.uniform(0.5, 2, (n, m))
     lat = rng.uniform(100, 5000, (n, m))
     return q, c, lat
-
-
-def test_select_by_tradeoff_extremes():
-    q, c, _ = _random()
-    np.testing.assert_array_equal(select_by_tradeoff(q, c, 0.0), q.argmax(1))
-    np.testing.assert_array_equal(select_by_tradeoff(q, c, 1e12), c.argmin(1))
-
-
-def test_select_by_tradeoff_ties_go_to_cheaper():
-    q = np.array([[0.8, 0.8, 0.5]])
-    c = np.array([[0.02, 0.01, 0.0]])
-    assert select_by_tradeoff(q, c, 0.0)[0] == 1
-    with pytest.raises(ValueError, match="lam"):
-        select_by_tradeoff(q, c, -1.0)
-
-
-def test_sweep_lambdas_span_and_monotone():
-    q, c, _ = _random()
-    lams = cost_quality_sweep_lambdas(c, n=40)
-    assert len(lams) == 42 and lams[0] == 0 and np.all(np.diff(lams) > 0)
-    idx = [select_by_tradeoff(q, c, lam) for lam in lams]
-    np.testing.assert_array_equal(idx[0], q.argmax(1))
-    np.testing.assert_array_equal(idx[-1], c.argmin(1))
-    rows = np.arange(len(q))
-    mean_cost = np.array([c[rows, i].mean() for i in idx])
-    mean_q = np.array([q[rows, i].mean() for i in idx])
-    assert np.all(np.diff(mean_cost) <= 1e-15) and np.all(np.diff(mean_q) <= 1e-12)
-    # the grid actually traces a curve rather than jumping straight from one end to the other
-    assert len(np.unique(np.round(mean_cost, 12))) > 10
 
 
 def test_calibrate_threshold_hits_fraction():
