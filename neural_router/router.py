@@ -8,7 +8,6 @@ from pathlib import Path
 from neural_router.policy.routing import Capabilities, Constraints, Decision, Preferences, route
 from neural_router.pool import ModelPool
 from neural_router.inference.interface import Predictions, RequestFeatures
-from neural_router.inference.predictors import load_predictor
 
 
 @dataclass
@@ -51,6 +50,11 @@ class Router:
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "auto", int8: bool = False,
                         pool: ModelPool | None = None) -> "Router":
+        """Load a trained (PyTorch) or exported (ONNX) router folder; the arguments and errors are
+        those of :func:`neural_router.inference.predictors.load_predictor`, imported here so that
+        importing this module does not import torch."""
+        from neural_router.inference.predictors import load_predictor
+
         return cls(load_predictor(directory, device=device, pool=pool, int8=int8))
 
     @property
