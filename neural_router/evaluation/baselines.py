@@ -1,10 +1,11 @@
 """Reference routers over precomputed arrays, evaluated with the same code as the real router.
 
 Each baseline predicts ``pred_quality[N_test, M]`` (and, where it can, ``pred_cost[N_test, M]``) so
-that :func:`neural_router.metrics.cost_quality_curve` / :func:`neural_router.metrics.aiq` score it.
+that :func:`~neural_router.evaluation.metrics.cost_quality_curve` and
+:func:`~neural_router.evaluation.metrics.aiq` score it.
 Embeddings come in as numpy arrays from the caller; nothing here loads an encoder. Baselines that
 only predict quality route with the per-model mean training cost (:func:`mean_cost_predictor`).
-Random / single-model / oracle reference points live in :mod:`neural_router.metrics`.
+Random / single-model / oracle reference points live in :mod:`neural_router.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ class MLPBaseline:
     ``batch_size=None`` trains full-batch. ``predict`` returns sigmoid probabilities ``[N, M]``.
 
     ``num_threads`` (default 1) caps torch's intra-op threads during ``fit``/``predict`` and is
-    restored afterwards: the net is tiny, and several threads on a busy CPU slow it down ~10x
-    (``None`` keeps torch's setting). 2000 x 384 inputs train in about a second.
+    restored afterwards: the net is too small to gain from threads, which on a busy CPU cost more in
+    contention than they save (``None`` keeps torch's setting).
     """
 
     def __init__(self, hidden: int = 256, epochs: int = 60, lr: float = 1e-3,

@@ -326,10 +326,11 @@ class FeedbackStore:
         self._migrate()
 
     def _migrate(self) -> None:
-        """Add the columns that later versions introduced to a store created by an earlier one."""
+        """Add the columns the current schema has and an existing store lacks (``decisions.context``),
+        so that a store written without them keeps working; existing rows get NULL there."""
         have = {c["name"] for c in inspect(self.engine).get_columns("decisions")}
         if "context" not in have:
-            log.info("feedback store: adding the decisions.context column (written by an older version)")
+            log.info("feedback store: adding the missing decisions.context column")
             with self.engine.begin() as conn:
                 conn.execute(text("ALTER TABLE decisions ADD COLUMN context JSON"))
 

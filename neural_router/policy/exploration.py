@@ -1,7 +1,7 @@
 """Exploration on top of the routing policy, with the propensity of every choice.
 
-The greedy policy (:func:`neural_router.policy.route`) always sends a request to the model with the
-highest predicted utility, so the outcomes it logs say nothing about the other models. Exploring a
+The greedy policy (:func:`neural_router.policy.routing.route`) always sends a request to the model
+with the highest predicted utility, so the outcomes it logs say nothing about the other models. Exploring a
 little, and logging the probability with which the served model was picked (its *propensity*),
 turns logged traffic into data for training and for off-policy evaluation (inverse propensity
 weighting). Everything here is a pure function; randomness comes from the ``numpy.random.Generator``
@@ -29,7 +29,7 @@ Policies (``ExplorationConfig.kind``)
 
     ``thompson``: each candidate's quality is drawn from ``Beta(q·n, (1 − q)·n)`` (``q`` the
     predicted quality, ``n`` its strength, below), utility is recomputed with the policy's own
-    formula (:func:`neural_router.policy.utility`, cost and latency normalised among the eligible
+    formula (:func:`neural_router.policy.routing.utility`, cost and latency normalised among the eligible
     models) and the best model wins. Its propensity has no closed form; it is estimated by Monte
     Carlo (``propensity_draws`` more draws from the same generator, counting the actual draw too,
     so the estimate is never 0).
@@ -296,7 +296,7 @@ def explore(decision: Decision, models: Sequence[str], quality: np.ndarray, cost
     """Pick the model to serve for one request and the probability of that pick.
 
     ``decision`` is the policy's greedy decision over ``models`` with their [M] predicted
-    ``quality``, ``cost`` and ``latency`` (the arrays given to :func:`~neural_router.policy.route`);
+    ``quality``, ``cost`` and ``latency`` (the arrays given to :func:`~neural_router.policy.routing.route`);
     ``constraints`` are the request's (soft constraints may switch exploration off).
     """
     cands, constrained = candidates(decision, models, quality, cost, latency, cfg, constraints)

@@ -205,7 +205,7 @@ def pessimistic_quality(quality: np.ndarray, evidence: np.ndarray, penalty: floa
     """Quality lowered by ``penalty`` standard errors of what the router knows about each model.
 
     ``quality`` is [..., M]; ``evidence`` is [M], the outcomes of each model the router was trained on
-    (:func:`neural_router.exploration.read_evidence`). Returns
+    (:func:`neural_router.policy.exploration.read_evidence`). Returns
     ``clip(q - penalty * sqrt(q (1 - q) / (evidence + 1)), 0, 1)``: the binomial standard error of a
     mean of that many outcomes, so a model known from 30 outcomes is marked down about 2.6x as much
     as one known from 200. Routing on it (pessimism in the face of uncertainty) keeps a few lucky
