@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,53 +18,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from fastapi.testclient import TestClient
 
-from neural_router.serving.api.app import create_app, serve
-from neural_router.serving.config import EndpointOverride, ServeSettings
+from neural_router.serving.api.app import serve
+from tests.serving.helpers import REPO, fake_requests, free_port, start_fake_llm, stop, wait_ready
 
-REPO = Path(__file__).resolve().parents[2]
-FAKE_LLM = REPO / "tests" / "fake_llm_server.py"
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_fake_llm(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, str(FAKE_LLM), "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("LISTENING "), f"fake LLM did not start: {line!r}"
-    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-def wait_ready(base: str, proc: subprocess.Popen[Any], log: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"service not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +60,6 @@ def service(tiny_router_dir: Path, fake_llm: str, tmp_path_factory: pytest.TempP
         yield {"base": base, "log": log, "fake": fake_llm}
     finally:
         stop(proc)
-
-
-def fake_requests(fake: str) -> list[dict[str, Any]]:
-    return httpx.get(f"{fake}/requests").json()  # type: ignore[no-any-return]
 
 
 # ---- routing over HTTP ------------------------------------------------------------------------------
@@ -209,63 +163,6 @@ def test_proxy_errors(service: dict[str, Any]) -> None:
     assert r.status_code == 400 and "cheapest" in r.json()["error"]["message"]
     r = httpx.post(f"{base}/v1/chat/completions", json={"model": "router", "messages": []}, headers=AUTH)
     assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request_error"
-
-
-# ---- proxy rules in-process (stand-in predictor, real fake-LLM server) -----------------------------
-
-class _Stub:
-    """Minimal predictor over the tiny pool: big > mid > small in quality."""
-
-    version = "stub"
-    provider = "CPUExecutionProvider"
-    max_length = 64
-
-    def __init__(self, pool: Any) -> None:
-        self.pool, self.models = pool, pool.names
-
-    def predict(self, prompts: list[str], features: Any = None) -> Any:
-        import numpy as np
-
-        from neural_router.inference.interface import Predictions
-
-        n = len(prompts)
-        q = np.tile([0.9, 0.6, 0.3], (n, 1))
-        out = np.full((n, 3), 50.0)
-        tok = np.full(n, 5)
-        return Predictions(self.models, q, self.pool.cost_usd(tok, out), self.pool.latency_ms(out), out, tok,
-                           np.zeros(n, dtype=bool))
-
-
-def test_proxy_skips_models_without_endpoint_and_passes_client_errors(tiny_router_dir: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from neural_router.pool import ModelPool
-
-    pool = ModelPool.from_yaml(tiny_router_dir / "models.yaml")
-    proc, url = start_fake_llm("--require-key", "right")
-    try:
-        monkeypatch.setenv("KEY_RIGHT", "right")
-        monkeypatch.setenv("KEY_WRONG", "wrong")
-        settings = ServeSettings(endpoints={
-            "mid": EndpointOverride(endpoint=f"{url}/v1", api_model="api-mid", api_key_env="KEY_RIGHT"),
-            "small": EndpointOverride(endpoint=f"{url}/v1", api_model="api-small", api_key_env="KEY_WRONG")})
-        with TestClient(create_app(settings, _Stub(pool))) as c:
-            msgs = [{"role": "user", "content": "hi"}]
-            # big (best quality) has no endpoint: mid is the best model that can be proxied
-            r = c.post("/v1/chat/completions", json={"model": "router:quality", "messages": msgs})
-            assert r.status_code == 200 and r.json()["model"] == "mid", r.text
-            # the backend refuses small's key: a client error, returned as is, no fallback tried
-            n = len(fake_requests(url))
-            r = c.post("/v1/chat/completions", json={"model": "small", "messages": msgs})
-            assert r.status_code == 401 and r.headers["x-router-model"] == "small"
-            assert r.json()["error"]["message"] == "bad key" and len(fake_requests(url)) == n + 1
-            r = c.post("/v1/chat/completions", json={"model": "big", "messages": msgs})
-            assert r.status_code == 400 and r.json()["error"]["code"] == "no_endpoint"
-            assert all(x["model"] != "big" for x in fake_requests(url))
-        with TestClient(create_app(ServeSettings(), _Stub(pool))) as c:
-            r = c.post("/v1/chat/completions", json={"model": "router", "messages": [{"role": "user", "content": "x"}]})
-            assert r.status_code == 503 and "no model in the pool has an endpoint" in r.json()["error"]["message"]
-    finally:
-        stop(proc)
 
 
 # ---- start-up failures -------------------------------------------------------------------------------
