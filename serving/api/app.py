@@ -14,8 +14,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,18 +137,11 @@ def _install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
                       dict(exc.headers) if exc.headers else None)
 
 
-def create_app(settings: ServeSettings, predictor: Predictor, *, router_dir: str | Path | None = None,
-               feedback_store: FeedbackStore | None = None) -> FastAPI:
-    """A FastAPI app serving ``predictor`` configured by ``settings``; owns all of its state.
-
-    ``feedback_store`` replaces the store ``settings.feedback_url`` would open (tests, embedding);
-    the app closes it at shutdown.
-    Raises ValueError/TypeError when the settings do not fit the predictor or the store or scorer
-    cannot be set up."""
-    metrics = ServingMetrics()
-    service = RouterService(predictor, settings, metrics, str(router_dir) if router_dir else None)
-    fb = FeedbackLog(settings, metrics, feedback_store)
-    device, fallback = device_info(predictor, settings.device)
+def _lifespan(settings: ServeSettings, service: RouterService,
+              fb: FeedbackLog) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up (batcher, backend HTTP client, warm-up) and shutdown of one app."""
+    predictor = service.state.predictor
+    _, fallback = device_info(predictor, settings.device)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -173,7 +166,21 @@ def create_app(settings: ServeSettings, predictor: Predictor, *, router_dir: str
             await service.batcher.stop()
             await fb.stop()
 
-    app = FastAPI(title="neural-router", version=__version__, lifespan=lifespan,
+    return lifespan
+
+
+def create_app(settings: ServeSettings, predictor: Predictor, *, router_dir: str | Path | None = None,
+               feedback_store: FeedbackStore | None = None) -> FastAPI:
+    """A FastAPI app serving ``predictor`` configured by ``settings``; owns all of its state.
+
+    ``feedback_store`` replaces the store ``settings.feedback_url`` would open (tests, embedding);
+    the app closes it at shutdown.
+    Raises ValueError/TypeError when the settings do not fit the predictor or the store or scorer
+    cannot be set up."""
+    metrics = ServingMetrics()
+    service = RouterService(predictor, settings, metrics, str(router_dir) if router_dir else None)
+    fb = FeedbackLog(settings, metrics, feedback_store)
+    app = FastAPI(title="neural-router", version=__version__, lifespan=_lifespan(settings, service, fb),
                   default_response_class=SafeJSONResponse, **telemetry_options(),
                   description="Routes each LLM request to the model that best fits it.")
     app.state.settings = settings
