@@ -212,3 +212,31 @@ def _entry(row: RowMapping) -> RegistryEntry:
     return RegistryEntry(id=int(row["id"]), version=row["version"], folder=row["folder"],
                          action=row["action"], promoted_at=_utc(row["promoted_at"]),
                          promoted_by=row["promoted_by"], evidence=dict(row["evidence"] or {}))
+
+
+PROMOTION_FILE = "promotion.json"   # the verdict `neural-router update` writes into its router folder
+
+
+def promote_folder(folder: str | Path, url: str | Path, by: str,
+                   evidence: dict[str, Any] | None = None) -> RegistryEntry:
+    """Record ``folder`` (its version read from router_config.json) as the router every replica of
+    the store at ``url`` must serve. ``evidence`` defaults to ``{"promotion": <the folder's
+    promotion.json>}`` when the folder has one. :class:`RegistryError` for a folder that is not a
+    router folder; :class:`StoreUnavailableError` when the database cannot be opened or written."""
+    version = folder_version(folder)
+    if evidence is None:
+        evidence = {}
+        verdict = Path(folder).expanduser() / PROMOTION_FILE
+        if verdict.is_file():
+            try:
+                evidence = {"promotion": json.loads(verdict.read_text(encoding="utf-8"))}
+            except (OSError, ValueError) as e:
+                raise RegistryError(f"{verdict} cannot be read as JSON ({e}); fix or remove it") from None
+    with RouterRegistry.from_url(url) as registry:
+        return registry.record(version, Path(folder).expanduser().resolve(), "promote", by, evidence)
+
+
+def rollback_registry(url: str | Path, by: str) -> RegistryEntry:
+    """:meth:`RouterRegistry.rollback` on the registry at ``url`` (one call for the CLI)."""
+    with RouterRegistry.from_url(url) as registry:
+        return registry.rollback(by)
