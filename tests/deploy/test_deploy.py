@@ -10,10 +10,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from neural_router.serving.config import ServeSettings, load_settings
+from tests.serving.helpers import free_port, stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -68,7 +67,8 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
-    return json.loads((DEPLOY / "grafana" / "dashboard.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    text = (DEPLOY / "grafana" / "dashboard.json").read_text(encoding="utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
 
 
 # ---- linters ---------------------------------------------------------------------------------------
@@ -296,12 +296,6 @@ _SERIES_OF = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum"
               "gauge": ("",), "summary": ("", "_sum", "_count", "_created"), "info": ("_info",)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def exported(tiny_router_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Series names the live service can export (each family's series by its type) -> family type:
@@ -326,26 +320,7 @@ def exported(tiny_router_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
                for family in text_string_to_metric_families(response.text)
                for suffix in _SERIES_OF.get(family.type, ("",))}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def wait_ready(base: str, proc: subprocess.Popen[Any], log: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"service not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
+        stop(proc)
 
 
 def test_dashboard_queries_only_metrics_the_service_exports(exported: dict[str, str],
