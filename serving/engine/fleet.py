@@ -233,17 +233,23 @@ class FleetWatcher:
         return entry
 
     async def rollback(self, by: str) -> RouterState:
-        """Serve the registry's previous router (:meth:`RouterRegistry.previous`) on this replica and
-        record the rollback, so that every replica follows; returns the state now served.
+        """Serve the registry's previous router (:meth:`RouterRegistry.previous`; when the registry
+        holds none, the router this replica served before) on this replica and record the rollback,
+        so that every replica follows; returns the state now served.
         LookupError when there is no previous router, ValueError when its folder cannot be served
         here, :class:`FleetError` when the registry cannot be read or written."""
+        current, prev = self.service.state, self.service.previous
         try:
             target = await asyncio.to_thread(self.registry.previous)
         except LookupError:
-            raise
+            if prev is None or prev.router_dir is None:
+                raise
+            # the registry knows no earlier router (e.g. the replicas' own --router was never recorded
+            # before a promotion): back to the one this replica served before
+            target = RegistryEntry(id=0, version=prev.version, folder=prev.router_dir, action="reload",
+                                   promoted_at=_now(), promoted_by=self.replica)
         except Exception as e:  # noqa: BLE001
             raise FleetError(f"cannot read the router registry ({_reason(e)}); nothing was changed") from None
-        current, prev = self.service.state, self.service.previous
         if current.version == target.version:
             state = current                    # served already (it did not follow the registry)
         elif prev is not None and prev.version == target.version:

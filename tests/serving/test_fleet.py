@@ -155,3 +155,101 @@ def test_without_a_registry_the_replica_is_alone(routers) -> None:
         assert client.get("/healthz").json()["fleet"] is None
         assert client.post("/admin/rollback", headers=ADMIN).status_code == 409
         assert "router_info{" in client.get("/metrics").text
+
+
+# ---- a fleet of real service processes on PostgreSQL -------------------------------------------
+
+def start_replica(router_dir: Path, url: str, name: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`neural-router serve` on a free loopback port, following the registry of ``url``."""
+    port = free_port()
+    env = {**os.environ, "NEURAL_ROUTER_FEEDBACK_URL": url, "NEURAL_ROUTER_REGISTRY_POLL_S": "0.5",
+           "NEURAL_ROUTER_ADMIN_KEY": ADMIN_KEY, "NEURAL_ROUTER_REPLICA_ID": name, "NEURAL_ROUTER_DEVICE": "cpu",
+           "NEURAL_ROUTER_INFERENCE_THREADS": "1", "NEURAL_ROUTER_MAX_PROMPT_TOKENS": "32",
+           "NEURAL_ROUTER_ACCESS_LOG": "false"}
+    cli = Path(sys.executable).parent / "neural-router"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(cli), "serve", "--router", str(router_dir), "--port", str(port)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+class Traffic(threading.Thread):
+    """Routes prompts round-robin through the replicas until stopped (at most ``limit`` requests);
+    counts answers per router version and keeps every failure."""
+
+    def __init__(self, bases: list[str], limit: int = 20_000) -> None:
+        super().__init__(daemon=True)
+        self.bases, self.limit = bases, limit
+        self.halt = threading.Event()
+        self.versions: dict[str, int] = {}
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            for i in range(self.limit):
+                if self.halt.is_set():
+                    return
+                base = self.bases[i % len(self.bases)]
+                try:
+                    r = client.post(f"{base}/v1/route", json={"prompt": f"math question {i}: solve x"})
+                except httpx.HTTPError as e:
+                    self.failures.append(f"{base}: {type(e).__name__}: {e}")
+                    continue
+                if r.status_code != 200:
+                    self.failures.append(f"{base}: {r.status_code} {r.text[:200]}")
+                else:
+                    v = r.json()["router_version"]
+                    self.versions[v] = self.versions.get(v, 0) + 1
+
+    def finish(self) -> None:
+        self.halt.set()
+        self.join(30)
+
+
+def versions(bases: list[str]) -> list[str]:
+    return [httpx.get(f"{b}/healthz", timeout=5).json()["router_version"] for b in bases]
+
+
+def test_a_fleet_converges_on_promotions_and_rollbacks(pg_server, routers, tmp_path) -> None:  # noqa: F811
+    url = _fresh_pg_database(pg_server)
+    replicas = [start_replica(routers["v1_dir"], url, f"replica-{i}", tmp_path / f"replica-{i}.log")
+                for i in range(2)]
+    bases = [base for _, base in replicas]
+    traffic = Traffic(bases)
+    try:
+        t0 = time.monotonic()
+        for i, (proc, base) in enumerate(replicas):
+            wait_ready(base, proc, tmp_path / f"replica-{i}.log")
+        started_in = time.monotonic() - t0
+        traffic.start()
+        # feedback on a decision one replica logged, sent to another: they share the store
+        routed = httpx.post(f"{bases[0]}/v1/route", json={"prompt": "integral of x"}).json()
+        r = httpx.post(f"{bases[1]}/v1/feedback", json={"request_id": routed["request_id"], "score": 1.0})
+        assert r.status_code == 200 and r.json()["model"] == routed["model"]
+
+        start = time.monotonic()
+        cli = Path(sys.executable).parent / "neural-router"
+        done = subprocess.run([str(cli), "promote", "--router", str(routers["v2_dir"]), "--store", url,
+                               "--by", "fleet-test"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["version"] == routers["v2"]
+        wait_for("every replica on v2", lambda: versions(bases) == [routers["v2"]] * 2)
+        promoted_in = time.monotonic() - start
+
+        r = httpx.post(f"{bases[1]}/admin/rollback", headers=ADMIN, timeout=30)   # one replica's rollback...
+        assert r.status_code == 200 and r.json()["router_version"] == routers["v1"]
+        wait_for("every replica back on v1", lambda: versions(bases) == [routers["v1"]] * 2)  # ...reaches all
+        rolled_back_in = time.monotonic() - start - promoted_in
+        time.sleep(0.3)   # traffic on the rolled-back fleet too
+    finally:
+        traffic.finish()
+        for proc, _ in replicas:
+            stop(proc)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert set(traffic.versions) == {routers["v1"], routers["v2"]} and sum(traffic.versions.values()) > 20
+    assert promoted_in < 20   # the CLI's start-up (seconds) plus a poll (0.5 s) and the load
+    print(f"fleet: {sum(traffic.versions.values())} requests, promotion reached every replica in "
+          f"{promoted_in:.1f} s, rollback in {rolled_back_in:.1f} s, started in {started_in:.1f} s")
+    with RouterRegistry.from_url(url) as reg:
+        assert [(e.version, e.action, e.promoted_by) for e in reg.history(5)] == [
+            (routers["v1"], "rollback", "admin@replica-1"), (routers["v2"], "promote", "fleet-test")]
