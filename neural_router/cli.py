@@ -27,6 +27,24 @@ def _add_prefs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image", action="store_true", help="the request carries an image")
 
 
+def _add_precision(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--precision`` and its alias ``--int8``, for commands that load an exported router."""
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "fp16"],
+                   help=f"which exported model to {verb}: auto = the export's default for the device (int8 on "
+                        "CPU only when the export showed it decides like fp32; fp16 on CUDA when exported)")
+    p.add_argument("--int8", action="store_true", help="the same as --precision int8")
+
+
+def chosen_precision(args) -> str:
+    """The precision ``--precision`` and ``--int8`` ask for; ValueError when they contradict."""
+    from neural_router.inference.predictors import requested_precision
+
+    try:
+        return requested_precision(args.precision, int8=args.int8)
+    except ValueError:
+        raise ValueError(f"--int8 is --precision int8; it contradicts --precision {args.precision}") from None
+
+
 def number_in(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False,
               off: bool = False):
     """An argparse type: a finite number in the interval (``off`` also takes 'off', as None), so that a
@@ -159,12 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--pair", action="append", default=[], help="STRONG,WEAK two-model check (repeatable)")
-    p.add_argument("--int8", action="store_true", help="evaluate the exported int8 model")
+    _add_precision(p, "evaluate")
 
     p = sub.add_parser("export", help="export a trained router to ONNX")
     p.add_argument("--router", required=True)
     p.add_argument("--output", required=True)
-    p.add_argument("--int8", action="store_true", help="also write a dynamic int8 model for CPU")
+    p.add_argument("--int8", action="store_true",
+                   help="also write a dynamic int8 model for CPU, its default there if it decides like fp32 on the "
+                        "validation split (see export_report.json)")
     p.add_argument("--fp16", action="store_true",
                    help="also write an fp16 model for GPU (router.fp16.onnx, used automatically on CUDA)")
     p.add_argument("--no-optimize", action="store_true",
@@ -175,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--int8", action="store_true")
+    _add_precision(p, "run")
 
     p = sub.add_parser("route", help="route one prompt and print the decision")
     p.add_argument("--router", required=True)
@@ -242,7 +262,7 @@ def cmd_eval(args) -> int:
 
     pairs = [tuple(p.split(",")) for p in args.pair]   # checked against the router's pool by run_eval
     report = run_eval(args.router, args.data, args.output, args.pool, baselines=not args.no_baselines,
-                      pairs=pairs, int8=args.int8)
+                      pairs=pairs, precision=chosen_precision(args))
     print_summary(report)
     return 0
 
@@ -309,7 +329,8 @@ def cmd_predict(args) -> int:
     from neural_router.inference.predictors import load_predictor
 
     ids, prompts = read_jsonl(args.input)
-    pred = load_predictor(args.router, device=args.device, int8=args.int8)  # before the output is truncated
+    pred = load_predictor(args.router, device=args.device,  # before the output is truncated
+                          precision=chosen_precision(args))
     with open_output(args.output) as f, \
             tqdm(total=len(prompts), desc="predict", unit="prompt", disable=None) as bar:
         for start in range(0, len(prompts), PREDICT_CHUNK):
@@ -318,7 +339,7 @@ def cmd_predict(args) -> int:
                 f.write(json.dumps({"id": i, "models": row}) + "\n")
             f.flush()
             bar.update(len(chunk))
-    print(f"wrote {len(ids)} predictions to {args.output} ({pred.provider})")
+    print(f"wrote {len(ids)} predictions to {args.output} ({pred.provider}, {pred.model_file}, {pred.precision})")
     return 0
 
 

@@ -132,7 +132,11 @@ class ServeSettings(BaseSettings):
     inference_threads: int | None = Field(
         default=None, ge=1, le=256, description="ONNX Runtime intra-op threads; None = its default "
                                                 "(all cores). Fewer threads leave cores to the HTTP side.")
-    int8: bool = Field(default=False, description="Serve router.int8.onnx (CPU) instead of router.onnx.")
+    precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        default="auto", description="Which exported model to serve: auto = the export's default for the device "
+                                    "(router.int8.onnx on CPU only when the export showed it decides like fp32, "
+                                    "router.fp16.onnx on CUDA when exported), else router.onnx.")
+    int8: bool = Field(default=False, description="true = precision: int8 (the older spelling).")
 
     # dynamic batching
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="1 disables batching.")
@@ -207,6 +211,14 @@ class ServeSettings(BaseSettings):
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"score_range must be two finite numbers with low < high, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _int8_is_a_precision(self) -> "ServeSettings":
+        if self.int8 and self.precision not in ("auto", "int8"):
+            raise ValueError(f"int8: true means precision: int8; it contradicts precision: {self.precision}")
+        if self.int8:
+            self.precision = "int8"
+        return self
 
     @model_validator(mode="after")
     def _check_presets(self) -> "ServeSettings":

@@ -68,6 +68,7 @@ def tiny_data_file(tmp_path_factory) -> Path:
 def tiny_train_config(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("cfg") / "train.yaml"
     p.write_text(yaml.safe_dump({"max_length": 64, "head_tokens": 8, "freeze_layers": 1, "hidden": 32,
+                                 "encoder_layers": 0,  # 0 = all of the tiny encoder's layers
                                  "epochs": 3, "batch_size": 16, "lr_head": 3e-3, "lr_encoder": 1e-3,
                                  "data": {"val_fraction": 0.25}}))
     return p

@@ -7,37 +7,13 @@ import logging
 from pathlib import Path
 
 from neural_router.card import write_model_card
-from neural_router.data.dataset import DataConfig, RoutingDataset, load_recorded_data, load_routing_data
-from neural_router.evaluation.report import evaluate
+from neural_router.evaluation.report import evaluate, split_as_trained
 from neural_router.pool import ModelPool
-from neural_router.inference.predictors import load_predictor, require_router_folder
+from neural_router.inference.predictors import load_predictor, require_router_folder, requested_precision
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAIRS = [("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")]
-
-
-def split_as_trained(tm: dict, data: list[str] | None, models: list[str], pool: ModelPool,
-                     tm_path: Path | str = "training_metrics.json") -> tuple[RoutingDataset, RoutingDataset, str]:
-    """``data`` split into (train, validation) exactly as the training recorded in ``tm`` (a
-    ``training_metrics.json``, or {} for the defaults) split it: same fraction and salt, which is
-    returned too. Restricted to ``models``; models of other pools in the same data are skipped, not
-    errors."""
-    dcfg = DataConfig(**tm.get("config", {}).get("data", {})) if tm else DataConfig()
-    dcfg = dcfg.model_copy(update={"unknown_models": "skip"})
-    if data:
-        ds = load_routing_data(data, pool, dcfg)
-    elif tm.get("data"):
-        ds = load_recorded_data(tm["data"], str(tm_path), pool, dcfg)
-    else:
-        raise ValueError(f"{tm_path} names no training data; pass --data")
-    if not set(models) & set(ds.models):
-        raise ValueError(f"the data holds none of the router's models ({', '.join(models)}; the data's: "
-                         f"{', '.join(ds.models) or 'none the pool knows'}); evaluate on data of the router's pool")
-    ds = ds.select_models([m for m in models if m in ds.models])
-    salt = tm.get("split_salt", dcfg.split_salt)
-    train, val = ds.split(tm.get("val_fraction", dcfg.val_fraction), salt)
-    return train, val, salt
 
 
 def checked_pair(pair: tuple[str, ...], pool: ModelPool, models: list[str]) -> tuple[str, str]:
@@ -55,13 +31,19 @@ def checked_pair(pair: tuple[str, ...], pool: ModelPool, models: list[str]) -> t
 
 def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str | Path | None = None,
              pool_file: str | Path | None = None, baselines: bool = True,
-             pairs: list[tuple[str, str]] | None = None, int8: bool = False) -> dict:
-    """Split the data exactly as training did (same fraction and salt) and evaluate on validation."""
+             pairs: list[tuple[str, str]] | None = None, int8: bool = False, precision: str = "auto") -> dict:
+    """Split the data exactly as training did (same fraction and salt) and evaluate on validation.
+
+    ``precision`` picks the exported file as ``neural-router predict`` does (``int8=True`` is
+    ``precision="int8"``); ``auto`` evaluates what the folder runs by default and writes
+    ``eval_report.json`` and ``cost_quality.png`` (and the model card, evaluated in place); any
+    other precision writes ``eval_report.<precision>.json`` and ``cost_quality.<precision>.png``."""
     d = Path(router_dir)
     require_router_folder(d)   # before blaming its training_metrics.json
     tm_path = d / "training_metrics.json"
     tm = json.loads(tm_path.read_text()) if tm_path.is_file() else {}
-    predictor = load_predictor(d, device="auto", int8=int8)
+    precision = requested_precision(precision, int8=int8)
+    predictor = load_predictor(d, device="auto", precision=precision)
     pool = ModelPool.from_yaml(pool_file) if pool_file else predictor.pool
     pairs = DEFAULT_PAIRS + [checked_pair(p, pool, predictor.models) for p in pairs or []]
     train, val, _ = split_as_trained(tm, data, predictor.models, pool, tm_path)
@@ -70,15 +52,16 @@ def run_eval(router_dir: str | Path, data: list[str] | None = None, output: str 
     preds = predictor.predict(val.prompts)
     out = Path(output) if output else d
     out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if precision == "auto" else f".{precision}"
     report = evaluate(preds, train, val, pool, baselines=baselines,
                       encoder=tm.get("config", {}).get("encoder", "default"),
-                      pairs=pairs, plot_path=out / ("cost_quality.int8.png" if int8 else "cost_quality.png"))
+                      pairs=pairs, plot_path=out / f"cost_quality{suffix}.png")
     report["router"] = str(d)
     report["router_version"] = predictor.version
-    report["predictor"] = {"provider": predictor.provider, "int8": int8}
-    name = "eval_report.int8.json" if int8 else "eval_report.json"
-    (out / name).write_text(json.dumps(report, indent=2, default=float))
-    if (d / "training_metrics.json").is_file() and out.resolve() == d.resolve() and not int8:
+    report["predictor"] = {"provider": predictor.provider, "int8": predictor.precision == "int8",
+                           "precision": predictor.precision, "model_file": predictor.model_file}
+    (out / f"eval_report{suffix}.json").write_text(json.dumps(report, indent=2, default=float))
+    if (d / "training_metrics.json").is_file() and out.resolve() == d.resolve() and not suffix:
         write_model_card(d)
     return report
 

@@ -519,37 +519,58 @@ def router_report(name: str, scores: ArrayLike, costs: ArrayLike, pred_quality: 
     }
 
 
+def _draw_curve(ax: Any, c: ArrayLike, q: ArrayLike, label: str, color: str, main: bool) -> None:
+    """One router: its λ sweep as dots and its non-decreasing hull as a line (the main router's
+    solid and thick, a baseline's dashed)."""
+    c_arr = np.asarray(c, dtype=np.float64)
+    q_arr = np.asarray(q, dtype=np.float64)
+    ok = np.isfinite(c_arr) & np.isfinite(q_arr) & (c_arr > 0)
+    ax.scatter(c_arr[ok], q_arr[ok], s=9 if main else 5, color=color, alpha=0.45, zorder=4 if main else 2)
+    hc, hq = convex_hull_nondecreasing(c_arr[ok], q_arr[ok])
+    if hc.size:
+        ax.plot(hc, hq, "-" if main else "--", color=color, lw=2.4 if main else 1.3, label=label,
+                zorder=5 if main else 3)
+
+
+def _draw_single_models(ax: Any, single_points: Mapping[str, tuple[float, float]]) -> None:
+    """The single models as black stars labelled by name (without an ``org/`` prefix), and their
+    non-decreasing hull (what mixing single models reaches, the AIQ reference) dotted."""
+    pts = [(lab, float(c), float(q)) for lab, (c, q) in single_points.items()
+           if np.isfinite(c) and np.isfinite(q) and c > 0]
+    if not pts:
+        return
+    cs, qs = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
+    ax.scatter(cs, qs, marker="*", s=80, color="black", zorder=6, label="single models")
+    hc, hq = convex_hull_nondecreasing(cs, qs)
+    ax.plot(hc, hq, ":", color="black", lw=1, zorder=1, label="single models (hull)")
+    for label, c, q in pts:
+        ax.annotate(label.rsplit("/", 1)[-1], (c, q), textcoords="offset points", xytext=(4, -9), fontsize=7,
+                    color="0.25")
+
+
 def plot_cost_quality(curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
                       single_points: Mapping[str, tuple[float, float]],
                       path: str | Path, title: str = "Cost vs quality") -> Path:
-    """Save a PNG: each router's λ sweep (markers) and its non-decreasing hull (line), plus the single
-    models as labelled points ``name -> (cost, quality)``; log-scaled cost axis (non-positive costs are
-    left out). Uses the Agg canvas directly, so no pyplot/global backend state is touched."""
+    """Save a PNG: each router's λ sweep (dots) and its non-decreasing hull (line), the first of
+    ``curves`` (the router under evaluation) drawn solid and on top, the others (baselines) dashed,
+    plus the single models ``name -> (cost, quality)`` as labelled stars with their hull dotted;
+    log-scaled cost axis (non-positive costs are left out). Uses the Agg canvas directly, so no
+    pyplot/global backend state is touched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5.5))
+    fig = Figure(figsize=(9, 6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for i, (label, (c, q)) in enumerate(curves.items()):
-        c_arr = np.asarray(c, dtype=np.float64)
-        q_arr = np.asarray(q, dtype=np.float64)
-        ok = np.isfinite(c_arr) & np.isfinite(q_arr) & (c_arr > 0)
-        color = f"C{i % 10}"
-        ax.scatter(c_arr[ok], q_arr[ok], s=10, color=color, alpha=0.5)
-        hc, hq = convex_hull_nondecreasing(c_arr[ok], q_arr[ok])
-        if hc.size:
-            ax.plot(hc, hq, "-", color=color, label=label)
-    for label, (c, q) in single_points.items():
-        if np.isfinite(c) and np.isfinite(q) and c > 0:
-            ax.scatter([c], [q], marker="*", s=80, color="black", zorder=3)
-            ax.annotate(label, (c, q), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        _draw_curve(ax, c, q, label, f"C{i % 10}", main=i == 0)
+    _draw_single_models(ax, single_points)
     ax.set_xscale("log")
     ax.set_xlabel("mean cost per request (USD, log scale)")
     ax.set_ylabel("mean quality")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    if curves:
+    if curves or single_points:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     out = Path(path)

@@ -17,11 +17,37 @@ import numpy as np
 
 from neural_router.evaluation import metrics as M
 from neural_router.evaluation.baselines import BenchmarkPriorBaseline, KNNBaseline, MLPBaseline, mean_cost_predictor
-from neural_router.data.dataset import RoutingDataset
+from neural_router.data.dataset import DataConfig, RoutingDataset, load_recorded_data, load_routing_data
 from neural_router.pool import ModelPool
 from neural_router.inference.interface import Predictions
 
 log = logging.getLogger(__name__)
+
+LAMBDA_STEPS = 80  # cost weights λ in each router's sweep (``metrics.lambda_grid``)
+
+
+def split_as_trained(tm: dict, data: list[str] | None, models: list[str], pool: ModelPool,
+                     tm_path: Path | str = "training_metrics.json") -> tuple[RoutingDataset, RoutingDataset, str]:
+    """``data`` split into (train, validation) exactly as the training recorded in ``tm`` (a
+    ``training_metrics.json``, or {} for the defaults) split it: same fraction and salt, which is
+    returned too. Without ``data``, the data ``tm`` records are loaded. Restricted to ``models``;
+    models of other pools in the same data are skipped, not errors. ValueError (DataError) when no
+    data is named, it cannot be loaded or holds none of ``models``; OSError for unreadable files."""
+    dcfg = DataConfig(**tm.get("config", {}).get("data", {})) if tm else DataConfig()
+    dcfg = dcfg.model_copy(update={"unknown_models": "skip"})
+    if data:
+        ds = load_routing_data(data, pool, dcfg)
+    elif tm.get("data"):
+        ds = load_recorded_data(tm["data"], str(tm_path), pool, dcfg)
+    else:
+        raise ValueError(f"{tm_path} names no training data; pass --data")
+    if not set(models) & set(ds.models):
+        raise ValueError(f"the data holds none of the router's models ({', '.join(models)}; the data's: "
+                         f"{', '.join(ds.models) or 'none the pool knows'}); evaluate on data of the router's pool")
+    ds = ds.select_models([m for m in models if m in ds.models])
+    salt = tm.get("split_salt", dcfg.split_salt)
+    train, val = ds.split(tm.get("val_fraction", dcfg.val_fraction), salt)
+    return train, val, salt
 
 
 def frozen_embeddings(prompts: list[str], encoder: str = "default", max_length: int = 256,
@@ -100,14 +126,31 @@ def two_model(scores: np.ndarray, pred_quality: np.ndarray, models: list[str], s
             "cpt80": M.cpt(scores[ok, s], scores[ok, w], win, 0.8)}
 
 
+def _on_test_models(predictions: Predictions, test: RoutingDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted quality and cost in the columns of ``test.models`` (a subset of the router's)."""
+    cols = [predictions.models.index(m) for m in test.models]
+    return predictions.quality[:, cols], predictions.cost_usd[:, cols]
+
+
+def router_aiq(predictions: Predictions, test: RoutingDataset, pool: ModelPool) -> float:
+    """AIQ of routing on ``predictions`` over :func:`evaluate`'s λ sweep, scored on ``test``'s true
+    outcomes and costs: the ``aiq`` :func:`evaluate` reports for the router (quality units)."""
+    pq, pc = _on_test_models(predictions, test)
+    scores, costs = test.scores.astype(np.float64), eval_costs(test, pool)
+    return float(M.router_report("router", scores, costs, pq, pc, M.lambda_grid(costs, n=LAMBDA_STEPS))["aiq"])
+
+
 def evaluate(predictions: Predictions, train: RoutingDataset, test: RoutingDataset, pool: ModelPool,
              baselines: bool = True, encoder: str = "default", pairs: list[tuple[str, str]] | None = None,
              plot_path: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """The router's ``predictions`` for ``test`` and, with ``baselines``, the baselines fitted on
+    ``train`` (see the module docstring), scored on ``test``'s true outcomes; a JSON-serialisable
+    report (single models, oracle, random, one entry per router). ``plot_path``: also the PNG of
+    every router's cost-quality curve beside the single models (``metrics.plot_cost_quality``)."""
     models = test.models
-    cols = [predictions.models.index(m) for m in models]
-    pq, pc = predictions.quality[:, cols], predictions.cost_usd[:, cols]
+    pq, pc = _on_test_models(predictions, test)
     scores, costs = test.scores.astype(np.float64), eval_costs(test, pool)
-    lambdas = M.lambda_grid(costs, n=80)
+    lambdas = M.lambda_grid(costs, n=LAMBDA_STEPS)
     report: dict[str, Any] = {"n_test": len(test), "n_train": len(train), "models": models}
     q1, c1 = M.single_model_points(scores, costs)
     c_min, c_max = float(np.nanmin(c1)), float(np.nanmax(c1))
@@ -141,7 +184,8 @@ def evaluate(predictions: Predictions, train: RoutingDataset, test: RoutingDatas
         report["two_model"] = {n: two_model(scores, q, models, models[int(np.nanargmax(q1))],
                                             models[int(np.nanargmin(q1))]) for n, (q, _) in routers.items()}
     if plot_path is not None:
-        curves = {n: (r["curve"]["costs"], r["curve"]["quality"]) for n, r in report["routers"].items()}
+        curves = {f"{n} (AIQ {r['aiq']:.3f})": (r["curve"]["costs"], r["curve"]["quality"])
+                  for n, r in report["routers"].items()}
         singles = {m: (v["cost"], v["quality"]) for m, v in report["single_models"].items()}
         M.plot_cost_quality(curves, singles, plot_path, title=f"cost vs quality on {len(test)} held-out prompts")
         report["plot"] = str(plot_path)

@@ -4,7 +4,11 @@ The exported folder holds ``router.onnx`` (fp32), optionally ``router.int8.onnx`
 quantisation for CPU) and ``router.fp16.onnx`` (fp16 weights and compute with fp32 inputs and
 outputs, for CUDA: ``OnnxPredictor`` picks it there automatically), the tokenizer,
 ``router_config.json``, ``models.yaml``, the model card and ``export_report.json`` with the parity
-check against PyTorch on real prompts.
+check against PyTorch on real prompts and ``default_precision`` {cpu, cuda}: the precision
+``precision="auto"`` runs on each device. CPU's is int8 only when the int8 file was shown to
+decide like fp32 on the router's validation split (:mod:`neural_router.inference.int8_check`,
+whose verdict and measurements ``report["int8"]`` records); else fp32. CUDA's is fp16 when that
+file was written, else fp32.
 
 ``router.onnx`` is, by default, the graph after ONNX Runtime's transformer fusions (one ``Attention``
 op per layer, ``EmbedLayerNormalization``, ``SkipLayerNormalization``, ``BiasGelu``: contrib ops that
@@ -30,7 +34,8 @@ from torch import nn
 
 from neural_router.card import write_model_card
 from neural_router.modeling.model import RouterModel
-from neural_router.inference.predictors import ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE, OnnxPredictor, TorchPredictor
+from neural_router.inference.predictors import (EXPORT_REPORT, ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE,
+                                                OnnxPredictor, TorchPredictor)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +125,7 @@ def _fp16_report(out: Path, check: list[str], ref) -> dict:
     entry: dict = {"onnx": ONNX_FP16_FILE, "size_bytes": path.stat().st_size,
                    "size_ratio_vs_fp32": round(path.stat().st_size / (out / ONNX_FILE).stat().st_size, 3)}
     try:
-        got = OnnxPredictor(out, device="cpu", fp16=True).predict(check)
+        got = OnnxPredictor(out, device="cpu", precision="fp16").predict(check)
     except Exception as e:  # noqa: BLE001 - missing fp16 CPU kernels surface as various ORT errors
         log.warning("the CPU provider cannot run %s (%s): its parity is checked only on GPU", path.name, e)
         entry.update(parity_provider=None,
@@ -167,7 +172,7 @@ def _fuse_checked(plain: Path, out: Path, model: RouterModel, check: list[str], 
     (it passed parity), its parity (else None: the caller writes the plain graph)."""
     try:
         ops = fuse_transformer(plain, out / ONNX_FILE, model.encoder.config)
-        got = _parity(ref, OnnxPredictor(out, device="cpu").predict(check))
+        got = _parity(ref, OnnxPredictor(out, device="cpu", precision="fp32").predict(check))
     except Exception as e:  # noqa: BLE001 - the fuser and ORT raise many types on graphs they do not know
         log.warning("graph fusion failed (%s: %s); writing the plain graph", type(e).__name__, e)
         return {"used": False, "note": f"fusion failed: {type(e).__name__}: {str(e)[:200]}"}, None
@@ -204,29 +209,25 @@ def _set_eager_attention(model: RouterModel) -> None:
                  type(model.encoder).__name__, e)
 
 
-def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = False,
-                prompts: list[str] | None = None, opset: int = 17, fp16: bool = False,
-                optimize: bool = True) -> dict:
-    """Write the ONNX folder and return the parity report (raises if fp32 parity fails).
-
-    ``int8`` also writes ``router.int8.onnx`` (CPU), ``fp16`` also ``router.fp16.onnx`` (CUDA);
-    ``optimize`` fuses the transformer ops (see the module docstring).
-    Model files of an earlier export into the same folder that this one does not rewrite are
-    removed, so the folder never mixes two exports (the fp16 file would be picked up on CUDA)."""
-    src, out = Path(router_dir), Path(output_dir)
-    torch_pred = TorchPredictor.from_pretrained(src, device="cpu")
-    model = torch_pred.model.cpu().eval()
-    check = prompts or SAMPLE_PROMPTS
-    ref = torch_pred.predict(check)  # before tracing: tracing leaves the module in a traced state
+def _prepare_folder(src: Path, out: Path, tokenizer, int8: bool, fp16: bool) -> None:
+    """Copy the trained folder's metadata and tokenizer into ``out``; remove what an earlier export
+    left there that this one will not rewrite (a stale fp16 file would be picked up on CUDA, a stale
+    report's recorded default precision would be followed)."""
     out.mkdir(parents=True, exist_ok=True)
     for name in COPY_FILES:
         if (src / name).is_file() and src.resolve() != out.resolve():
             shutil.copy2(src / name, out / name)
-    torch_pred.tokenizer.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    (out / EXPORT_REPORT).unlink(missing_ok=True)
     for name, wanted in ((ONNX_INT8_FILE, int8), (ONNX_FP16_FILE, fp16)):
         if not wanted:
             (out / name).unlink(missing_ok=True)
 
+
+def _write_graphs(model: RouterModel, out: Path, check: list[str], ref, opset: int, fp16: bool,
+                  optimize: bool) -> dict:
+    """Trace, fuse (``optimize``) and check ``router.onnx``, and convert ``router.fp16.onnx``
+    (``fp16``); returns their part of the report. RuntimeError when fp32 parity fails."""
     report: dict = {"onnx": ONNX_FILE, "opset": opset, "tolerance": PARITY_TOLERANCE}
     with tempfile.TemporaryDirectory(prefix="nr-export-") as tmp:
         plain = Path(tmp) / "plain.onnx"
@@ -238,7 +239,7 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
             report["fusion"], parity = _fuse_checked(plain, out, model, check, ref)
         if parity is None:  # not fused (or fusion rejected): the plain graph, checked the same way
             shutil.copy2(plain, out / ONNX_FILE)
-            parity = _parity(ref, OnnxPredictor(out, device="cpu").predict(check))
+            parity = _parity(ref, OnnxPredictor(out, device="cpu", precision="fp32").predict(check))
         report["fp32"] = {**parity, "prompts": len(check), "size_bytes": (out / ONNX_FILE).stat().st_size}
         diff = report["fp32"]["max_abs_diff_quality"]
         if diff > PARITY_TOLERANCE:
@@ -246,18 +247,53 @@ def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = Fal
         if fp16:
             kept = convert_fp16(plain, out / ONNX_FP16_FILE)
             report["fp16"] = {**_fp16_report(out, check, ref), "fp32_nodes": len(kept)}
-    if int8:
-        from onnx import TensorProto
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    return report
 
-        with _root_log_level(logging.WARNING):
-            # the fused graph's contrib ops have no ONNX shape inference; their outputs are float
-            quantize_dynamic(str(out / ONNX_FILE), str(out / ONNX_INT8_FILE), weight_type=QuantType.QInt8,
-                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
-        q8 = OnnxPredictor(out, device="cpu", int8=True).predict(check)
-        report["int8"] = {"onnx": ONNX_INT8_FILE, **_parity(ref, q8),
-                          "size_bytes": (out / ONNX_INT8_FILE).stat().st_size}
-    (out / "export_report.json").write_text(json.dumps(report, indent=2))
+
+def _write_int8(src: Path, out: Path, check: list[str], ref) -> dict:
+    """Quantise ``router.onnx`` to ``router.int8.onnx``; returns its parity with PyTorch on
+    ``check`` and the int8 check's verdict (:func:`check_int8`) for the report."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from neural_router.inference.int8_check import check_int8
+
+    with _root_log_level(logging.WARNING):
+        # the fused graph's contrib ops have no ONNX shape inference; their outputs are float
+        quantize_dynamic(str(out / ONNX_FILE), str(out / ONNX_INT8_FILE), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    fp32 = OnnxPredictor(out, device="cpu", precision="fp32")
+    q8 = OnnxPredictor(out, device="cpu", precision="int8")
+    verdict = check_int8(fp32, q8, src, fp32.pool, check)
+    log.info("int8 check: %s", verdict["reason"])
+    return {"onnx": ONNX_INT8_FILE, **_parity(ref, q8.predict(check)),
+            "size_bytes": (out / ONNX_INT8_FILE).stat().st_size, **verdict}
+
+
+def export_onnx(router_dir: str | Path, output_dir: str | Path, int8: bool = False,
+                prompts: list[str] | None = None, opset: int = 17, fp16: bool = False,
+                optimize: bool = True) -> dict:
+    """Write the ONNX folder and return its report (raises if fp32 parity fails).
+
+    ``int8`` also writes ``router.int8.onnx`` (CPU; the default there only when the int8 check
+    passes, see the module docstring), ``fp16`` also ``router.fp16.onnx`` (CUDA); ``optimize`` fuses
+    the transformer ops. ``prompts`` are the parity prompts (default :data:`SAMPLE_PROMPTS`).
+    Model files of an earlier export into the same folder that this one does not rewrite are
+    removed, so the folder never mixes two exports."""
+    src, out = Path(router_dir), Path(output_dir)
+    torch_pred = TorchPredictor.from_pretrained(src, device="cpu")
+    model = torch_pred.model.cpu().eval()
+    check = prompts or SAMPLE_PROMPTS
+    ref = torch_pred.predict(check)  # before tracing: tracing leaves the module in a traced state
+    _prepare_folder(src, out, torch_pred.tokenizer, int8, fp16)
+    report = _write_graphs(model, out, check, ref, opset, fp16, optimize)
+    if int8:
+        report["int8"] = _write_int8(src, out, check, ref)
+    report["default_precision"] = {
+        "cpu": "int8" if int8 and report["int8"]["default_on_cpu"] else "fp32",
+        "cuda": "fp16" if fp16 else "fp32"}
+    (out / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
     write_model_card(out)
-    log.info("exported %s -> %s (fp32 max diff %.2e)", src, out, diff)
+    log.info("exported %s -> %s (fp32 max diff %.2e; default on CPU %s, on CUDA %s)", src, out,
+             report["fp32"]["max_abs_diff_quality"], *report["default_precision"].values())
     return report

@@ -62,7 +62,11 @@ class Predictions:
 
 
 class Predictor(Protocol):
-    """Anything that turns prompts into Predictions (PyTorch model, ONNX Runtime session, ...)."""
+    """Anything that turns prompts into Predictions (PyTorch model, ONNX Runtime session, ...).
+
+    This package's predictors also name what runs: ``model_file`` (e.g. ``router.int8.onnx``,
+    ``model.safetensors``) and ``precision`` (``fp32``, ``int8`` or ``fp16``); other predictors may
+    lack them, so readers use ``getattr(predictor, name, None)``."""
 
     models: list[str]
     version: str

@@ -8,17 +8,23 @@ post-processing that turns network outputs into USD and milliseconds with the po
 
 ``cost_scale`` is the per-model median ratio of observed to profile cost on the training data, so
 observed costs take precedence over the profile.
+
+Precision (which file of an exported folder runs): ``fp32`` ``router.onnx``, ``int8``
+``router.int8.onnx``, ``fp16`` ``router.fp16.onnx``; ``auto`` is what the export recorded as the
+default for the device (see :func:`recorded_default`). A trained (PyTorch) folder runs fp32.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from neural_router.modeling.model import RouterConfig
+from neural_router.modeling.config import RouterConfig
 from neural_router.pool import ModelPool
 from neural_router.inference.interface import Predictions, RequestFeatures
 from neural_router.modeling.text import length_buckets, pad, request_features, tokenize
@@ -28,6 +34,12 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "router.onnx"
 ONNX_INT8_FILE = "router.int8.onnx"
 ONNX_FP16_FILE = "router.fp16.onnx"  # for CUDA; written by `neural-router export --fp16`
+EXPORT_REPORT = "export_report.json"  # parity, sizes and the recorded default precisions of an export
+TORCH_FILE = "model.safetensors"
+
+Precision = Literal["auto", "fp32", "int8", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "int8", "fp16")
+PRECISION_FILES = {"fp32": ONNX_FILE, "int8": ONNX_INT8_FILE, "fp16": ONNX_FP16_FILE}
 
 
 VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
@@ -61,7 +73,7 @@ def require_trained_folder(d: Path) -> None:
     """:class:`RouterLoadError` unless ``d`` is a trained (PyTorch) router folder; an ONNX export is named
     as such, since export and update need the folder it was exported from."""
     require_router_folder(d)
-    if (d / "model.safetensors").is_file():
+    if (d / TORCH_FILE).is_file():
         return
     if (d / ONNX_FILE).is_file():
         raise RouterLoadError(f"{d} is an ONNX export, not a trained router folder (no model.safetensors); "
@@ -102,6 +114,60 @@ def load_tokenizer(d: Path):
         return AutoTokenizer.from_pretrained(str(d))
     except Exception as e:  # noqa: BLE001 - tokenizer loading raises many types
         raise RouterLoadError(f"{d}: tokenizer files are missing or corrupt: {e}") from None
+
+
+def requested_precision(precision: str = "auto", int8: bool = False, fp16: bool | None = None) -> str:
+    """One precision from the ``precision`` choice and the older flags: ``int8=True`` is
+    ``precision="int8"``, ``fp16=True`` is ``"fp16"`` and ``fp16=False`` is ``"fp32"`` (keep the fp32
+    graph). ValueError for an unknown precision or flags that contradict each other."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if int8 and fp16:
+        raise ValueError("choose int8 or fp16, not both")
+    flag = "int8" if int8 else "fp16" if fp16 else "fp32" if fp16 is False else None
+    if flag is None or precision == flag:
+        return precision
+    if precision != "auto":
+        raise ValueError(f"precision {precision!r} contradicts {'int8' if int8 else 'fp16'}={bool(int8 or fp16)}; "
+                         "give only the precision")
+    return flag
+
+
+def read_export_report(d: Path) -> dict:
+    """The folder's ``export_report.json``, or {} when there is none or it cannot be read (a warning)."""
+    path = d / EXPORT_REPORT
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("%s cannot be read (%s): using the fp32 graph unless a precision is given", path, e)
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def recorded_default(d: Path, on_cuda: bool) -> str:
+    """What ``precision="auto"`` means for the exported folder ``d`` on this device.
+
+    CUDA: the export's recorded ``default_precision.cuda``, else fp16 when ``router.fp16.onnx``
+    exists, else fp32. CPU: the recorded ``default_precision.cpu`` (``neural-router export --int8``
+    records int8 only when it measured int8 deciding like fp32), else fp32, so a folder exported
+    without that record (older exports) runs fp32 on CPU. A recorded precision whose file is
+    missing falls back to fp32, with a warning."""
+    recorded = read_export_report(d).get("default_precision")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if on_cuda:
+        chosen = recorded.get("cuda") or ("fp16" if (d / ONNX_FP16_FILE).is_file() else "fp32")
+    else:
+        chosen = recorded.get("cpu") or "fp32"
+    if chosen not in PRECISION_FILES:
+        log.warning("%s/%s records an unknown default precision %r: using fp32", d, EXPORT_REPORT, chosen)
+        return "fp32"
+    if not (d / PRECISION_FILES[chosen]).is_file():
+        log.warning("%s records %s as the default but %s is missing: using fp32", d, chosen,
+                    PRECISION_FILES[chosen])
+        return "fp32"
+    return chosen
 
 
 class _Base:
@@ -149,7 +215,8 @@ class TorchPredictor(_Base):
         self.model = model.eval().to(device)
         self.rc, self.tokenizer, self.pool, self.device = model.config, tokenizer, pool, device
         self.provider = f"torch-{device}"
-        self.model_file = "model.safetensors"
+        self.model_file = TORCH_FILE
+        self.precision = "fp32"
         self._torch = torch
 
     @classmethod
@@ -186,9 +253,12 @@ class TorchPredictor(_Base):
 class OnnxPredictor(_Base):
     """Runs an exported router in ONNX Runtime: CUDA when available, else CPU.
 
-    The model file: ``router.int8.onnx`` when ``int8``; on CUDA ``router.fp16.onnx`` when the
-    export wrote one (``fp16=None``, the default; ``fp16=False`` keeps fp32, ``fp16=True`` insists
-    on it, on any provider); else ``router.onnx``. ``model_file`` names the file loaded.
+    The model file follows ``precision`` (see the module docstring): ``auto`` (the default) is
+    the export's recorded default for the provider the session runs on (:func:`recorded_default`:
+    fp16 on CUDA when exported with ``--fp16``; int8 on CPU only when the export showed it decides
+    like fp32). ``int8=True`` and ``fp16=True/False`` are the older spellings of
+    ``precision="int8"/"fp16"/"fp32"``. ``model_file`` names the file loaded and ``precision`` its
+    precision. An explicit precision whose file is missing is a :class:`RouterLoadError`.
 
     ``io_binding`` (default: on for CUDA) runs through an ONNX Runtime IO binding: the inputs are
     copied to the session's device up front, the outputs are allocated on it and copied back to
@@ -199,42 +269,48 @@ class OnnxPredictor(_Base):
 
     def __init__(self, directory: str | Path, device: str = "auto", pool: ModelPool | None = None,
                  int8: bool = False, threads: int | None = None, io_binding: bool | None = None,
-                 fp16: bool | None = None):
+                 fp16: bool | None = None, precision: str = "auto"):
         import onnxruntime as ort
 
-        if int8 and fp16:
-            raise ValueError("choose int8 or fp16, not both")
+        wanted = requested_precision(precision, int8=int8, fp16=fp16)
         d = Path(directory)
         self.rc, self.pool, self.tokenizer = _read_common(d, pool)
-        available = ort.get_available_providers()
+        providers = self._providers(device, ort.get_available_providers())
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or int(os.environ.get("NEURAL_ROUTER_THREADS", "0")) or 0
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle threads must not spin: on a small shared CPU spinning halves throughput
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        cuda = "CUDAExecutionProvider"
+        self.precision = wanted if wanted != "auto" else recorded_default(d, providers[0] == cuda)
+        self.session = self._open(d, self.precision, so, providers)
+        self.provider = self.session.get_providers()[0]
+        if wanted == "auto" and providers[0] == cuda and self.provider != cuda:
+            # the CUDA provider failed to initialise (e.g. missing CUDA/cuDNN libraries) and ONNX
+            # Runtime fell back to CPU: load what the export recorded for CPU (never fp16 there)
+            on_cpu = recorded_default(d, on_cuda=False)
+            if on_cpu != self.precision:
+                log.warning("CUDAExecutionProvider did not initialise; loading %s instead of %s on %s",
+                            PRECISION_FILES[on_cpu], PRECISION_FILES[self.precision], self.provider)
+                self.precision = on_cpu
+                self.session = self._open(d, on_cpu, so, providers)
+                self.provider = self.session.get_providers()[0]
+        self.model_file = PRECISION_FILES[self.precision]
+        self._ort = ort
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        self._set_binding(io_binding)
+
+    def _providers(self, device: str, available: list[str]) -> list[str]:
+        """The providers to ask for; sets ``cuda_fallback`` (CUDA wanted, the runtime has none)."""
         want_cuda = device in ("auto", "cuda")
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
                      if want_cuda and "CUDAExecutionProvider" in available else ["CPUExecutionProvider"])
         self.cuda_fallback = want_cuda and providers[0] != "CUDAExecutionProvider"
         if device == "cuda" and self.cuda_fallback:
             log.warning("CUDA requested but onnxruntime has no CUDAExecutionProvider here: using CPU")
-        # fp16 is for the GPU: picked automatically only when CUDA is the provider and it exists
-        auto_fp16 = (fp16 is None and not int8 and providers[0] == "CUDAExecutionProvider"
-                     and (d / ONNX_FP16_FILE).is_file())
-        name = ONNX_INT8_FILE if int8 else ONNX_FP16_FILE if (fp16 or auto_fp16) else ONNX_FILE
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or int(os.environ.get("NEURAL_ROUTER_THREADS", "0")) or 0
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle threads must not spin: on a small shared CPU spinning halves throughput
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = self._open(d, name, so, providers, int8=int8, fp16=bool(fp16))
-        self.provider = self.session.get_providers()[0]
-        if auto_fp16 and self.provider != "CUDAExecutionProvider":
-            # the CUDA provider failed to initialise (e.g. missing CUDA/cuDNN libraries) and ONNX
-            # Runtime fell back to CPU: fp16 is slow or unsupported there, so use the fp32 graph
-            log.warning("CUDAExecutionProvider did not initialise; loading %s instead of %s on %s",
-                        ONNX_FILE, ONNX_FP16_FILE, self.provider)
-            name = ONNX_FILE
-            self.session = self._open(d, name, so, providers, int8=False, fp16=False)
-            self.provider = self.session.get_providers()[0]
-        self.model_file = name
-        self._ort = ort
-        self._output_names = [o.name for o in self.session.get_outputs()]
+        return providers
+
+    def _set_binding(self, io_binding: bool | None) -> None:
         on_cuda = self.provider == "CUDAExecutionProvider"
         self.io_binding = on_cuda if io_binding is None else bool(io_binding)
         self._bind_device = "cuda" if on_cuda else "cpu"
@@ -244,13 +320,14 @@ class OnnxPredictor(_Base):
             self._device_id = int(opts.get("device_id", 0) or 0)
 
     @staticmethod
-    def _open(d: Path, name: str, so, providers: list[str], *, int8: bool, fp16: bool):
+    def _open(d: Path, precision: str, so, providers: list[str]):
         import onnxruntime as ort
 
-        path = d / name
+        path = d / PRECISION_FILES[precision]
         if not path.is_file():
-            flag = " --int8" if int8 else " --fp16" if fp16 else ""
-            raise RouterLoadError(f"{d}: {name} is missing; run `neural-router export{flag}`")
+            flag = "" if precision == "fp32" else f" --{precision}"
+            raise RouterLoadError(f"{d}: {path.name} is missing; run `neural-router export{flag}` "
+                                  "or choose another precision")
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # noqa: BLE001
@@ -285,17 +362,25 @@ class OnnxPredictor(_Base):
 
 
 def load_predictor(path: str | Path, device: str = "auto", pool: ModelPool | None = None,
-                   int8: bool = False, threads: int | None = None, max_length: int | None = None):
+                   int8: bool = False, threads: int | None = None, max_length: int | None = None,
+                   precision: str = "auto"):
     """An exported folder (``router.onnx``) -> OnnxPredictor; a trained folder -> TorchPredictor.
 
-    ``max_length`` caps the prompt tokens kept (head + tail); it never exceeds what the router was
-    trained with.
+    ``precision`` picks the exported file (see :class:`OnnxPredictor`; ``int8=True`` is
+    ``precision="int8"``); a trained folder runs fp32, and asking it for int8 or fp16 is a
+    :class:`RouterLoadError` naming the export to run. ``max_length`` caps the prompt tokens kept
+    (head + tail); it never exceeds what the router was trained with.
     """
     d = Path(path)
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
-    if (d / ONNX_FILE).is_file() or (int8 and (d / ONNX_INT8_FILE).is_file()):
-        pred = OnnxPredictor(d, device, pool, int8=int8, threads=threads)
+    wanted = requested_precision(precision, int8=int8)
+    exported = (d / ONNX_FILE).is_file() or (wanted in PRECISION_FILES and (d / PRECISION_FILES[wanted]).is_file())
+    if exported:
+        pred = OnnxPredictor(d, device, pool, threads=threads, precision=wanted)
+    elif wanted in ("int8", "fp16") and (d / TORCH_FILE).is_file():
+        raise RouterLoadError(f"{d} is a trained router folder, which runs fp32; for {wanted}, export it with "
+                              f"`neural-router export --router {d} --output DIR --{wanted}` and use DIR")
     else:
         pred = TorchPredictor.from_pretrained(d, device, pool)
     if max_length is not None:

@@ -241,7 +241,7 @@ def serve(router_dir: str | Path, host: str | None = None, port: int | None = No
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         predictor = load_router(router_dir, settings.device, settings.max_prompt_tokens,
-                                settings.inference_threads, settings.int8)
+                                settings.inference_threads, settings.precision)
     except (ValueError, OSError) as e:  # RouterLoadError is a ValueError
         raise _fail(f"cannot load the router folder {router_dir}: {e}") from None
     try:

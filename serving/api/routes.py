@@ -232,6 +232,7 @@ async def healthz(request: Request) -> HealthResponse:
                           device=device, requested_device=svc.settings.device, device_fallback=fallback,
                           models=len(state.models), max_length=getattr(state.predictor, "max_length", None),
                           model_file=getattr(state.predictor, "model_file", None),
+                          precision=getattr(state.predictor, "precision", None),
                           previous_router_version=svc.previous.version if svc.previous else None,
                           exploration=state.exploration.name, feedback=request.app.state.feedback.enabled)
 

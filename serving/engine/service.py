@@ -56,13 +56,13 @@ def device_info(predictor: Predictor, requested: str) -> tuple[Literal["cuda", "
 
 
 def load_router(router_dir: str | Path, device: str, max_prompt_tokens: int | None = None,
-                threads: int | None = None, int8: bool = False) -> Predictor:
+                threads: int | None = None, precision: str = "auto") -> Predictor:
     """``load_predictor`` plus the ``max_prompt_tokens`` cap (never above what the router was
-    trained with), inference threads and the int8 model. Raises ValueError (RouterLoadError) or
-    OSError for a bad folder."""
+    trained with), inference threads and the precision (which exported model file). Raises
+    ValueError (RouterLoadError) or OSError for a bad folder."""
     from neural_router.inference.predictors import load_predictor  # imported late: pulls in transformers
 
-    predictor: Predictor = load_predictor(router_dir, device=device, threads=threads, int8=int8,
+    predictor: Predictor = load_predictor(router_dir, device=device, threads=threads, precision=precision,
                                           max_length=max_prompt_tokens)
     return predictor
 
@@ -117,7 +117,7 @@ class RouterState:
         """Worker thread: load, validate and warm up a router folder (any failure -> ValueError)."""
         try:
             predictor = load_router(router_dir, settings.device, settings.max_prompt_tokens,
-                                    settings.inference_threads, settings.int8)
+                                    settings.inference_threads, settings.precision)
             state = cls.build(predictor, settings, str(Path(router_dir)))
             state.predict_batch([WARM_UP])
         except (ValueError, OSError, TypeError) as e:
