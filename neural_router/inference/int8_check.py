@@ -40,9 +40,9 @@ INT8_MIN_SAME_CHOICE = 0.98
 decision in fifty."""
 
 INT8_MAX_AIQ_DIFF = 0.005
-"""Largest ``|AIQ(int8) - AIQ(fp32)|`` on the validation split (AIQ is in quality units, the mean
-score over the cost range) for int8 to be the CPU default: well below the AIQ gaps between routers
-that the evaluation reports as differences."""
+"""Largest ``|AIQ(int8) - AIQ(fp32)|`` on the validation split for int8 to be the CPU default. AIQ
+is a mean quality over the cost range (scores in [0, 1]), so this is half a percentage point of
+quality."""
 
 INT8_MIN_PROMPTS = 200
 """Least number of validation prompts the check needs: with fewer, one differing choice moves the
