@@ -22,10 +22,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/neural-router demo --data $(DATA)/routerbench --output $(RUN)
 
-# PostgreSQL server binaries for the feedback-store tests (they start their own throwaway server)
+# PostgreSQL server binaries for the feedback-store tests (they start their own throwaway server);
+# bubblewrap, the sandbox the code_tests scorer runs model-written code in
 sysdeps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+	@test -x /usr/bin/bwrap || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null)
 
 test: setup sysdeps
 	$(PY) -m pytest -q

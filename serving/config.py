@@ -191,6 +191,10 @@ class ServeSettings(BaseSettings):
     scorer: dict[str, Any] | str | None = Field(
         default=None, description="Scorer spec (neural_router.feedback.scoring.load_scorer) that grades "
                                   "proxied answers of requests carrying a reference.")
+    allow_unsandboxed_code: bool = Field(
+        default=False, description="Accept that a code_tests scorer runs model-written code without "
+                                   "a sandbox when bubblewrap is missing or fails (or its spec says "
+                                   "sandbox: none). False = the service refuses to start instead.")
     admin_key: SecretStr | None = Field(
         default=None, description="Bearer key of /admin/reload and /admin/rollback; None disables them.")
 

@@ -9,9 +9,12 @@ Scorers are built from config with :func:`load_scorer`::
     load_scorer("multiple_choice")
     load_scorer("my_package.scorers:score_fn")
 
-:class:`CodeTestScorer` runs untrusted model output in a subprocess with a time limit, isolated
-from the caller's environment (``python -I``, empty temp dir) but *not* sandboxed: run it where the
-code may do no harm (a container without secrets or network).
+:class:`CodeTestScorer` runs untrusted model output: by default in a bubblewrap sandbox with
+resource limits (:mod:`neural_router.feedback.sandbox`: no network, no view of the caller's files,
+environment or processes). Where bubblewrap is missing or fails its start-up check, building the
+scorer fails with :class:`NoSandboxError` naming the fixes: install bubblewrap, or opt in to
+unsandboxed execution with ``{"type": "code_tests", "sandbox": "none"}`` (``neural-router score``),
+or, in the service, the ``allow_unsandboxed_code`` setting (:func:`load_service_scorer`).
 """
 
 from __future__ import annotations
@@ -23,17 +26,15 @@ import math
 import numbers
 import os
 import re
-import signal
 import string
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
+
+from neural_router.feedback.sandbox import Limits, Runner, Sandbox, SandboxError, Unsandboxed
 
 log = logging.getLogger(__name__)
 
@@ -223,47 +224,98 @@ def extract_code(response: str) -> str:
     return "\n\n".join(chosen) if chosen else response
 
 
+class NoSandboxError(ScorerConfigError):
+    """A code_tests scorer was asked to sandbox the code and no sandbox works on this machine."""
+
+
+SANDBOX_KINDS = ("bwrap", "none")
+_NO_SANDBOX_FIX = ("install bubblewrap (apt-get install bubblewrap), or accept running model-written "
+                   "code unsandboxed with the scorer spec {\"type\": \"code_tests\", \"sandbox\": \"none\"}")
+
+
 @dataclass(frozen=True)
 class CodeTestScorer:
     """1 if the response's code followed by the reference test code runs to exit status 0 within
-    ``timeout_s`` (``python -I`` in an empty temp dir); a failure, crash or timeout scores 0."""
+    ``timeout_s``; a failure, crash, limit breach or timeout scores 0.
+
+    ``sandbox="bwrap"`` (the default) runs each program in :class:`~neural_router.feedback.sandbox.Sandbox`
+    (no network, read-only system view, no access to the caller's files, environment or processes,
+    limits on CPU seconds, ``memory_mb`` per process, ``max_processes`` and ``max_file_mb``);
+    building the scorer checks that the sandbox starts and raises :class:`NoSandboxError` (saying how
+    to fix it) when it does not. ``sandbox="none"`` is the explicit opt-out: ``python -I`` in an
+    empty temp dir with only the time limit. ``python`` is the interpreter; by default this process's
+    own, resolved out of any virtual environment (so the code sees the standard library, not this
+    environment's packages); a virtual environment's python offers its packages read-only."""
 
     timeout_s: float = 10.0
-    python: str = sys.executable
+    python: str | None = None
+    sandbox: str = "bwrap"
+    memory_mb: int = 1024
+    max_processes: int = 16
+    max_file_mb: int = 16
+    _runner: Runner = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.timeout_s, numbers.Real) and self.timeout_s > 0):
             raise ScorerConfigError(f"timeout_s {self.timeout_s!r} must be > 0")
+        for name in ("memory_mb", "max_processes", "max_file_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ScorerConfigError(f"{name} {value!r} must be a whole number >= 1")
+        if self.sandbox not in SANDBOX_KINDS:
+            raise ScorerConfigError(f"sandbox {self.sandbox!r} must be one of {', '.join(SANDBOX_KINDS)}")
+        python = self.python or os.path.realpath(sys.executable)
+        limits = Limits(timeout_s=float(self.timeout_s), memory_mb=self.memory_mb,
+                        max_processes=self.max_processes, max_file_mb=self.max_file_mb)
+        runner: Runner = Unsandboxed(python, limits)
+        if self.sandbox == "bwrap":
+            try:
+                runner = Sandbox.open(python, limits)
+            except SandboxError as e:
+                raise NoSandboxError(f"the code_tests scorer runs model-written code only in a sandbox, "
+                                     f"and none works here: {e}. To fix it, {_NO_SANDBOX_FIX}") from None
+        object.__setattr__(self, "_runner", runner)
 
     def score(self, prompt: str, response: str, reference: str | None = None) -> float:
         tests = _need_reference(reference, "code test")
         program = extract_code(response).rstrip() + "\n\n\n" + tests.rstrip() + "\n"
-        with tempfile.TemporaryDirectory(prefix="nr-code-") as tmp:
-            script = Path(tmp) / "solution_test.py"
-            script.write_text(program, encoding="utf-8")
-            with open(Path(tmp) / "stderr.txt", "w+b") as err:
-                proc = subprocess.Popen(
-                    [self.python, "-I", script.name], cwd=tmp, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                    env={"PATH": os.environ.get("PATH", ""), "HOME": tmp, "LANG": "C.UTF-8"})
-                try:
-                    rc = proc.wait(timeout=self.timeout_s)
-                except subprocess.TimeoutExpired:
-                    _kill_group(proc)
-                    log.debug("code test timed out after %ss", self.timeout_s)
-                    return 0.0
-                if rc != 0:
-                    err.seek(max(0, err.seek(0, 2) - 2000))
-                    log.debug("code test failed (exit %s): %s", rc, err.read().decode(errors="replace"))
-                return float(rc == 0)
+        try:
+            result = self._runner.run(program)
+        except SandboxError as e:
+            raise ScoringError(str(e)) from e
+        if result.exit_code is None:
+            log.debug("code test timed out after %ss", self.timeout_s)
+        elif not result.passed:
+            log.debug("code test failed (exit %s): %s", result.exit_code, result.stderr)
+        return float(result.passed)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def load_service_scorer(spec: dict[str, Any] | str, *, allow_unsandboxed: bool) -> Scorer:
+    """:func:`load_scorer` for a long-running service, which must not run model-written code
+    unsandboxed unless its operator said so (``allow_unsandboxed``): a code_tests scorer whose
+    sandbox does not work, or whose spec says ``"sandbox": "none"``, raises :class:`NoSandboxError`
+    naming both fixes; with ``allow_unsandboxed`` it runs unsandboxed, with a warning in the log."""
+    fix = "set allow_unsandboxed_code: true (NEURAL_ROUTER_ALLOW_UNSANDBOXED_CODE=1)"
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, AttributeError):
-        proc.kill()
-    proc.wait()
+        scorer = load_scorer(spec)
+    except NoSandboxError as e:
+        if not allow_unsandboxed:
+            log.error("%s; or, to accept it in this service, %s", e, fix)
+            raise NoSandboxError(f"{e}; or, to accept it in this service, {fix}") from None
+        log.warning("no sandbox for model-written code (%s); running it UNSANDBOXED as "
+                    "allow_unsandboxed_code says", e)
+        args = {"type": spec} if isinstance(spec, str) else dict(spec)
+        return load_scorer({**args, "sandbox": "none"})
+    if isinstance(scorer, CodeTestScorer):
+        if scorer.sandbox == "none" and not allow_unsandboxed:
+            message = (f"the scorer spec says sandbox: none, and this service does not run "
+                       f"model-written code unsandboxed unless told to: {fix}, or drop sandbox: none")
+            log.error(message)
+            raise NoSandboxError(message)
+        log.log(logging.WARNING if scorer.sandbox == "none" else logging.INFO,
+                "code_tests scorer: model-written code runs %s", "UNSANDBOXED" if scorer.sandbox == "none"
+                else "in a bubblewrap sandbox")
+    return scorer
 
 
 # --------------------------------------------------------------------------------------------------

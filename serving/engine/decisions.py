@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from neural_router.feedback.scoring import Scorer, ScoringError, load_scorer
+from neural_router.feedback.scoring import Scorer, ScoringError, load_service_scorer
 from neural_router.feedback.store import (DuplicateFeedbackError, FeedbackStore, InvalidFeedbackError,
                                           Outcome, UnknownRequestError, decision_context, safe_url)
 from neural_router.inference.interface import Predictions
@@ -85,7 +85,8 @@ class FeedbackLog:
         self.settings = settings
         self.metrics = metrics
         self.store = store if store is not None else open_store(settings)
-        self.scorer: Scorer | None = load_scorer(settings.scorer) if settings.scorer is not None else None
+        self.scorer: Scorer | None = None if settings.scorer is None else load_service_scorer(
+            settings.scorer, allow_unsandboxed=settings.allow_unsandboxed_code)
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -101,8 +102,11 @@ def test_multiple_choice_unclear_or_invalid():
 # Code with tests
 
 TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None,
+                                 reason="bubblewrap (bwrap) is not installed; `make sysdeps` installs it")
 
 
+@needs_bwrap
 def test_code_passes_and_fails():
     s = CodeTestScorer(timeout_s=10)
     fenced = "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```\nHope it helps."
@@ -122,6 +126,7 @@ def test_extract_code_prefers_python_fences():
     assert extract_code("d = 4") == "d = 4"
 
 
+@needs_bwrap
 def test_code_runs_isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("NR_SECRET_TOKEN", "hunter2")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
@@ -143,7 +148,9 @@ def test_code_runs_isolated(monkeypatch, tmp_path):
     assert CodeTestScorer(timeout_s=10).score("q", code, TESTS) == 1.0
 
 
-def test_code_timeout_kills_the_whole_process_group(tmp_path):
+def test_unsandboxed_timeout_kills_the_whole_process_group(tmp_path):
+    # sandbox="none" (the explicit opt-out) still kills what the program started; the sandboxed
+    # case is in test_sandbox.py
     pidfile = tmp_path / "grandchild.pid"
     code = textwrap.dedent(f"""
         import subprocess, sys, time
@@ -153,7 +160,7 @@ def test_code_timeout_kills_the_whole_process_group(tmp_path):
             time.sleep(0.05)
     """)
     t0 = time.monotonic()
-    assert CodeTestScorer(timeout_s=1.0).score("q", code, "pass") == 0.0
+    assert CodeTestScorer(timeout_s=1.0, sandbox="none").score("q", code, "pass") == 0.0
     assert time.monotonic() - t0 < 5
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 5
@@ -327,7 +334,8 @@ def test_load_scorer(user_module):
     numeric = load_scorer({"type": "numeric", "tolerance": 0.5})
     assert numeric == NumericAnswerScorer(tolerance=0.5) and numeric.score("q", "#### 10.4", "10") == 1.0
     assert isinstance(load_scorer("multiple_choice"), MultipleChoiceScorer)
-    assert load_scorer({"type": "code_tests", "timeout_s": 3}) == CodeTestScorer(timeout_s=3)
+    assert load_scorer({"type": "code_tests", "timeout_s": 3, "sandbox": "none"}) == \
+        CodeTestScorer(timeout_s=3, sandbox="none")
     assert load_scorer({"type": "regex", "pattern": "a(b)", "group": 1}).score("q", "xab", "b") == 1.0
     judge_ = load_scorer({"type": "llm_judge", "base_url": "http://127.0.0.1:1/v1", "model": "m"})
     assert isinstance(judge_, LLMJudgeScorer) and judge_.api_key_env == "OPENAI_API_KEY"
@@ -347,5 +355,7 @@ def test_load_scorer(user_module):
         load_scorer({"type": "regex"})
     with pytest.raises(ScorerConfigError, match="timeout_s"):
         load_scorer({"type": "code_tests", "timeout_s": 0})
+    with pytest.raises(ScorerConfigError, match="sandbox"):
+        load_scorer({"type": "code_tests", "sandbox": "docker"})
     with pytest.raises(ScorerConfigError, match="base_url"):
         load_scorer({"type": "llm_judge", "base_url": "localhost:8000", "model": "m"})
