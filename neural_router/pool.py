@@ -1,8 +1,9 @@
 """Candidate pool: the models a router can choose between, with prices, speed and capabilities.
 
-Loaded from YAML (``configs/models.yaml``) and validated with pydantic. Observed costs and latencies
-in the training data take precedence over these profiles; the profiles fill in where nothing was
-measured and turn predicted output tokens into USD and milliseconds.
+Loaded from YAML (the packaged default is ``neural_router/configs/models.yaml``) and validated with
+pydantic. Observed costs and latencies in the training data take precedence over these profiles;
+the profiles fill in where nothing was measured and turn predicted output tokens into USD and
+milliseconds.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ class ModelSpec(BaseModel):
         return self
 
     def cost_usd(self, input_tokens, output_tokens):
+        """USD of a call with these token counts (scalars or arrays, broadcast), at the list prices."""
         return (np.asarray(input_tokens) * self.input_price_per_1m
                 + np.asarray(output_tokens) * self.output_price_per_1m) / 1e6
 
     def latency_ms(self, output_tokens):
+        """Milliseconds to the last token: time to first token plus decoding at the typical speed."""
         return self.ttft_ms + np.asarray(output_tokens) / self.output_tokens_per_s * 1000.0
 
 

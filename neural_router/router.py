@@ -12,6 +12,9 @@ from neural_router.inference.interface import Predictions, RequestFeatures
 
 @dataclass
 class RouteResult:
+    """What :meth:`Router.route` returns: the policy's decision, the estimates it was made on and
+    whether the prompt was truncated to fit the router's token limit (head and tail kept)."""
+
     decision: Decision
     predictions: Predictions  # one row: every candidate's estimates
     truncated: bool
@@ -21,6 +24,7 @@ class RouteResult:
         return self.decision.model
 
     def to_dict(self) -> dict:
+        """JSON-ready: the choice, why, fallbacks, feasibility and the per-model estimates."""
         d = self.decision
         return {"model": d.model, "reason": d.reason, "fallbacks": list(d.fallbacks),
                 "feasible": d.feasible, "violated": list(d.violated), "truncated": self.truncated,
@@ -40,7 +44,10 @@ def _as(cls, value):
 
 
 class Router:
-    """A trained (PyTorch) or exported (ONNX) router plus the routing policy."""
+    """A trained (PyTorch) or exported (ONNX) router plus the routing policy.
+
+    ``pool`` (default: the folder's own ``models.yaml``) supplies prices and capabilities; only the
+    models the predictor knows are kept, in its column order."""
 
     def __init__(self, predictor, pool: ModelPool | None = None):
         self.predictor = predictor
@@ -66,10 +73,13 @@ class Router:
         return self.predictor.version
 
     def predict(self, prompts: list[str], features: list[RequestFeatures] | None = None) -> Predictions:
+        """Per-model quality, USD cost and latency (ms) estimates, one row per prompt."""
         return self.predictor.predict(prompts, features)
 
     def decide(self, predictions: Predictions, i: int, preferences: Preferences | None = None,
                constraints: Constraints | None = None, features: RequestFeatures | None = None) -> Decision:
+        """The policy's choice for row ``i`` of ``predictions`` (:func:`neural_router.policy.routing.route`);
+        raises NoEligibleModelError when no model meets the hard limits."""
         return route(self.models, predictions.quality[i], predictions.cost_usd[i], predictions.latency_ms[i],
                      preferences or Preferences(), constraints or Constraints(), self.capabilities,
                      features or RequestFeatures(), int(predictions.input_tokens[i]))
