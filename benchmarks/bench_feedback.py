@@ -78,18 +78,21 @@ import shutil
 import sys
 import time
 import zlib
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from neural_router import update_defaults as D  # noqa: E402
-from neural_router.cli import number_in  # noqa: E402
+from neural_router.cli_options import add_model_options, given_options
+from neural_router.training.config import UpdateConfig
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_feedback")
 EXPLORING = ("ips", "ips_thompson", "explore_noweight")  # the methods that log propensities < 1
+METHODS = ("static", "naive", "ips", "ips_thompson", "explore_noweight", "full")
+UPDATE_OPTIONS = ("clip", "promote_on", "head_refit", "interpolate", "bias_calibration", "head_transfer",
+                  "max_shift", "reward_calibration", "soup")   # run_update settings a replay passes on
 
 
 def parse_args(argv=None):
@@ -113,7 +116,6 @@ def parse_args(argv=None):
                          "exploration itself (e.g. evidence-scaled Thompson draws)")
     ap.add_argument("--margin", type=float, default=None,
                     help="explore only among models within this utility of the greedy choice")
-    ap.add_argument("--clip", type=float, default=10.0)
     ap.add_argument("--gate", action="store_true",
                     help="exploring methods adopt a new router only when run_update's off-policy check "
                          "promotes it (safe promotion, as in production); naive and full always adopt")
@@ -122,16 +124,10 @@ def parse_args(argv=None):
                          "promoted (run_update compare_with= the serving router), so a missed improvement "
                          "is delayed rather than lost")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--head-refit", type=number_in(0, open_low=True, off=True), default=D.HEAD_REFIT, metavar="K",
-                    help="exploring methods update by refitting only the quality head on the frozen trunk "
-                         "(penalty K toward the current head; run_update(head_refit=), default %(default)s as there); "
-                         "off = fine-tune, as every replay before 2026-12-02 did")
-    ap.add_argument("--log-val", type=float, default=D.LOG_VAL_FRACTION, metavar="F",
-                    help="share of the logs kept for early stopping (run_update log_val_fraction)")
+    ap.add_argument("--log-val", type=float, default=UpdateConfig.model_fields["log_val_fraction"].default,
+                    metavar="F", help="share of the logs kept for early stopping (run_update log_val_fraction)")
     ap.add_argument("--freeze-layers", type=int, default=-1)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--promote-on", default="dm",
-                    help="estimators that must all show a gain for promotion (run_update promote_on)")
     ap.add_argument("--holdout", type=float, default=0.25, help="share of logs held out for promotion")
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--ablation", action="store_true", help="also run exploration without weights")
@@ -141,44 +137,28 @@ def parse_args(argv=None):
     ap.add_argument("--raw-weights", action="store_true",
                     help="raw clipped 1/propensity weights instead of self-normalised ones (run_update "
                          "normalize_weights=False)")
-    ap.add_argument("--interpolate", type=float, default=None,
-                    help="exploring methods keep this share of each update's change (run_update interpolate; "
-                         "default as there: 1 with the head refit, 0.5 when fine-tuning)")
     ap.add_argument("--refit-naive", action="store_true",
                     help="naive retraining updates with --head-refit too (an ablation: is it the refit alone?)")
     ap.add_argument("--interpolate-all", action="store_true",
                     help="apply --interpolate to naive and full too (an ablation: is it the interpolation alone?)")
-    ap.add_argument("--bias-calibration", type=float, default=None, metavar="K",
-                    help="exploring methods recalibrate each model's quality bias on the update's training "
-                         "outcomes, shrunk by K pseudo-observations (run_update bias_calibration; off by default)")
-    ap.add_argument("--head-transfer", type=float, default=D.HEAD_TRANSFER, metavar="P",
-                    help="exploring methods refit the new model's quality head as a mixture of the other "
-                         "models' rows, with a prior at their average as strong as P outcomes "
-                         "(run_update head_transfer; default %(default)s as there, 0 = off)")
     ap.add_argument("--pessimism", type=float, default=None, metavar="K",
                     help="the exploring methods route (and are scored) on quality lowered by K standard "
                          "errors of their router's evidence per model (neural_router.policy."
                          "pessimistic_quality); off by default")
-    ap.add_argument("--max-shift", type=float, default=None, metavar="S",
-                    help="exploring methods' updates move at most this share of the logged traffic to other "
-                         "models (run_update max_shift, a trust region; off by default)")
     ap.add_argument("--init-bias", action="store_true",
                     help="the initial router starts each model's quality bias at its mean training score "
                          "(TrainConfig.init_quality_bias) instead of p = 0.5: on the small slice the initial "
                          "router's few optimizer steps otherwise leave every model's predictions well below "
                          "its scores, and the rounds then largely recalibrate")
-    ap.add_argument("--soup", type=int, default=None, metavar="N",
-                    help="exploring methods' updates average the weights of N fine-tunes with different seeds "
-                         "(neural-router update --soup N)")
-    ap.add_argument("--reward-calibration", type=number_in(0, off=True), default=D.REWARD_CALIBRATION, metavar="K",
-                    help="calibration of the promotion check's reward model (run_update reward_calibration; "
-                         "default %(default)s, off = uncalibrated as before it existed)")
     ap.add_argument("--keep-weights", action="store_true",
                     help="keep every router's weights (by default those no method serves or fine-tunes from "
                          "any more are deleted to save disk), so that candidates can be re-judged afterwards "
                          "(benchmarks/gate_rejudge.py)")
     ap.add_argument("--new-model", help="cold-start scenario: this model joins the pool after round 1 "
                                         "(left out of the initial slice and router)")
+    g = ap.add_argument_group("update settings (neural-router update's options and defaults; clip and "
+                              "promote_on apply to every method, the others to the exploring methods)")
+    add_model_options(g, UpdateConfig, only=UPDATE_OPTIONS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", help="comma-separated seeds: one replay each (own split, initial router and "
                                     "exploration draws) under OUT/seed<k>, plus mean/sd over seeds")
@@ -231,7 +211,7 @@ class Evaluator:
         self.lambdas = M.lambda_grid(ds.cost_usd, n=80)
 
     def __call__(self, router_dir: Path, pessimism: float | None = None) -> dict:
-        from neural_router.training.promotion import policy_probs
+        from neural_router.training.update.promotion import policy_probs
 
         model, tok, cfg = load_router(router_dir)
         raw = predict(model, tok, self.pool, self.ds.prompts, cfg, self.cache)
@@ -271,7 +251,7 @@ def load_router(router_dir: Path):
     from transformers import AutoTokenizer
 
     from neural_router.modeling.model import RouterModel
-    from neural_router.training.trainer import TrainConfig
+    from neural_router.training.config import TrainConfig
 
     tm = json.loads((router_dir / "training_metrics.json").read_text())
     return (RouterModel.from_pretrained(router_dir), AutoTokenizer.from_pretrained(str(router_dir)),
@@ -279,7 +259,7 @@ def load_router(router_dir: Path):
 
 
 def predict(model, tok, pool, prompts, cfg, cache):
-    from neural_router.training.promotion import predict_router
+    from neural_router.training.activation_cache import predict_router
 
     return predict_router(model, tok, pool, prompts, cfg, cache)
 
@@ -442,39 +422,82 @@ def fresh_run_folder(out: Path) -> Path:
     return out
 
 
-def run(args) -> dict:
-    """One replay (one seed)."""
-    from transformers import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    import torch
-
-    from neural_router.policy.exploration import ExplorationConfig
-    from neural_router.feedback.store import FeedbackStore
-    from neural_router.policy.routing import Preferences
-    from neural_router.pool import ModelPool
-    from neural_router.training.trainer import ActivationCache
-    from neural_router.training.train import run_train
-    from neural_router.training.promotion import promotion_verdict
-    from neural_router.training.update import run_update
-
+def replay_methods(args) -> list[str]:
+    """The methods to replay (``static`` always first); SystemExit for contradictory arguments."""
     if args.lineage and not args.gate:
         raise SystemExit("--lineage only changes gated runs: add --gate")
-    if args.refit_naive and args.head_refit is None:
+    if args.refit_naive and base_settings(args).head_refit is None:
         raise SystemExit("--refit-naive gives naive retraining the head refit, which --head-refit off turns off")
     methods = ["static", "naive", "ips"] + (["explore_noweight"] if args.ablation else []) + ["full"]
     if args.methods:
         methods = ["static"] + [m for m in args.methods.split(",") if m and m != "static"]
-        unknown = set(methods) - {"static", "naive", "ips", "ips_thompson", "explore_noweight", "full"}
+        unknown = set(methods) - set(METHODS)
         if unknown:
             raise SystemExit(f"unknown methods: {', '.join(sorted(unknown))}")
+    return methods
+
+
+def base_settings(args) -> UpdateConfig:
+    """The update settings every method starts from: neural-router update's defaults with the
+    replay's options (``--holdout``, ``--n-boot``, ``--log-val``, ``--raw-weights``, the update
+    group) and its fixed preferences (``--cost-weight``)."""
+    return UpdateConfig(**given_options(args, UpdateConfig), holdout_fraction=args.holdout, n_boot=args.n_boot,
+                        log_val_fraction=args.log_val, normalize_weights=not args.raw_weights,
+                        quality_weight=1.0, cost_weight=args.cost_weight, latency_weight=0.0)
+
+
+def method_settings(m: str, args, rnd: int, new: tuple[str, ...], pool_file: Path | None) -> UpdateConfig:
+    """The settings of method ``m``'s update in round ``rnd``: the exploring methods use the update
+    options as given; naive and full retrain without the head refit (``--refit-naive``: naive with
+    it), head transfer, bias calibration, trust region or soup, and keep all of each change
+    (``--interpolate-all``: the given share); naive and explore_noweight use no importance weights."""
+    base = base_settings(args)
+    exploring = m in EXPLORING
+    return base.model_copy(update={
+        "seed": rnd, "pool_file": pool_file, "importance_weighting": m not in ("naive", "explore_noweight"),
+        "interpolate": base.interpolate if exploring or args.interpolate_all else 1.0,
+        "bias_calibration": base.bias_calibration if exploring else None,
+        "head_transfer": base.head_transfer if exploring else None,
+        "head_transfer_models": new if base.head_transfer and exploring else None,
+        "max_shift": base.max_shift if exploring else None,
+        "soup": base.soup if exploring else None,
+        "head_refit": base.head_refit if exploring or (m == "naive" and args.refit_naive) else None})
+
+
+@dataclass
+class Replay:
+    """One seed's replay: its splits, initial router and shared state."""
+
+    args: argparse.Namespace
+    out: Path
+    pool: object
+    ev: object
+    init: object
+    traffic: object
+    new: tuple[str, ...]
+    prefs: object
+    r0: Path
+    cache: object
+    evaluate: object
+    t0: float
+
+
+def prepare_replay(args) -> Replay:
+    """Split the data (evaluation, initial slice, traffic), write the run folder and train the
+    initial router. The run folder is touched only once every argument is checked."""
+    import torch
+
+    from neural_router.policy.routing import Preferences
+    from neural_router.pool import ModelPool
+    from neural_router.training.activation_cache import ActivationCache
+    from neural_router.training.train import run_train
+
     t0 = time.time()
     torch.manual_seed(args.seed)
     pool = ModelPool.from_yaml(args.pool)
     ds = load_data(args.data, pool)
     pool = pool.subset(ds.models)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(ds))
+    order = np.random.default_rng(args.seed).permutation(len(ds))
     need = args.eval + args.init + args.rounds * args.per_round
     if need > len(ds):
         raise SystemExit(f"need {need} prompts, the data has {len(ds)} complete ones")
@@ -483,8 +506,7 @@ def run(args) -> dict:
         raise SystemExit(f"--new-model {args.new_model!r} is not in the data's models: {', '.join(ds.models)}")
     out = fresh_run_folder(Path(args.out).resolve())   # only once every argument is checked
     pool.to_yaml(out / "pool.yaml")
-    ev = ds.subset(order[: args.eval])
-    init = ds.subset(order[args.eval: args.eval + args.init])
+    ev, init = ds.subset(order[: args.eval]), ds.subset(order[args.eval: args.eval + args.init])
     traffic = ds.subset(order[args.eval + args.init: need])
     init_file = write_long(init, out / "init.jsonl", skip=new)
     init_pool = out / "pool.yaml"
@@ -492,133 +514,153 @@ def run(args) -> dict:
         init_pool = out / "pool_initial.yaml"
         pool.subset([m for m in ds.models if m not in new]).to_yaml(init_pool)
     prefs = Preferences(cost_weight=args.cost_weight)
-    cfg_file = out / "train.yaml"
-    cfg_file.write_text(json.dumps({"max_length": args.max_length, "head_tokens": 16,
+    cfg_file = out / "train.yaml"   # every key the replay sets; all layers, no time budget
+    cfg_file.write_text(json.dumps({"max_length": args.max_length, "head_tokens": 16, "encoder_layers": None,
                                     "freeze_layers": args.freeze_layers, "epochs": args.epochs,
                                     "patience": 2, "seed": args.seed, "data": {"val_fraction": 0.2},
-                                    "init_quality_bias": args.init_bias}))
+                                    "init_quality_bias": args.init_bias, "max_minutes": None}))
     log.info("data: %d eval, %d initial, %d traffic prompts, %d models", len(ev), len(init), len(traffic),
              len(ds.models))
     r0 = run_train([str(init_file)], out / "r0", cfg_file, init_pool, progress=False)
     log.info("initial router trained (%.1f min)", (time.time() - t0) / 60)
-
     cache = ActivationCache()
-    evaluate = Evaluator(ev, pool, prefs, cache)
+    return Replay(args, out, pool, ev, init, traffic, new, prefs, r0, cache, Evaluator(ev, pool, prefs, cache), t0)
+
+
+def exploration_configs(args, new: tuple[str, ...]) -> dict[str, object]:
+    """The exploration policy of each kind of method: thompson, explore (``--exploration``), greedy."""
+    from neural_router.policy.exploration import ExplorationConfig
+
     boost = () if args.no_boost else new
-    thompson_cfg = ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n, boost_models=boost,
-                                     thompson_evidence_half=args.thompson_evidence)
-    explore_cfg = (ExplorationConfig(kind="epsilon_greedy", epsilon=args.epsilon, margin=args.margin,
-                                     boost_models=boost)
-                   if args.exploration == "epsilon_greedy" else replace(thompson_cfg, margin=args.margin))
-    greedy_cfg = ExplorationConfig(kind="none")
-    base = evaluate(r0)
-    log.info("round 0: utility %.4f, AIQ %.4f", base["utility"], base["aiq"])
+    thompson = ExplorationConfig(kind="thompson", thompson_pseudo_count=args.thompson_n, boost_models=boost,
+                                 thompson_evidence_half=args.thompson_evidence)
+    explore = (ExplorationConfig(kind="epsilon_greedy", epsilon=args.epsilon, margin=args.margin, boost_models=boost)
+               if args.exploration == "epsilon_greedy" else replace(thompson, margin=args.margin))
+    return {"thompson": thompson, "explore": explore, "greedy": ExplorationConfig(kind="none")}
+
+
+def update_round(m: str, rnd: int, rp: Replay, store, state: dict, prev: dict, served: dict) -> dict:
+    """Method ``m``'s update after round ``rnd``: run_update on its logs, the new router scored on
+    the evaluation split, adopted (or not, when gated) into ``state`` (current / lineage routers).
+    Returns the round's row of results."""
+    from neural_router.training.update import run_update
+    from neural_router.training.update.promotion import promotion_verdict
+
+    args, t1 = rp.args, time.time()
+    uc = method_settings(m, args, rnd, rp.new, (rp.out / "pool.yaml") if rp.new else None)
+    res = run_update(state["lineage"][m], store, rp.out / m, uc.model_copy(update={"compare_with": state["current"][m]}),
+                     activation_cache=rp.cache)
+    new_dir = Path(res["router_dir"])
+    score = rp.evaluate(new_dir, args.pessimism if m in EXPLORING else None)
+    pr = res["promotion"]
+    diff = pr.get("difference", {})  # absent when there were no held-out logs
+    gated = args.gate and m in EXPLORING
+    adopt = res["promote"] or not gated
+    row = {"round": rnd, **(score if adopt else {k: prev[k] for k in score}),
+           "router": (new_dir if adopt else state["current"][m]).name,
+           "candidate_utility": score["utility"], "adopted": adopt, "promote": res["promote"],
+           "promote_ci": promotion_verdict(pr, 0.0, require_ci=True, promote_on=uc.promote_on)[0],
+           "truly_better": score["utility"] > prev["utility"],
+           **{f"{e}_diff": diff.get(e, {}).get("value") for e in ("ips", "snips", "dr", "dm")},
+           "dr_diff_ci": [diff.get("dr", {}).get("ci_low"), diff.get("dr", {}).get("ci_high")],
+           "n_holdout": res["n_holdout"], "n_logged_train": res["n_logged_train"],
+           "epochs": len(res["history"]), "trust_region": res["trust_region"],
+           "update_minutes": (time.time() - t1) / 60}
+    old_dirs = {state["current"][m], state["lineage"][m]}
+    if adopt:
+        state["current"][m] = new_dir
+    state["lineage"][m] = new_dir if (adopt or (gated and args.lineage)) else state["current"][m]
+    for d in old_dirs | {new_dir}:
+        if d not in (state["current"][m], state["lineage"][m], rp.r0) and not args.keep_weights:
+            _drop_weights(d)
+    log.info("round %d %-16s utility %.4f AIQ %.4f (served %.4f) promote=%s truly better=%s%s [%.1f min]",
+             rnd, m, score["utility"], score["aiq"], served["served_utility"], res["promote"],
+             score["utility"] > prev["utility"], "" if adopt else " (not adopted)", (time.time() - t1) / 60)
+    return row
+
+
+def replay_rounds(rp: Replay, methods: list[str], base: dict) -> dict[str, list[dict]]:
+    """Every round: each method serves the round's traffic (logging decisions and revealed outcomes)
+    and updates its router. Returns each method's rows, round 0 first."""
+    from neural_router.feedback.store import FeedbackStore
+
+    args, ecfg = rp.args, exploration_configs(rp.args, rp.new)
     results = {m: [{"round": 0, **base}] for m in methods}
-    current = {m: r0 for m in methods}
-    lineage = dict(current)   # what the next update fine-tunes (with --lineage: the last candidate)
-    stores = {m: FeedbackStore.from_url(out / "feedback" / f"{m}.db") for m in methods if m != "static"}
+    state = {"current": {m: rp.r0 for m in methods}, "lineage": {m: rp.r0 for m in methods}}
+    stores = {m: FeedbackStore.from_url(rp.out / "feedback" / f"{m}.db") for m in methods if m != "static"}
     # one exploration stream per method, independent of which other methods run
     rngs = {m: np.random.default_rng([args.seed, zlib.crc32(m.encode())]) for m in methods}
     for rnd in range(1, args.rounds + 1):
         idx = np.arange((rnd - 1) * args.per_round, rnd * args.per_round)
         for m in methods:
             if m == "static":
-                served = serve_round(m, r0, traffic, idx, rnd, None, pool, prefs, greedy_cfg, rngs[m], cache)
+                served = serve_round(m, rp.r0, rp.traffic, idx, rnd, None, rp.pool, rp.prefs, ecfg["greedy"],
+                                     rngs[m], rp.cache)
                 results[m][-1]["served_utility"] = served["served_utility"]
                 results[m].append({"round": rnd, **base})
                 continue
-            t1 = time.time()
-            ecfg = (thompson_cfg if m == "ips_thompson" else explore_cfg if m in ("ips", "explore_noweight")
-                    else greedy_cfg)
-            pess = args.pessimism if m in EXPLORING else None
-            served = serve_round(m, current[m], traffic, idx, rnd, stores[m], pool, prefs, ecfg, rngs[m], cache,
-                                 pessimism=pess)
-            results[m][-1]["served_utility"] = served["served_utility"]
-            results[m][-1]["explored_share"] = served["explored_share"]
-            res = run_update(lineage[m], stores[m], out / m, preferences=prefs, clip=args.clip,
-                             compare_with=current[m],
-                             importance_weighting=(m not in ("naive", "explore_noweight")),
-                             normalize_weights=not args.raw_weights, promote_on=args.promote_on,
-                             holdout_fraction=args.holdout, n_boot=args.n_boot, seed=rnd,
-                             activation_cache=cache, pool_file=(out / "pool.yaml") if new else None,
-                             interpolate=args.interpolate if m in EXPLORING or args.interpolate_all else 1.0,
-                             bias_calibration=args.bias_calibration if m in EXPLORING else None,
-                             head_transfer=args.head_transfer if m in EXPLORING else None,
-                             head_transfer_models=new if args.head_transfer and m in EXPLORING else None,
-                             max_shift=args.max_shift if m in EXPLORING else None,
-                             reward_calibration=args.reward_calibration,
-                             overrides={"soup": args.soup} if args.soup and m in EXPLORING else None,
-                             head_refit=args.head_refit if m in EXPLORING or (m == "naive" and args.refit_naive)
-                             else None, log_val_fraction=args.log_val)
-            new_dir = Path(res["router_dir"])
-            score = evaluate(new_dir, pess)
-            prev = results[m][-1]
-            pr = res["promotion"]
-            diff = pr.get("difference", {})  # absent when there were no held-out logs
-            gated = args.gate and m in EXPLORING
-            adopt = res["promote"] or not gated
-            serving = score if adopt else {k: prev[k] for k in score}
-            results[m].append({
-                "round": rnd, **serving, "router": (new_dir if adopt else current[m]).name,
-                "candidate_utility": score["utility"], "adopted": adopt, "promote": res["promote"],
-                "promote_ci": promotion_verdict(pr, 0.0, require_ci=True, promote_on=args.promote_on)[0],
-                "truly_better": score["utility"] > prev["utility"],
-                **{f"{e}_diff": diff.get(e, {}).get("value") for e in ("ips", "snips", "dr", "dm")},
-                "dr_diff_ci": [diff.get("dr", {}).get("ci_low"), diff.get("dr", {}).get("ci_high")],
-                "n_holdout": res["n_holdout"], "n_logged_train": res["n_logged_train"],
-                "epochs": len(res["history"]), "trust_region": res["trust_region"],
-                "update_minutes": (time.time() - t1) / 60})
-            keep_lineage = gated and args.lineage
-            old_dirs = {current[m], lineage[m]}
-            if adopt:
-                current[m] = new_dir
-            lineage[m] = new_dir if (adopt or keep_lineage) else current[m]
-            for d in old_dirs | {new_dir}:
-                if d not in (current[m], lineage[m], r0) and not args.keep_weights:
-                    _drop_weights(d)
-            log.info("round %d %-16s utility %.4f AIQ %.4f (served %.4f) promote=%s truly better=%s%s [%.1f min]",
-                     rnd, m, score["utility"], score["aiq"], served["served_utility"], res["promote"],
-                     score["utility"] > prev["utility"], "" if adopt else " (not adopted)",
-                     (time.time() - t1) / 60)
+            kind = "thompson" if m == "ips_thompson" else "explore" if m in ("ips", "explore_noweight") else "greedy"
+            served = serve_round(m, state["current"][m], rp.traffic, idx, rnd, stores[m], rp.pool, rp.prefs,
+                                 ecfg[kind], rngs[m], rp.cache, pessimism=args.pessimism if m in EXPLORING else None)
+            results[m][-1].update(served_utility=served["served_utility"], explored_share=served["explored_share"])
+            results[m].append(update_round(m, rnd, rp, stores[m], state, results[m][-1], served))
     for s in stores.values():
         s.close()
+    return results
 
+
+def summarize(results: dict, rp: Replay, methods: list[str]) -> dict:
+    """Final utilities and AIQ, the share of the full-information gap each method closed, and how
+    often the promotion check agreed with the truth."""
     final = {m: rows[-1] for m, rows in results.items()}
     gap = final["full"]["utility"] - final["static"]["utility"] if "full" in final else None
-    summary = {
+    updated = {m: rows[1:] for m, rows in results.items() if m != "static"}
+    return {
         "final_utility": {m: r["utility"] for m, r in final.items()},
         "final_aiq": {m: r["aiq"] for m, r in final.items()},
         "gap_full_minus_static": gap,
         "closed_share": {m: (final[m]["utility"] - final["static"]["utility"]) / gap
-                         if gap is not None and gap > 0 else None
-                         for m in methods},
+                         if gap is not None and gap > 0 else None for m in methods},
         "ips_beats_naive": (final["ips"]["utility"] > final["naive"]["utility"]
                             if {"ips", "naive"} <= set(final) else None),
         "ips_monotone": (all(b["utility"] >= a["utility"] - 1e-9 for a, b in zip(results["ips"], results["ips"][1:]))
                          if "ips" in results else None),
-        "promotion_agreement": {m: float(np.mean([r["promote"] == r["truly_better"] for r in rows[1:]]))
-                                for m, rows in results.items() if m != "static"},
-        "promotion_agreement_require_ci": {
-            m: float(np.mean([r["promote_ci"] == r["truly_better"] for r in rows[1:]]))
-            for m, rows in results.items() if m != "static"},
-        "false_promotions": {m: sum(r["promote"] and not r["truly_better"] for r in rows[1:])
-                             for m, rows in results.items() if m != "static"},
-        "false_promotions_require_ci": {m: sum(r["promote_ci"] and not r["truly_better"] for r in rows[1:])
-                                        for m, rows in results.items() if m != "static"},
-        "new_model": args.new_model,
-        "new_model_eval_choices": ({m: rows[-1]["choices"].get(args.new_model, 0) for m, rows in results.items()}
-                                   if args.new_model else None),
-        "oracle_utility": float(evaluate.u.max(1).mean()),
-        "best_single_utility": float(evaluate.u.mean(0).max()),
-        "best_single_model": ev.models[int(evaluate.u.mean(0).argmax())],
-        "minutes": (time.time() - t0) / 60, "cache": {"prompts": len(cache), "hits": cache.hits,
-                                                      "misses": cache.misses}}
-    report = {"args": vars(args), "command": " ".join(sys.argv), "results": results, "summary": summary,
-              "n": {"eval": len(ev), "init": len(init), "traffic": len(traffic)}}
-    (out / "bench_feedback.json").write_text(json.dumps(report, indent=2, default=float))
-    plot(results, out / "bench_feedback.png",
+        "promotion_agreement": {m: float(np.mean([r["promote"] == r["truly_better"] for r in rows]))
+                                for m, rows in updated.items()},
+        "promotion_agreement_require_ci": {m: float(np.mean([r["promote_ci"] == r["truly_better"] for r in rows]))
+                                           for m, rows in updated.items()},
+        "false_promotions": {m: sum(r["promote"] and not r["truly_better"] for r in rows)
+                             for m, rows in updated.items()},
+        "false_promotions_require_ci": {m: sum(r["promote_ci"] and not r["truly_better"] for r in rows)
+                                        for m, rows in updated.items()},
+        "new_model": rp.args.new_model,
+        "new_model_eval_choices": ({m: rows[-1]["choices"].get(rp.args.new_model, 0) for m, rows in results.items()}
+                                   if rp.args.new_model else None),
+        "oracle_utility": float(rp.evaluate.u.max(1).mean()),
+        "best_single_utility": float(rp.evaluate.u.mean(0).max()),
+        "best_single_model": rp.ev.models[int(rp.evaluate.u.mean(0).argmax())],
+        "minutes": (time.time() - rp.t0) / 60,
+        "cache": {"prompts": len(rp.cache), "hits": rp.cache.hits, "misses": rp.cache.misses}}
+
+
+def run(args) -> dict:
+    """One replay (one seed): bench_feedback.json, bench_feedback.png and a table."""
+    from transformers import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    methods = replay_methods(args)
+    rp = prepare_replay(args)
+    base = rp.evaluate(rp.r0)
+    log.info("round 0: utility %.4f, AIQ %.4f", base["utility"], base["aiq"])
+    results = replay_rounds(rp, methods, base)
+    summary = summarize(results, rp, methods)
+    report = {"args": vars(args), "update_settings": base_settings(args).model_dump(mode="json"),
+              "command": " ".join(sys.argv), "results": results, "summary": summary,
+              "n": {"eval": len(rp.ev), "init": len(rp.init), "traffic": len(rp.traffic)}}
+    (rp.out / "bench_feedback.json").write_text(json.dumps(report, indent=2, default=float))
+    plot(results, rp.out / "bench_feedback.png",
          f"RouterBench replay: {args.rounds} rounds x {args.per_round} prompts, cost_weight {args.cost_weight}, "
-         f"{explore_cfg.name} for ips" + (", raw weights" if args.raw_weights else "")
+         f"{exploration_configs(args, rp.new)['explore'].name} for ips" + (", raw weights" if args.raw_weights else "")
          + (f", {args.new_model} joins after round 1" if args.new_model else ""))
     print_table(results, summary)
     return report

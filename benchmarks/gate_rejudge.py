@@ -1,7 +1,7 @@
 """Re-judge the candidates of gated replays with other promotion checks, against the truth.
 
 ``benchmarks/gate_accuracy.py`` scores the statistics a replay recorded. This script re-runs the
-promotion check itself (``training.promotion.check_on_logs``, the code ``run_update`` calls) on every
+promotion check itself (``training.update.promotion.check_on_logs``, the code ``run_update`` calls) on every
 candidate of replays written with ``bench_feedback.py --gate --keep-weights``, with the reward model
 uncalibrated and calibrated, and scores each statistic the same way:
 
@@ -35,12 +35,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from bench_feedback import load_data, load_router, true_utility   # sibling scripts: benchmarks/ is on sys.path
+from gate_accuracy import candidates, print_table, score
 
+from neural_router.training.config import UpdateConfig
 
-from bench_feedback import load_data, load_router, true_utility  # noqa: E402
-from gate_accuracy import candidates, print_table, score  # noqa: E402
-
-CALIBRATION = 10.0  # run_update's default reward_calibration
+CALIBRATION = UpdateConfig.model_fields["reward_calibration"].default  # run_update's default
 
 
 def request_round(request_id: str) -> tuple[int, int]:
@@ -53,9 +53,9 @@ def rejudge_seed(sd: Path, method: str, data_cache: dict) -> list[dict]:
     from neural_router.feedback.store import FeedbackStore
     from neural_router.policy.routing import Preferences
     from neural_router.pool import ModelPool
-    from neural_router.training.trainer import ActivationCache
-    from neural_router.training.promotion import check_on_logs, logged_request, policy_probs, pref_weights, predict_router
-    from neural_router.training.update import is_holdout
+    from neural_router.training.activation_cache import ActivationCache, predict_router
+    from neural_router.training.update.datasets import is_holdout
+    from neural_router.training.update.promotion import check_on_logs, logged_request, policy_probs, pref_weights
 
     report = json.loads((sd / "bench_feedback.json").read_text())
     a = report["args"]

@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSAMPLE_SALT = "learning-curve"
@@ -51,13 +50,14 @@ def one(data, salt: str, fractions: list[float], config, cache) -> list[dict]:
     from neural_router.data.dataset import load_routing_data, prompt_hash_unit
     from neural_router.evaluation.report import evaluate
     from neural_router.pool import ModelPool
+    from neural_router.configs import config_path
+    from neural_router.training.activation_cache import predict_router
+    from neural_router.training.config import load_train_config
     from neural_router.training.trainer import train_router
-    from neural_router.training.train import default_config_path, load_train_config
-    from neural_router.training.promotion import predict_router
 
     base = load_train_config(config)
     cfg = base.model_copy(update={"data": base.data.model_copy(update={"split_salt": salt})})
-    pool = ModelPool.from_yaml(default_config_path("models.yaml"))
+    pool = ModelPool.from_yaml(config_path("models.yaml"))
     ds = load_routing_data(data, pool, cfg.data)
     train, val = ds.split(cfg.data.val_fraction, salt)
     u = np.array([prompt_hash_unit(p, SUBSAMPLE_SALT) for p in train.prompts])
@@ -79,7 +79,7 @@ def one(data, salt: str, fractions: list[float], config, cache) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    from neural_router.training.trainer import ActivationCache
+    from neural_router.training.activation_cache import ActivationCache
 
     args = parse_args(argv)
     cache = ActivationCache()  # the frozen layers are the same in every run: encode each prompt once

@@ -21,9 +21,11 @@ import numpy as np  # noqa: E402
 from neural_router.data.dataset import load_routing_data  # noqa: E402
 from neural_router.pool import ModelPool  # noqa: E402
 from neural_router.inference.predictors import TorchPredictor  # noqa: E402
-from neural_router.training.trainer import ActivationCache, train_router  # noqa: E402
+from neural_router.training.activation_cache import ActivationCache  # noqa: E402
+from neural_router.training.trainer import train_router  # noqa: E402
 from neural_router.evaluation import metrics as M  # noqa: E402
-from neural_router.training.train import default_config_path, load_train_config  # noqa: E402
+from neural_router.configs import config_path  # noqa: E402
+from neural_router.training.config import load_train_config  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("output", help="JSON file for the results")
@@ -37,7 +39,7 @@ out, overrides = args.output, args.overrides
 benches = args.benches.split(",") if args.benches else None
 data = args.data or [str(REPO.parent / "shared" / "data" / d) for d in ("routerbench", "routerdc7")]
 cfg = load_train_config(None, {"freeze_layers": -1, "epochs": 6, "encoder_layers": 4, **overrides})
-pool = ModelPool.from_yaml(default_config_path("models.yaml"))
+pool = ModelPool.from_yaml(config_path("models.yaml"))
 ds = load_routing_data(data, pool, cfg.data)
 cache = ActivationCache()
 res = {}

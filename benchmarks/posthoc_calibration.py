@@ -11,7 +11,7 @@ these corrections are fitted per model and then scored on the validation split (
 eval`` reports it):
 
 - Platt scaling, ``sigmoid(a * logit(q) + b)``, with a Gaussian prior at ``a = 1, b = 0`` as strong as
-  K cells (``neural_router.trainer.fit_head_mixture`` with the model's own logit as the one basis);
+  K cells (``neural_router.training.update.heads.fit_head_mixture`` with the model's own logit as the one basis);
 - a bias shift alone (``calibrate_quality_bias``, the update's ``--bias-calibration K``);
 - blends ``(1 - w) * router + w * other`` with kNN on frozen MiniLM embeddings (deployable) and with
   the per-benchmark prior (which needs each prompt's benchmark, so it is not).
@@ -28,8 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CALIB_SALT = "calib"
@@ -51,7 +50,8 @@ def parse_args(argv=None):
 
 def corrections(q_cal, s_cal, q_val, blend_with: dict) -> dict[str, np.ndarray]:
     """Corrected validation qualities, each fitted (where it has parameters) on the calibration split."""
-    from neural_router.training.trainer import _logits, calibrate_quality_bias, fit_head_mixture
+    from neural_router.training.losses import logits as _logits
+    from neural_router.training.update.heads import calibrate_quality_bias, fit_head_mixture
 
     z_cal, z_val = _logits(q_cal), _logits(q_val)
     sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
@@ -79,10 +79,11 @@ def run_salt(salt: str, data: list[str], args) -> dict:
     from neural_router.evaluation.report import eval_costs, frozen_embeddings
     from neural_router.pool import ModelPool
     from neural_router.inference.predictors import load_predictor
+    from neural_router.configs import config_path
+    from neural_router.training.config import load_train_config
     from neural_router.training.trainer import train_router
-    from neural_router.training.train import default_config_path, load_train_config
 
-    pool = ModelPool.from_yaml(default_config_path("models.yaml"))
+    pool = ModelPool.from_yaml(config_path("models.yaml"))
     cfg = load_train_config(args.config, {"freeze_layers": args.freeze_layers})
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"split_salt": salt})})
     ds = load_routing_data(data, pool, cfg.data)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
-from neural_router import update_defaults as D
+from neural_router.cli_options import add_model_options, given_options, number_in, positive_int  # noqa: F401
 
 
 def _add_prefs(p: argparse.ArgumentParser) -> None:
@@ -45,39 +44,6 @@ def chosen_precision(args) -> str:
         raise ValueError(f"--int8 is --precision int8; it contradicts --precision {args.precision}") from None
 
 
-def number_in(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False,
-              off: bool = False):
-    """An argparse type: a finite number in the interval (``off`` also takes 'off', as None), so that a
-    bad value is refused naming the flag before any work starts."""
-    interval = (f"{'(' if open_low else '['}{low:g}, " + (f"{high:g}{')' if open_high else ']'}"
-                                                        if math.isfinite(high) else "inf)"))
-
-    def parse(text: str) -> float | None:
-        if off and text.strip().lower() in ("off", "none"):
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        inside = (math.isfinite(value) and (value > low if open_low else value >= low)
-                  and (value < high if open_high else value <= high))
-        if not inside:
-            raise argparse.ArgumentTypeError(f"expected a number in {interval}" + (" or 'off'" if off else "")
-                                             + f", got {text!r}")
-        return value
-    return parse
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
 def port_number(text: str) -> int:
     value = int(text) if text.strip().isdigit() else 0
     if not 1 <= value <= 65535:
@@ -85,68 +51,9 @@ def port_number(text: str) -> int:
     return value
 
 
-def add_update_arguments(p) -> None:
-    """The options of `neural-router update` and `python -m neural_router.training.update`."""
-    p.add_argument("--router", required=True, help="current router folder (trained, not ONNX)")
-    p.add_argument("--feedback", required=True, help="feedback store: SQLAlchemy URL or SQLite path")
-    p.add_argument("--output", required=True, help="parent folder of the new versioned router folder")
-    p.add_argument("--data", action="append", help="original training data (default: the router's)")
-    p.add_argument("--config", help="training YAML (default: the router's own training config)")
-    p.add_argument("--pool", help="pool YAML; models it adds start from the cold-start prior")
-    p.add_argument("--quality-weight", type=float, default=None)
-    p.add_argument("--cost-weight", type=float, default=None)
-    p.add_argument("--latency-weight", type=float, default=None)
-    p.add_argument("--min-improvement", type=float, default=0.0)
-    p.add_argument("--require-ci", action="store_true",
-                   help="promote only if the lower CI bounds of the gains exceed it")
-    p.add_argument("--promote-on", default="dm",
-                   help="comma-separated estimators that must all show a gain: ips, snips, dr, dm "
-                        "(default: dm, the calibrated reward model; dm,dr is stricter)")
-    p.add_argument("--clip", type=number_in(1), default=10.0, help="clip of the 1/propensity weights")
-    p.add_argument("--holdout-fraction", type=number_in(0, 1, open_high=True), default=0.3)
-    p.add_argument("--router-version", help="only decisions logged by this router version")
-    p.add_argument("--cold-start-prior", type=float)
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--soup", type=positive_int, metavar="N",
-                   help="average the weights of N fine-tunes from the router with different seeds (a uniform "
-                        "model soup: steadier updates for N times the training time; default: the router's "
-                        "config, 1)")
-    p.add_argument("--naive", action="store_true", help="no importance weights (for comparison)")
-    p.add_argument("--raw-weights", action="store_true",
-                   help="use the raw clipped 1/propensity weights instead of self-normalised ones")
-    p.add_argument("--compare-with", help="the router serving now, which the new one must beat (default: --router); "
-                   "set it to keep fine-tuning a candidate that was not promoted")
-    p.add_argument("--interpolate", type=number_in(0, 1, open_low=True), default=None,
-                   help="keep this share of the update's change: new = a * updated + (1 - a) * current "
-                        "(default: 1 with the head refit, 0.5 when fine-tuning); a model's head rows keep more "
-                        "where the current router saw few of its outcomes (all, for a new pool member)")
-    p.add_argument("--bias-calibration", type=float, default=None, metavar="K",
-                   help="after fine-tuning, move each model's mean predicted quality on its training outcomes "
-                        "to their (weighted) mean score, shrunk by K pseudo-observations (off by default)")
-    p.add_argument("--head-transfer", type=number_in(0), default=D.HEAD_TRANSFER, metavar="P",
-                   help="rewrite each new pool member's quality head as a mixture of the known models' heads "
-                        "fitted to its outcomes, with a prior at their average as strong as P outcomes "
-                        "(default %(default)s; 0 = off; see --head-transfer-models)")
-    p.add_argument("--head-transfer-models", nargs="+", default=None, metavar="MODEL",
-                   help="the models --head-transfer rewrites (default: those this update adds to the pool "
-                        "and those the parent's update rewrote)")
-    p.add_argument("--max-shift", type=number_in(0, 1, open_low=True), default=None, metavar="S",
-                   help="trust region: scale the update down until at most this share (0-1] of the logged "
-                        "traffic moves to another model (default: off)")
-    p.add_argument("--head-refit", type=number_in(0, open_low=True, off=True), default=D.HEAD_REFIT, metavar="K",
-                   help="refit only the quality head on the router's frozen trunk (weighted logistic "
-                        "regression, convex and deterministic, seconds on CPU) with a penalty K toward the "
-                        "current head (default %(default)s); off = fine-tune the trunk and heads instead, which "
-                        "may pay once an update has a few hundred outcomes (benchmarks/FEEDBACK.md)")
-    p.add_argument("--log-val-fraction", type=number_in(0, 1, open_high=True), default=D.LOG_VAL_FRACTION, metavar="F",
-                   help="share of the logged prompts kept for early stopping (default %(default)s)")
-    p.add_argument("--reward-calibration", type=number_in(0, off=True), default=D.REWARD_CALIBRATION, metavar="K",
-                   help="calibrate the promotion check's reward model on the logs the update trained on: "
-                        "each model's predicted quality moves by its mean residual there, shrunk by K "
-                        "pseudo-requests (default %(default)s; off = uncalibrated)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from neural_router.training.config import TRAIN_FLAGS, TrainConfig, add_update_arguments
+
     ap = argparse.ArgumentParser(prog="neural-router", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -154,20 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a router on labeled data")
     p.add_argument("--data", action="append", required=True, help="file, folder or hub id (repeatable)")
     p.add_argument("--output", required=True)
-    p.add_argument("--config", help="training YAML (default: configs/train.yaml)")
+    p.add_argument("--config", help="training YAML overriding the defaults (configs/train.yaml lists them)")
     p.add_argument("--pool", help="model pool YAML (default: configs/models.yaml)")
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--encoder", help="HF encoder path or hub id (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--soup", type=positive_int, metavar="N",
-                   help="average the weights of N fine-tunes with seeds seed, seed+1, ... (default from the "
-                        "config: 1)")
-    p.add_argument("--freeze-layers", type=int,
-                   help="encoder layers kept frozen (default from the config: 3 of the 4 kept); "
-                        "-1 = heads only, the fastest")
-    p.add_argument("--encoder-layers", type=int,
-                   help="keep only the encoder's first N layers, a smaller and faster router (default from the "
-                        "config: 4 of MiniLM's 6; 0 = all)")
+    add_model_options(p, TrainConfig, only=TRAIN_FLAGS)
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation written into the model card")
 
     p = sub.add_parser("eval", help="evaluate a router and the baselines on the validation split")
@@ -248,9 +144,9 @@ def cmd_train(args) -> int:
     from neural_router.training.evaluate import run_eval
     from neural_router.training.train import run_train
 
-    out = run_train(args.data, args.output, args.config, args.pool,
-                    {"epochs": args.epochs, "encoder": args.encoder, "seed": args.seed, "soup": args.soup,
-                     "freeze_layers": args.freeze_layers, "encoder_layers": args.encoder_layers})
+    from neural_router.training.config import TRAIN_FLAGS, TrainConfig
+
+    out = run_train(args.data, args.output, args.config, args.pool, given_options(args, TrainConfig, TRAIN_FLAGS))
     if not args.no_eval:
         run_eval(out, None, None, args.pool, baselines=False)
     print(f"router saved to {out}")

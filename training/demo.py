@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from neural_router.inference.export import export_onnx
-from neural_router.policy.routing import Constraints, Preferences
+from neural_router.policy.routing import PRESETS, Constraints
 from neural_router.router import Router
 from neural_router.training.evaluate import print_summary, run_eval
 from neural_router.training.train import run_train
@@ -21,8 +21,7 @@ SAMPLES = [
     "Option 1: trophy Option 2: suitcase",
     "Prove that there are infinitely many primes, then give the first five primes greater than 100.",
 ]
-SETTINGS = {"quality first": Preferences(1.0, 0.0, 0.0), "balanced": Preferences(1.0, 0.3, 0.05),
-            "cheap": Preferences(1.0, 1.0, 0.0)}
+SETTINGS = {name: PRESETS[name] for name in ("quality", "balanced", "cheap")}   # the service's presets
 
 
 def run_demo(data: list[str], output: str | Path, config: str | Path | None = None,

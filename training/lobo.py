@@ -22,8 +22,10 @@ from neural_router.data.dataset import load_routing_data
 from neural_router.evaluation.report import evaluate
 from neural_router.pool import ModelPool
 from neural_router.inference.predictors import TorchPredictor
-from neural_router.training.trainer import ActivationCache, train_router
-from neural_router.training.train import default_config_path, load_train_config
+from neural_router.configs import config_path
+from neural_router.training.activation_cache import ActivationCache
+from neural_router.training.config import load_train_config
+from neural_router.training.trainer import train_router
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def run_lobo(data: list[str], output: str | Path, config: str | None = None, onl
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_train_config(config, overrides)
-    pool = ModelPool.from_yaml(default_config_path("models.yaml"))
+    pool = ModelPool.from_yaml(config_path("models.yaml"))
     ds = load_routing_data(data, pool, cfg.data)
     results = {}
     cache = ActivationCache()  # frozen-layer activations are the same in every fold: compute them once

@@ -1,8 +1,8 @@
 """The safe-promotion check of `neural-router update`: the current and a new router's greedy policies,
 replayed through the service's own policy on held-out logged requests, compared off-policy (IPS, SNIPS,
-doubly robust and the direct method, with bootstrap intervals; :mod:`neural_router.offpolicy`), and the
-verdict that promotes the new one or not. ``training.update.run_update`` calls :func:`check_on_logs`
-and :func:`promotion_verdict`; ``benchmarks/gate_rejudge.py`` re-runs them on stored candidates.
+doubly robust and the direct method, with bootstrap intervals; :mod:`neural_router.feedback.offpolicy`),
+and the verdict that promotes the new one or not. ``run_update`` calls :func:`check_on_logs` and
+:func:`promotion_verdict`; ``benchmarks/gate_rejudge.py`` re-runs them on stored candidates.
 """
 
 from __future__ import annotations
@@ -13,54 +13,15 @@ from typing import Any
 import numpy as np
 
 from neural_router.feedback import offpolicy as op
-from neural_router import update_defaults as D
 from neural_router.feedback.store import replay_context
-from neural_router.modeling.model import RouterModel
+from neural_router.inference.interface import Predictions
 from neural_router.policy.routing import Preferences
 from neural_router.pool import ModelPool
-from neural_router.inference.interface import Predictions
-from neural_router.training.trainer import ActivationCache, TrainConfig, frozen_layer_count
+from neural_router.training.activation_cache import ActivationCache, predict_router
+from neural_router.training.config import PREF_KEYS, UpdateConfig, parse_promote_on
 
-PREF_KEYS = ("quality_weight", "cost_weight", "latency_weight")
-PROMOTE_ON = ("ips", "snips", "dr", "dm")
+REWARD_CALIBRATION = UpdateConfig.model_fields["reward_calibration"].default
 CALIBRATION_MAX = 5000  # most recent training logs the promotion check's reward model is calibrated on
-
-
-# --------------------------------------------------------------------------------------------------
-# predictions with shared frozen-layer activations
-
-
-def predict_router(model: RouterModel, tokenizer, pool: ModelPool, prompts: list[str],
-                   cfg: TrainConfig | None = None, cache: ActivationCache | None = None,
-                   batch_size: int = 64) -> Predictions:
-    """Predictions of ``model`` for ``prompts``. With a ``cache``, the frozen layers (as ``cfg``
-    freezes them) are read from / written to it, so routers sharing frozen layers encode each
-    prompt once; without, the plain PyTorch predictor."""
-    import torch
-
-    from neural_router.modeling.model import to_outputs
-    from neural_router.inference.predictors import TorchPredictor, finish
-    from neural_router.modeling.text import encode, request_features
-    from neural_router.training.trainer import Tensors, bucket_batches, cache_hidden, make_batch
-
-    model = model.eval().cpu()
-    n_layers = frozen_layer_count(model, cfg) if cfg is not None else 0
-    if cache is None or n_layers == 0 or not prompts:
-        return TorchPredictor(model, tokenizer, pool, "cpu").predict(list(prompts))
-    rc = model.config
-    enc = encode(tokenizer, list(prompts), rc.max_length, rc.head_tokens)
-    n, m = len(prompts), len(rc.models)
-    zeros = torch.zeros(n, m)
-    t = Tensors(enc.input_ids, enc.attention_mask, enc.attention_mask.sum(1),
-                torch.tensor(request_features(list(prompts), enc.input_tokens)), zeros, zeros, zeros)
-    cache_hidden(model, t, n_layers, batch_size, "caching frozen layers (predict)", cache)
-    q, o, la = (np.zeros((n, m), dtype=np.float32) for _ in range(3))
-    with torch.inference_mode():
-        for idx in bucket_batches(t.lengths, batch_size, None):
-            b = make_batch(t, idx, "cpu")
-            out = to_outputs(model.forward_from(b["hidden"], b["attention_mask"], b["features"], n_layers))
-            q[idx], o[idx], la[idx] = out["quality"], out["out_tokens"], out["latency"]
-    return finish(rc, pool, q, o, la, enc.input_tokens, enc.truncated)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,7 +40,7 @@ def policy_probs(pred: Predictions, models: list[str], pool: ModelPool, weights:
                  contexts: list[dict[str, Any]] | None = None) -> np.ndarray:
     """[N, len(models)] one-hot of the router's greedy choice, replayed through the service's own
     policy (:func:`neural_router.policy.route`) with each request's preferences (``weights``) and,
-    where logged, its ``contexts`` (request features and constraints, see ``Decision.context``):
+    where logged, its ``contexts`` (request features and constraints, see ``LoggedDecision.context``):
     capabilities such as context windows and modalities, allowed/denied models and soft constraints
     apply exactly as they did live. Models the router does not know get probability 0."""
     from neural_router.policy.routing import Capabilities, route
@@ -123,7 +84,7 @@ def _quality_columns(models: list[str], pred_current: Predictions, pred_new: Pre
 
 
 def reward_model_shift(logged: list[dict[str, Any]], models: list[str], pred_current: Predictions,
-                       pred_new: Predictions, strength: float = D.REWARD_CALIBRATION) -> np.ndarray:
+                       pred_new: Predictions, strength: float = REWARD_CALIBRATION) -> np.ndarray:
     """[M] calibration of the promotion check's reward model (the mean of the two routers' predicted
     qualities): per model, the mean observed score minus that prediction over the logged requests
     that chose it, shrunk toward the mean over all of them by ``strength`` pseudo-requests
@@ -166,9 +127,8 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
     # routers' predicted qualities (the new router's alone for a model the current one lacks). With
     # one router's own predictions the direct-method part always favours that router's greedy choice
     # (it is the argmax of those very predictions), so the check would mostly grade its own homework.
-    # ``quality_shift`` calibrates it per model on the logs the update trained on: in the replay that
-    # mean misplaced some models against others by up to 0.2 (benchmarks/FEEDBACK.md, "The promotion
-    # check re-judged").
+    # ``quality_shift`` calibrates it per model on the logs the update trained on, since that mean can
+    # misplace some models against others (benchmarks/FEEDBACK.md, "The promotion check re-judged").
     # Cost and latency as logged with the decision (the new router's own estimate, capped at the
     # logged maximum, for a model the logger lacked), so that the model stays on the reward's scale
     # even if cost predictions moved.
@@ -205,7 +165,7 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
 
 def check_on_logs(current: tuple, new: tuple, pool: ModelPool, models: list[str],
                   logged: list[dict[str, Any]], fit: list[dict[str, Any]], prefs: Preferences | None,
-                  reward_calibration: float | None = D.REWARD_CALIBRATION, n_boot: int = 1000, alpha: float = 0.05,
+                  reward_calibration: float | None = REWARD_CALIBRATION, n_boot: int = 1000, alpha: float = 0.05,
                   seed: int = 0, cache: ActivationCache | None = None) -> dict[str, Any]:
     """The promotion check: :func:`compare_on_logs` of the ``current`` and ``new`` routers (each a
     ``(model, tokenizer, TrainConfig)``) on the held-out ``logged`` requests, its reward model
@@ -222,17 +182,6 @@ def check_on_logs(current: tuple, new: tuple, pool: ModelPool, models: list[str]
     res["reward_model"] = {"calibration": reward_calibration, "n_calibration": len(fit),
                            "quality_shift": dict(zip(models, shift.round(4).tolist())) if shift is not None else None}
     return res
-
-
-
-def parse_promote_on(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``"ips,dr"`` -> ``("ips", "dr")``, checked against the estimators the comparison computes."""
-    names = tuple(x.strip().lower() for x in (value.split(",") if isinstance(value, str) else value) if x.strip())
-    bad = [x for x in names if x not in PROMOTE_ON]
-    if not names or bad:
-        raise ValueError(f"promote_on: {value!r} must name one or more of {', '.join(PROMOTE_ON)} "
-                         f"(comma-separated), e.g. 'dr' or 'ips,dr'")
-    return names
 
 
 def promotion_verdict(comparison: dict[str, Any], min_improvement: float = 0.0,
