@@ -122,3 +122,21 @@ def test_cli_predict_names_the_file_it_runs_and_takes_precision(tiny_router_dir,
         assert last.startswith("wrote 1 predictions to") and last.endswith(f"(CPUExecutionProvider, {named})"), last
     assert cli.main([*base, "--router", str(tiny_router_dir), "--int8", "--precision", "fp32"]) == 2
     assert "--int8 is --precision int8; it contradicts --precision fp32" in capsys.readouterr().err
+
+
+def test_eval_evaluates_the_file_predict_runs_and_names_other_precisions(tiny_router_dir, tmp_path):
+    from neural_router.training.evaluate import run_eval
+
+    int8_default = with_cpu_default(tiny_router_dir, tmp_path / "int8", "int8")
+    report = run_eval(int8_default, output=tmp_path / "auto", baselines=False)
+    assert report["predictor"]["precision"] == "int8" and report["predictor"]["model_file"] == "router.int8.onnx"
+    assert (tmp_path / "auto" / "eval_report.json").is_file() and (tmp_path / "auto" / "cost_quality.png").is_file()
+    report = run_eval(int8_default, output=tmp_path / "fp32", baselines=False, precision="fp32")
+    assert report["predictor"]["model_file"] == "router.onnx" and report["predictor"]["int8"] is False
+    fp32 = tmp_path / "fp32"
+    assert (fp32 / "eval_report.fp32.json").is_file() and not (fp32 / "eval_report.json").exists()
+    report = run_eval(tiny_router_dir, output=tmp_path / "alias", baselines=False, int8=True)   # the older flag
+    assert report["predictor"] == {"provider": "CPUExecutionProvider", "int8": True, "precision": "int8",
+                                   "model_file": "router.int8.onnx"}
+    alias = tmp_path / "alias"
+    assert (alias / "eval_report.int8.json").is_file() and (alias / "cost_quality.int8.png").is_file()
