@@ -125,7 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train, evaluate, export and route sample prompts")
     p.add_argument("--data", action="append", required=True)
     p.add_argument("--output", required=True)
+
+    p = sub.add_parser("promote", help="make a router folder the one every replica serves (router registry)")
+    p.add_argument("--router", required=True, help="router folder, at the path the replicas see it")
+    p.add_argument("--store", required=True, help="the replicas' feedback store URL (feedback_url)")
+    p.add_argument("--by", default=_user(), help="who promotes (default: the login name)")
+
+    p = sub.add_parser("rollback", help="make every replica serve the router before the current one again")
+    p.add_argument("--store", required=True, help="the replicas' feedback store URL (feedback_url)")
+    p.add_argument("--by", default=_user(), help="who rolls back (default: the login name)")
     return ap
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):   # no login name (e.g. a container's uid without a passwd entry)
+        return "cli"
 
 
 def _prefs(args):
@@ -357,8 +375,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_promote(args) -> int:
+    from neural_router.feedback.registry import promote_folder
+
+    entry = promote_folder(args.router, args.store, args.by)
+    if entry.evidence.get("promotion", {}).get("promote") is False:
+        print(f"neural-router promote: warning: {args.router}/promotion.json advised against promoting it "
+              f"({entry.evidence['promotion'].get('reason', 'no reason given')}); promoted anyway", file=sys.stderr)
+    print(json.dumps(vars(entry), indent=2, default=str))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from neural_router.feedback.registry import rollback_registry
+
+    print(json.dumps(vars(rollback_registry(args.store, args.by)), indent=2, default=str))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "predict": cmd_predict,
-            "route": cmd_route, "serve": cmd_serve, "score": cmd_score, "update": cmd_update, "demo": cmd_demo}
+            "route": cmd_route, "serve": cmd_serve, "score": cmd_score, "update": cmd_update, "demo": cmd_demo,
+            "promote": cmd_promote, "rollback": cmd_rollback}
 
 
 def main(argv: list[str] | None = None) -> int:

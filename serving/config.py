@@ -198,6 +198,17 @@ class ServeSettings(BaseSettings):
     admin_key: SecretStr | None = Field(
         default=None, description="Bearer key of /admin/reload and /admin/rollback; None disables them.")
 
+    # fleet: replicas sharing feedback_url serve the router its registry names (docs/fleet.md)
+    registry_poll_s: float | None = Field(
+        default=5.0, gt=0, le=3600, allow_inf_nan=False,
+        description="Seconds between reads of the router registry in the feedback_url database; the "
+                    "replica then serves the router it names, and /admin/reload and /admin/rollback "
+                    "record there for every replica. None (or no feedback_url) = this replica alone.")
+    replica_id: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="This replica's name in /healthz, metrics and registry entries; None = "
+                    "<hostname>-<pid>.")
+
     @field_validator("api_key", "admin_key")
     @classmethod
     def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:

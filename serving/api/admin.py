@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from neural_router.serving.api.schemas import AdminResponse, ErrorResponse, ReloadRequest
+from neural_router.serving.engine.fleet import FleetError, FleetWatcher
 from neural_router.serving.engine.service import RouterService, RouterState
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def _response(svc: RouterService) -> AdminResponse:
 
 @router.post("/reload", response_model=AdminResponse, summary="Serve another router folder",
              responses={422: {**_ERR, "description": "The folder cannot be served; the current "
-                                                     "router keeps serving."}})
+                                                     "router keeps serving."},
+                        503: {**_ERR, "description": "The router registry cannot be written."}})
 async def reload(body: ReloadRequest, request: Request) -> AdminResponse:
     """Load ``router_dir``, warm it up, and swap it in without dropping in-flight requests. The
     replaced router is kept for ``/admin/rollback``."""
@@ -68,6 +70,13 @@ async def reload(body: ReloadRequest, request: Request) -> AdminResponse:
             metrics.reloads.labels("reload", "error").inc()
             raise HTTPException(422, f"cannot serve the router folder {body.router_dir}: {e}; router "
                                      f"{svc.state.version} keeps serving") from None
+        fleet: FleetWatcher | None = request.app.state.fleet
+        if fleet is not None:   # recorded before the swap, so that every replica follows it
+            try:
+                await fleet.record("reload", state.version, str(state.router_dir), f"admin@{fleet.replica}")
+            except FleetError as e:
+                metrics.reloads.labels("reload", "error").inc()
+                raise HTTPException(503, str(e)) from None
         old = svc.swap(state)
     metrics.reloads.labels("reload", "ok").inc()
     log.info("reloaded: router %s (%s) replaces %s", state.version, body.router_dir, old.version)
@@ -75,16 +84,22 @@ async def reload(body: ReloadRequest, request: Request) -> AdminResponse:
 
 
 @router.post("/rollback", response_model=AdminResponse, summary="Serve the previous router again",
-             responses={409: {**_ERR, "description": "No previous router (nothing was reloaded)."}})
+             responses={409: {**_ERR, "description": "No previous router (nothing was reloaded)."},
+                        422: {**_ERR, "description": "The registry's previous router cannot be served."},
+                        503: {**_ERR, "description": "The router registry cannot be written."}})
 async def rollback(request: Request) -> AdminResponse:
-    """Swap back to the router replaced by the last reload (or rollback)."""
+    """Swap back to the router replaced by the last reload (or rollback). With a router registry
+    (docs/fleet.md), back to the registry's previous router, recorded so that every replica follows
+    (422: its folder cannot be served here; 503: the registry cannot be written; nothing changes)."""
     svc: RouterService = request.app.state.service
+    fleet: FleetWatcher | None = request.app.state.fleet
     async with request.app.state.admin_lock:
         try:
-            state = svc.rollback()
-        except LookupError as e:
+            state = await fleet.rollback(f"admin@{fleet.replica}") if fleet is not None else svc.rollback()
+        except (LookupError, ValueError, FleetError) as e:
             request.app.state.metrics.reloads.labels("rollback", "error").inc()
-            raise HTTPException(409, str(e)) from None
+            status = 409 if isinstance(e, LookupError) else 503 if isinstance(e, FleetError) else 422
+            raise HTTPException(status, str(e)) from None
     request.app.state.metrics.reloads.labels("rollback", "ok").inc()
     log.info("rolled back to router %s", state.version)
     return _response(svc)

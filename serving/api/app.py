@@ -38,6 +38,7 @@ from neural_router.serving.api.schemas import validation_issues
 from neural_router.serving.config import ConfigError, ServeSettings, load_settings
 from neural_router.serving.engine.batching import BatcherClosedError, QueueFullError
 from neural_router.serving.engine.decisions import FeedbackLog
+from neural_router.serving.engine.fleet import FleetWatcher, expose_router_version, replica_name
 from neural_router.serving.engine.inputs import InputError
 from neural_router.serving.engine.metrics import ServingMetrics
 from neural_router.serving.engine.service import RouterService, device_info, load_router
@@ -139,7 +140,7 @@ def _install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
 
 def _lifespan(settings: ServeSettings, service: RouterService,
               fb: FeedbackLog) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Start-up (batcher, backend HTTP client, warm-up) and shutdown of one app."""
+    """Start-up (batcher, backend HTTP client, warm-up, fleet watcher) and shutdown of one app."""
     predictor = service.state.predictor
     _, fallback = device_info(predictor, settings.device)
 
@@ -159,9 +160,13 @@ def _lifespan(settings: ServeSettings, service: RouterService,
             service.warm = True
         except Exception:  # noqa: BLE001 - reported by /readyz, the service stays up
             log.exception("warm-up prediction failed; /readyz reports not ready")
+        if app.state.fleet is not None:
+            await app.state.fleet.start()
         try:
             yield
         finally:
+            if app.state.fleet is not None:
+                await app.state.fleet.stop()
             await app.state.http.aclose()
             await service.batcher.stop()
             await fb.stop()
@@ -188,6 +193,8 @@ def create_app(settings: ServeSettings, predictor: Predictor, *, router_dir: str
     app.state.metrics = metrics
     app.state.feedback = fb
     app.state.admin_lock = asyncio.Lock()
+    app.state.fleet = FleetWatcher.from_settings(service, app.state.admin_lock)  # None: a lone replica
+    expose_router_version(metrics.registry, service, replica_name(settings))
     secured = [Security(HTTPBearer(auto_error=False))] if settings.api_key else []
     app.include_router(routes.health_router)
     app.include_router(routes.router, dependencies=secured)

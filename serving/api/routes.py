@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import Any, Literal, cast
@@ -22,6 +23,8 @@ from neural_router.serving.api.schemas import (BatchItemError, BatchItemErrorInf
 from neural_router.serving.engine.decisions import FeedbackLog, decision_record
 from neural_router.serving.engine.inputs import InputError, PreparedPrompt
 from neural_router.serving.engine.service import RouterService, RouterState, device_info
+from neural_router.serving.api.schemas import FleetHealth
+from neural_router.serving.engine.fleet import FleetWatcher
 
 _ERR = {"model": ErrorResponse}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -234,7 +237,12 @@ async def healthz(request: Request) -> HealthResponse:
                           model_file=getattr(state.predictor, "model_file", None),
                           precision=getattr(state.predictor, "precision", None),
                           previous_router_version=svc.previous.version if svc.previous else None,
-                          exploration=state.exploration.name, feedback=request.app.state.feedback.enabled)
+                          exploration=state.exploration.name, feedback=request.app.state.feedback.enabled,
+                          fleet=_fleet_health(request.app.state.fleet))
+
+
+def _fleet_health(fleet: FleetWatcher | None) -> FleetHealth | None:
+    return None if fleet is None else FleetHealth(**dataclasses.asdict(fleet.status()))
 
 
 @health_router.get("/readyz", response_model=ReadyResponse, tags=["ops"],

@@ -253,6 +253,21 @@ class ModelsResponse(BaseModel):
     default_preset: str
 
 
+class FleetHealth(BaseModel):
+    """Where this replica stands with the router registry (docs/fleet.md)."""
+
+    replica: str = Field(description="This replica's name (replica_id).")
+    serving_version: str = Field(description="The router this replica serves.")
+    registry_version: str | None = Field(description="The router the registry names (None: empty).")
+    registry_entry: int | None = Field(description="Id of the registry's current entry.")
+    in_sync: bool | None = Field(description="Serves the registry's router, or the registry is empty "
+                                             "(None: the registry was not read yet).")
+    last_error: str | None = Field(description="Why the replica does not serve the registry's router, "
+                                                "or why the registry could not be read.")
+    last_check: datetime | None = Field(description="Last successful read of the registry (UTC).")
+    last_swap: datetime | None = Field(description="Last router swap made to follow the registry (UTC).")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     router_version: str
@@ -272,6 +287,8 @@ class HealthResponse(BaseModel):
         default=None, description="The router /admin/rollback would restore.")
     exploration: str = Field(default="greedy", description="Exploration policy in force.")
     feedback: bool = Field(default=False, description="Decisions are logged and /v1/feedback is on.")
+    fleet: FleetHealth | None = Field(
+        default=None, description="Router registry status; None when this replica follows no registry.")
 
 
 class FeedbackResponse(BaseModel):

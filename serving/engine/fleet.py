@@ -15,8 +15,9 @@ entry again after ``RETRY_POLLS`` polls, and at once when a newer entry appears.
 
 ``/admin/reload`` and ``/admin/rollback`` of any replica go through :meth:`FleetWatcher.record`
 and :meth:`FleetWatcher.rollback`, so the whole fleet follows them. The registry is the source of
-truth: a replica started with ``--router`` of another version switches to the registry's router at
-its first poll, and serves its own only while the registry is empty.
+truth: a replica started with ``--router`` of another version loads the registry's router at
+start-up, before it takes requests, and serves its own only while the registry is empty (or that
+router cannot be served here).
 """
 
 from __future__ import annotations
@@ -127,8 +128,12 @@ class FleetWatcher:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start polling (the first check runs at once)."""
+        """Check the registry once, then keep polling in the background. Awaited at start-up before
+        the app takes requests, so that a replica started with another ``--router`` than the
+        registry's router loads the registry's first and never serves a stale router (when the
+        registry cannot be read, or its folder cannot be served, start-up goes on as it would alone)."""
         if self._task is None:
+            await self._check_logged()
             self._task = asyncio.create_task(self._run(), name="fleet-watcher")
 
     async def stop(self) -> None:
@@ -141,11 +146,14 @@ class FleetWatcher:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self.check()
-            except Exception:  # noqa: BLE001 - a bug here must not stop the polling
-                log.exception("fleet: registry check failed")
             await asyncio.sleep(self.poll_s)
+            await self._check_logged()
+
+    async def _check_logged(self) -> None:
+        try:
+            await self.check()
+        except Exception:  # noqa: BLE001 - a bug here must stop neither the polling nor the start-up
+            log.exception("fleet: registry check failed")
 
     # ---- state -------------------------------------------------------------------------------
     def status(self) -> FleetStatus:

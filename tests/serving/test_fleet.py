@@ -22,11 +22,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from neural_router.feedback.registry import RouterRegistry
+from neural_router.feedback.store import StoreUnavailableError
 from neural_router.serving.api.app import create_app
 from neural_router.serving.config import ServeSettings
 from neural_router.serving.engine.service import load_router
 from tests.feedback.test_store import _fresh_pg_database, pg_server  # noqa: F401 - the fixture
-from tests.serving.test_e2e import free_port, stop, wait_ready
+from tests.serving.helpers import free_port, stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "fleet-admin-key"
@@ -146,6 +147,30 @@ def test_admin_reload_and_rollback_go_through_the_registry(app_client, routers) 
         assert r.status_code == 422 and str(routers["broken"]) in r.json()["detail"]
         assert reg.current() == last                         # a refused rollback records nothing
     assert client.get("/healthz").json()["router_version"] == routers["v1"]
+
+
+def test_a_new_replica_starts_on_the_registrys_router(routers, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    with RouterRegistry.from_url(url) as reg:
+        reg.record(routers["v2"], routers["v2_dir"], "promote", "test")
+    settings = ServeSettings(feedback_url=url, registry_poll_s=60, inference_threads=1)
+    app = create_app(settings, load_router(routers["v1_dir"], "cpu", None, 1), router_dir=routers["v1_dir"])
+    with TestClient(app) as client:   # no waiting: the first request already sees the registry's router
+        assert client.post("/v1/route", json={"prompt": "hi"}).json()["router_version"] == routers["v2"]
+        assert fleet(client)["in_sync"] is True
+
+
+def test_a_registry_that_cannot_be_written_changes_nothing(app_client, routers, monkeypatch) -> None:
+    client, _ = app_client
+
+    def down(*args: Any, **kw: Any) -> None:
+        raise StoreUnavailableError("connection refused")
+
+    monkeypatch.setattr(client.app.state.fleet.registry, "record", down)
+    r = client.post("/admin/reload", json={"router_dir": str(routers["v2_dir"])}, headers=ADMIN)
+    assert r.status_code == 503 and "connection refused" in r.json()["detail"]
+    assert client.get("/healthz").json()["router_version"] == routers["v1"]   # not swapped alone
+    assert client.post("/admin/rollback", headers=ADMIN).status_code == 409   # nothing to roll back to
 
 
 def test_without_a_registry_the_replica_is_alone(routers) -> None:
