@@ -225,12 +225,18 @@ def extract_code(response: str) -> str:
 
 
 class NoSandboxError(ScorerConfigError):
-    """A code_tests scorer was asked to sandbox the code and no sandbox works on this machine."""
+    """A code_tests scorer was asked to sandbox the code and no sandbox works on this machine
+    (``reason`` says why), or a service was asked to run the code unsandboxed without leave."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 SANDBOX_KINDS = ("bwrap", "none")
-_NO_SANDBOX_FIX = ("install bubblewrap (apt-get install bubblewrap), or accept running model-written "
-                   "code unsandboxed with the scorer spec {\"type\": \"code_tests\", \"sandbox\": \"none\"}")
+_INSTALL_BWRAP = ("install bubblewrap (apt-get install bubblewrap) and let it create namespaces (a "
+                  "container may have to allow them)")
+_ALLOW_IN_SERVICE = "set allow_unsandboxed_code: true (NEURAL_ROUTER_ALLOW_UNSANDBOXED_CODE=1)"
 
 
 @dataclass(frozen=True)
@@ -273,7 +279,9 @@ class CodeTestScorer:
                 runner = Sandbox.open(python, limits)
             except SandboxError as e:
                 raise NoSandboxError(f"the code_tests scorer runs model-written code only in a sandbox, "
-                                     f"and none works here: {e}. To fix it, {_NO_SANDBOX_FIX}") from None
+                                     f"and none works here: {e}. To fix it, {_INSTALL_BWRAP}, or accept "
+                                     f"running the code unsandboxed with the scorer spec "
+                                     f'{{"type": "code_tests", "sandbox": "none"}}', reason=str(e)) from None
         object.__setattr__(self, "_runner", runner)
 
     def score(self, prompt: str, response: str, reference: str | None = None) -> float:
@@ -295,21 +303,24 @@ def load_service_scorer(spec: dict[str, Any] | str, *, allow_unsandboxed: bool) 
     unsandboxed unless its operator said so (``allow_unsandboxed``): a code_tests scorer whose
     sandbox does not work, or whose spec says ``"sandbox": "none"``, raises :class:`NoSandboxError`
     naming both fixes; with ``allow_unsandboxed`` it runs unsandboxed, with a warning in the log."""
-    fix = "set allow_unsandboxed_code: true (NEURAL_ROUTER_ALLOW_UNSANDBOXED_CODE=1)"
     try:
         scorer = load_scorer(spec)
     except NoSandboxError as e:
         if not allow_unsandboxed:
-            log.error("%s; or, to accept it in this service, %s", e, fix)
-            raise NoSandboxError(f"{e}; or, to accept it in this service, {fix}") from None
+            message = (f"the code_tests scorer runs model-written code only in a sandbox, and none "
+                       f"works here: {e.reason}. To fix it, {_INSTALL_BWRAP}, or {_ALLOW_IN_SERVICE} "
+                       f"to accept running the code unsandboxed")
+            log.error(message)
+            raise NoSandboxError(message, e.reason) from None
         log.warning("no sandbox for model-written code (%s); running it UNSANDBOXED as "
-                    "allow_unsandboxed_code says", e)
+                    "allow_unsandboxed_code says", e.reason)
         args = {"type": spec} if isinstance(spec, str) else dict(spec)
         return load_scorer({**args, "sandbox": "none"})
     if isinstance(scorer, CodeTestScorer):
         if scorer.sandbox == "none" and not allow_unsandboxed:
             message = (f"the scorer spec says sandbox: none, and this service does not run "
-                       f"model-written code unsandboxed unless told to: {fix}, or drop sandbox: none")
+                       f"model-written code unsandboxed unless told to: {_ALLOW_IN_SERVICE}, or drop "
+                       f"sandbox: none")
             log.error(message)
             raise NoSandboxError(message)
         log.log(logging.WARNING if scorer.sandbox == "none" else logging.INFO,

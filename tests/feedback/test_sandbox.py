@@ -261,6 +261,18 @@ def test_without_bwrap_the_scorer_refuses_and_names_the_fixes(no_bwrap):
     assert CodeTestScorer(timeout_s=5, sandbox="none").score("q", GOOD, TESTS) == 1.0   # opted out
 
 
+def test_a_bwrap_that_fails_its_start_up_check_is_refused(monkeypatch, tmp_path):
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create a new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    real = shutil.which
+    monkeypatch.setattr("neural_router.feedback.sandbox.shutil.which",
+                        lambda name, path=None: str(fake) if name == "bwrap" else real(name, path=path))
+    with pytest.raises(NoSandboxError, match="No permissions to create a new namespace") as e:
+        CodeTestScorer()
+    assert "let it create namespaces" in str(e.value) and '"sandbox": "none"' in str(e.value)
+
+
 def test_the_score_command_refuses_without_bwrap(no_bwrap, tmp_path, capsys):
     from neural_router.cli import main
 
@@ -275,8 +287,10 @@ def test_the_score_command_refuses_without_bwrap(no_bwrap, tmp_path, capsys):
 def test_the_service_refuses_unsandboxed_code_unless_allowed(no_bwrap, monkeypatch, caplog):
     from neural_router.serving.config import ServeSettings
 
-    with pytest.raises(NoSandboxError, match="allow_unsandboxed_code"):
+    with pytest.raises(NoSandboxError, match="allow_unsandboxed_code") as e:
         load_service_scorer("code_tests", allow_unsandboxed=False)
+    assert "bwrap not found" in str(e.value) and "apt-get install bubblewrap" in str(e.value)
+    assert '"sandbox": "none"' not in str(e.value)   # not a fix in a service: it is refused too
     assert "bwrap not found" in caplog.text and "allow_unsandboxed_code" in caplog.text
     with pytest.raises(NoSandboxError, match="allow_unsandboxed_code"):
         load_service_scorer({"type": "code_tests", "sandbox": "none"}, allow_unsandboxed=False)
@@ -302,3 +316,15 @@ def test_a_sandbox_that_cannot_start_the_interpreter_is_refused(tmp_path):
         Sandbox.open(str(tmp_path / "no-python"), Limits())
     with pytest.raises(ScorerConfigError, match="max_processes"):
         CodeTestScorer(max_processes=0)
+
+
+def test_the_service_start_up_refuses_without_a_sandbox(no_bwrap, caplog):
+    from neural_router.serving.config import ServeSettings
+    from neural_router.serving.engine.decisions import FeedbackLog
+    from neural_router.serving.engine.metrics import ServingMetrics
+
+    with pytest.raises(NoSandboxError, match="install bubblewrap"):
+        FeedbackLog(ServeSettings(scorer="code_tests"), ServingMetrics())
+    assert "allow_unsandboxed_code" in caplog.text
+    log = FeedbackLog(ServeSettings(scorer="code_tests", allow_unsandboxed_code=True), ServingMetrics())
+    assert isinstance(log.scorer, CodeTestScorer) and log.scorer.sandbox == "none"
