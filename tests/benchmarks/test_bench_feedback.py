@@ -1,5 +1,6 @@
 """benchmarks/bench_feedback.py replaces its --out folder only when an earlier replay wrote it."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 spec = importlib.util.spec_from_file_location("bench_feedback",
                                               Path(__file__).parents[2] / "benchmarks" / "bench_feedback.py")
 bench_feedback = importlib.util.module_from_spec(spec)
+sys.modules.setdefault("bench_feedback", bench_feedback)   # its dataclasses look their module up there
 spec.loader.exec_module(bench_feedback)
 
 
