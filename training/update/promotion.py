@@ -99,6 +99,30 @@ def reward_model_shift(logged: list[dict[str, Any]], models: list[str], pred_cur
     return op.action_shift(chosen, score, pred, len(models), strength)
 
 
+def _reward_model(logged: list[dict[str, Any]], models: list[str], pred_current: Predictions,
+                  pred_new: Predictions, quality_shift: np.ndarray | None, weights: tuple[np.ndarray, ...],
+                  cmax: np.ndarray, lmax: np.ndarray) -> np.ndarray:
+    """[N, M] predicted utilities of the doubly robust and direct-method estimates, shared by both
+    policies: the mean of the two routers' predicted qualities (the new router's alone for a model
+    the current one lacks), so that neither router is judged by its own predictions (whose argmax
+    is its greedy choice), plus ``quality_shift`` (its calibration on the logs the update trained
+    on). Cost and latency as logged with the decision (the new router's own estimate, capped at the
+    logged maximum, for a model the logger lacked), so that it stays on the reward's scale even if
+    cost predictions moved."""
+    cols = [pred_new.models.index(m) for m in models]
+    q_new, q_cur = _quality_columns(models, pred_current, pred_new)
+    q_hat = (q_new + q_cur) / 2
+    if quality_shift is not None:
+        q_hat = np.clip(q_hat + np.asarray(quality_shift, dtype=np.float64)[None, :], 0.0, 1.0)
+    logged_est = {f: np.array([[d["predictions"].get(m, {}).get(f, np.nan) for m in models] for d in logged],
+                              dtype=np.float64) for f in ("cost_usd", "latency_ms")}
+    c_hat = np.where(np.isfinite(logged_est["cost_usd"]), logged_est["cost_usd"],
+                     np.minimum(pred_new.cost_usd[:, cols], cmax[:, None]))
+    l_hat = np.where(np.isfinite(logged_est["latency_ms"]), logged_est["latency_ms"],
+                     np.minimum(pred_new.latency_ms[:, cols], lmax[:, None]))
+    return op.utilities(q_hat, c_hat, l_hat, *weights, cost_max=cmax, latency_max=lmax)
+
+
 def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_current: Predictions,
                     pred_new: Predictions, pool: ModelPool, prefs: Preferences | None,
                     n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
@@ -123,27 +147,7 @@ def compare_on_logs(logged: list[dict[str, Any]], models: list[str], pred_curren
     contexts = [d.get("context") or {} for d in logged]
     probs_cur = policy_probs(pred_current, models, pool, weights, contexts)
     probs_new = policy_probs(pred_new, models, pool, weights, contexts)
-    # reward model of the doubly robust estimate, shared by both policies: the mean of the two
-    # routers' predicted qualities (the new router's alone for a model the current one lacks). With
-    # one router's own predictions the direct-method part always favours that router's greedy choice
-    # (it is the argmax of those very predictions), so the check would mostly grade its own homework.
-    # ``quality_shift`` calibrates it per model on the logs the update trained on, since that mean can
-    # misplace some models against others (benchmarks/FEEDBACK.md, "The promotion check re-judged").
-    # Cost and latency as logged with the decision (the new router's own estimate, capped at the
-    # logged maximum, for a model the logger lacked), so that the model stays on the reward's scale
-    # even if cost predictions moved.
-    cols = [pred_new.models.index(m) for m in models]
-    q_new, q_cur = _quality_columns(models, pred_current, pred_new)
-    q_hat = (q_new + q_cur) / 2
-    if quality_shift is not None:
-        q_hat = np.clip(q_hat + np.asarray(quality_shift, dtype=np.float64)[None, :], 0.0, 1.0)
-    logged_est = {f: np.array([[d["predictions"].get(m, {}).get(f, np.nan) for m in models] for d in logged],
-                              dtype=np.float64) for f in ("cost_usd", "latency_ms")}
-    c_hat = np.where(np.isfinite(logged_est["cost_usd"]), logged_est["cost_usd"],
-                     np.minimum(pred_new.cost_usd[:, cols], cmax[:, None]))
-    l_hat = np.where(np.isfinite(logged_est["latency_ms"]), logged_est["latency_ms"],
-                     np.minimum(pred_new.latency_ms[:, cols], lmax[:, None]))
-    rhat = op.utilities(q_hat, c_hat, l_hat, *weights, cost_max=cmax, latency_max=lmax)
+    rhat = _reward_model(logged, models, pred_current, pred_new, quality_shift, weights, cmax, lmax)
     cmp = op.compare_policies(chosen, prop, reward, probs_cur, probs_new, reward_model_b=rhat,
                               n_boot=n_boot, alpha=alpha, seed=seed)
     # how much the DR verdict leans on a few heavily weighted outcomes (benchmarks/gate_accuracy.py)

@@ -204,6 +204,30 @@ def update_info(uc: UpdateConfig, feedback, split: LoggedSplit, orig: OriginalDa
         "skipped": split.skipped}
 
 
+def gather_data(feedback, parent: Loaded, pool: ModelPool, models: list[str], new_models: list[str],
+                cfg: TrainConfig, uc: UpdateConfig) -> tuple[list[dict[str, Any]], LoggedSplit, OriginalData]:
+    """(every logged request with its chosen outcome, the logged outcomes split for training, the
+    original training data)."""
+    rows, requests = read_logs(feedback, pool, uc.router_version)
+    split = split_logs(rows, models, pool, uc)
+    orig = original_data(parent.dir, parent.metrics, models, pool, cfg, uc)
+    log.info("update: %d logged requests (%d for training, %d held out), %d original prompts, new models: %s",
+             len(split.logs), int(split.train.sum()), int(split.hold.sum()),
+             len(orig.train) if orig.train is not None else 0, new_models or "none")
+    return requests, split, orig
+
+
+def update_steps(uc: UpdateConfig, train, parent_metrics: dict, targets: tuple[str, ...]
+                 ) -> tuple[UpdateSteps, np.ndarray]:
+    """(what the update does to the parent, each model's share of the change): with interpolation, a
+    model's head rows keep more where the parent saw few of its outcomes (:func:`row_shares`)."""
+    interpolate = uc.interpolation()
+    row_a = row_shares(train.models, train.mask.sum(0),
+                       (parent_metrics.get("summary") or {}).get("observed_per_model") or {}, interpolate)
+    return UpdateSteps(uc.cold_start_prior, uc.head_refit, interpolate, row_a if interpolate < 1.0 else None,
+                       uc.bias_calibration, uc.transfer_strength(), targets), row_a
+
+
 def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore, output_dir: str | Path,
                settings: UpdateConfig | None = None, *, overrides: dict | None = None,
                activation_cache: ActivationCache | None = None, progress: bool = False,
@@ -229,23 +253,13 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                        {"epochs": uc.epochs, "soup": uc.soup, **(overrides or {})})
     pool, new_models = merged_pool(ModelPool.from_yaml(parent.dir / "models.yaml"), uc.pool_file,
                                    list(parent.model.config.models))
-    models = list(parent.model.config.models) + new_models
+    models = [*parent.model.config.models, *new_models]
     targets = transfer_models(uc, models, new_models, parent.metrics)
     cache = activation_cache if activation_cache is not None else ActivationCache()
 
-    rows, requests = read_logs(feedback_url, pool, uc.router_version)
-    split = split_logs(rows, models, pool, uc)
-    orig = original_data(parent.dir, parent.metrics, models, pool, cfg, uc)
+    requests, split, orig = gather_data(feedback_url, parent, pool, models, new_models, cfg, uc)
     train, sw, val, val_w = training_sets(orig, split)
-    log.info("update: %d logged requests (%d for training, %d held out), %d original prompts, new models: %s",
-             len(split.logs), int(split.train.sum()), int(split.hold.sum()),
-             len(orig.train) if orig.train is not None else 0, new_models or "none")
-
-    interpolate = uc.interpolation()
-    row_a = row_shares(train.models, train.mask.sum(0),
-                       (parent.metrics.get("summary") or {}).get("observed_per_model") or {}, interpolate)
-    steps = UpdateSteps(uc.cold_start_prior, uc.head_refit, interpolate, row_a if interpolate < 1.0 else None,
-                        uc.bias_calibration, uc.transfer_strength(), targets)
+    steps, row_a = update_steps(uc, train, parent.metrics, targets)
     model, tok, history = update_router(train, val, pool, cfg, parent.model, steps, sw, val_w, cache, progress)
     trust_region = (limit_traffic_shift(model, parent.model, tok, pool, requests, models, uc.preferences(),
                                         uc.max_shift, cfg, cache) if uc.max_shift is not None else None)
@@ -261,18 +275,21 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                "val_prompts": len(val) if val is not None else 0, "val_fraction": orig.val_fraction,
                "split_salt": orig.split_salt, "history": history, "train_minutes": minutes,
                "config": cfg.model_dump(mode="json"), "parent_version": parent.model.config.version,
-               "parent_dir": str(parent.dir), "lineage": list(parent.metrics.get("lineage", [])) + [
-                   parent.model.config.version],
+               "parent_dir": str(parent.dir), "lineage": [*parent.metrics.get("lineage", []), parent.model.config.version],
                "update": update_info(uc, feedback_url, split, orig, steps, new_models, row_a, train.models,
                                      trust_region)}
     save_router_folder(out, model, tok, pool, metrics, {"promotion.json": promotion})
     log.info("update: new router %s in %s; promote=%s (%s)", version, out, promotion["promote"], promotion["reason"])
     return {"router_dir": str(out), "version": version, "parent_version": parent.model.config.version,
             "promote": promotion["promote"], "promotion": promotion, "n_logged": len(split.logs),
-            "n_logged_train": int(split.train.sum()), "n_logged_val": int(split.val.sum()),
-            "n_holdout": int(split.hold.sum()), "n_original": len(orig.train) if orig.train is not None else 0,
-            "new_models": new_models, "history": history, "trust_region": trust_region,
+            **counts(split, orig), "new_models": new_models, "history": history, "trust_region": trust_region,
             "minutes": (time.time() - t0) / 60}
+
+
+def counts(split: LoggedSplit, orig: OriginalData) -> dict[str, int]:
+    """How many logged requests went where, and how many original prompts were mixed in."""
+    return {"n_logged_train": int(split.train.sum()), "n_logged_val": int(split.val.sum()),
+            "n_holdout": int(split.hold.sum()), "n_original": len(orig.train) if orig.train is not None else 0}
 
 
 def run_from_args(args) -> dict[str, Any]:
