@@ -217,12 +217,13 @@ def _entry(row: RowMapping) -> RegistryEntry:
 PROMOTION_FILE = "promotion.json"   # the verdict `neural-router update` writes into its router folder
 
 
-def promote_folder(folder: str | Path, url: str | Path, by: str,
+def promote_folder(folder: str | Path, url: str | Path | Engine, by: str,
                    evidence: dict[str, Any] | None = None) -> RegistryEntry:
     """Record ``folder`` (its version read from router_config.json) as the router every replica of
-    the store at ``url`` must serve. ``evidence`` defaults to ``{"promotion": <the folder's
-    promotion.json>}`` when the folder has one. :class:`RegistryError` for a folder that is not a
-    router folder; :class:`StoreUnavailableError` when the database cannot be opened or written."""
+    the store at ``url`` (or an open store's engine, left open) must serve. ``evidence`` defaults to
+    ``{"promotion": <the folder's promotion.json>}`` when the folder has one. :class:`RegistryError`
+    for a folder that is not a router folder; :class:`StoreUnavailableError` when the database
+    cannot be opened or written."""
     version = folder_version(folder)
     if evidence is None:
         evidence = {}
@@ -232,6 +233,8 @@ def promote_folder(folder: str | Path, url: str | Path, by: str,
                 evidence = {"promotion": json.loads(verdict.read_text(encoding="utf-8"))}
             except (OSError, ValueError) as e:
                 raise RegistryError(f"{verdict} cannot be read as JSON ({e}); fix or remove it") from None
+    if isinstance(url, Engine):
+        return RouterRegistry(url).record(version, Path(folder).expanduser().resolve(), "promote", by, evidence)
     with RouterRegistry.from_url(url) as registry:
         return registry.record(version, Path(folder).expanduser().resolve(), "promote", by, evidence)
 

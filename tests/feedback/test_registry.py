@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import inspect
 
 from neural_router.feedback.registry import (NoPreviousRouterError, RegistryError, RouterRegistry,
-                                             folder_version)
+                                             folder_version, promote_folder, rollback_registry)
 from neural_router.feedback.store import FeedbackStore, StoreUnavailableError
 
 
@@ -124,3 +124,23 @@ def test_folder_version(tmp_path: Path) -> None:
         folder_version(d)
     (d / "router_config.json").write_text(json.dumps({"version": "abc123", "models": ["a"]}))
     assert folder_version(d) == "abc123"
+
+
+def test_promote_folder_reads_version_and_verdict(tmp_path: Path) -> None:
+    d = tmp_path / "routers" / "v7"
+    d.mkdir(parents=True)
+    (d / "router_config.json").write_text(json.dumps({"version": "v7"}))
+    (d / "promotion.json").write_text(json.dumps({"promote": True, "reason": "dm gain 0.02"}))
+    url = tmp_path / "feedback.db"
+    entry = promote_folder(d, url, "update")
+    assert (entry.version, entry.folder, entry.action) == ("v7", str(d.resolve()), "promote")
+    assert entry.evidence == {"promotion": {"promote": True, "reason": "dm gain 0.02"}}
+    with FeedbackStore.from_url(url) as store:    # an open store's engine works too, and stays open
+        again = promote_folder(d, store.engine, "update", evidence={"note": "again"})
+        assert again.evidence == {"note": "again"} and again.id == entry.id + 1
+        assert "decisions" in inspect(store.engine).get_table_names()
+    with pytest.raises(NoPreviousRouterError):
+        rollback_registry(url, "ops")
+    (d / "promotion.json").write_text("{broken")
+    with pytest.raises(RegistryError, match="promotion.json cannot be read"):
+        promote_folder(d, url, "update")
