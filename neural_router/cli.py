@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from neural_router.cli_options import add_model_options, given_options, number_in, positive_int  # noqa: F401
+from neural_router.cli_options import add_model_options, given_options, positive_int
 
 
 def _add_prefs(p: argparse.ArgumentParser) -> None:
