@@ -11,7 +11,8 @@ observed costs take precedence over the profile.
 
 Precision (which file of an exported folder runs): ``fp32`` ``router.onnx``, ``int8``
 ``router.int8.onnx``, ``fp16`` ``router.fp16.onnx``; ``auto`` is what the export recorded as the
-default for the device (see :func:`recorded_default`). A trained (PyTorch) folder runs fp32.
+default for the device (see :func:`recorded_default`). A trained (PyTorch) folder runs fp32, fp16
+or ``bf16`` (``torch_runtime``: ``auto`` is fp16 on CUDA, fp32 on the CPU); int8 is an export's only.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ ONNX_FP16_FILE = "router.fp16.onnx"  # for CUDA; written by `neural-router expor
 EXPORT_REPORT = "export_report.json"  # parity, sizes and the recorded default precisions of an export
 TORCH_FILE = "model.safetensors"
 
-Precision = Literal["auto", "fp32", "int8", "fp16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "int8", "fp16")
+Precision = Literal["auto", "fp32", "int8", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "int8", "fp16", "bf16")  # bf16: trained (PyTorch) folders only
 PRECISION_FILES = {"fp32": ONNX_FILE, "int8": ONNX_INT8_FILE, "fp16": ONNX_FP16_FILE}
 
 
@@ -207,45 +208,52 @@ class _Base:
 
 
 class TorchPredictor(_Base):
-    """Runs the trained PyTorch model (a folder written by ``neural-router train``)."""
+    """Runs the trained PyTorch model (a folder written by ``neural-router train``).
 
-    def __init__(self, model, tokenizer, pool: ModelPool, device: str = "cpu"):
+    ``device`` (``auto``/``cuda``/``cpu``) and ``precision`` (``auto``/``fp32``/``fp16``/``bf16``) as
+    :mod:`neural_router.inference.torch_runtime` resolves them: ``cuda`` without CUDA is a
+    ``DeviceUnavailable`` error, ``auto`` precision is fp16 on CUDA and fp32 on the CPU; the encoder
+    runs SDPA attention in that precision, pooling and heads in fp32. ``provider`` is
+    ``torch-cuda`` or ``torch-cpu``, ``precision`` the one in force."""
+
+    def __init__(self, model, tokenizer, pool: ModelPool, device: str = "cpu", precision: str = "fp32"):
         import torch
 
-        self.model = model.eval().to(device)
+        from neural_router.inference import torch_runtime as rt
+
+        device = rt.resolve_device(device)
+        self.precision = rt.resolve_precision(precision, device)
+        self.model = rt.prepare(model, device, self.precision)
         self.rc, self.tokenizer, self.pool, self.device = model.config, tokenizer, pool, device
         self.provider = f"torch-{device}"
         self.model_file = TORCH_FILE
-        self.precision = "fp32"
+        self.batch_size = rt.batch_size_for(device)
         self._torch = torch
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "auto",
-                        pool: ModelPool | None = None) -> "TorchPredictor":
-        import torch
-
+                        pool: ModelPool | None = None, precision: str = "auto") -> "TorchPredictor":
+        from neural_router.inference import torch_runtime as rt
         from neural_router.modeling.model import RouterModel
 
         d = Path(directory)
         rc, pool, tok = _read_common(d, pool)
         require_trained_folder(d)
+        dev = rt.resolve_device(device)  # before loading the weights: a clear error, soon
         try:
             model = RouterModel.from_pretrained(d)
         except Exception as e:  # noqa: BLE001
             raise RouterLoadError(f"{d}: could not load the model weights: {e}") from None
-        dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-        if device == "cuda" and dev == "cpu":
-            log.warning("CUDA requested but not available: running the PyTorch router on CPU")
-        return cls(model, tok, pool, dev)
+        return cls(model, tok, pool, dev, precision)
 
     def _run(self, input_ids, attention_mask, feats):
+        from neural_router.inference.torch_runtime import forward
         from neural_router.modeling.model import to_outputs
 
         t = self._torch
         with t.inference_mode():
-            raw = self.model(t.from_numpy(input_ids).to(self.device),
-                             t.from_numpy(attention_mask).to(self.device),
-                             t.from_numpy(feats).to(self.device))
+            raw = forward(self.model, t.from_numpy(input_ids).to(self.device),
+                          t.from_numpy(attention_mask).to(self.device), t.from_numpy(feats).to(self.device))
         o = to_outputs(raw)
         return o["quality"], o["out_tokens"], o["latency"]
 
@@ -323,6 +331,9 @@ class OnnxPredictor(_Base):
     def _open(d: Path, precision: str, so, providers: list[str]):
         import onnxruntime as ort
 
+        if precision not in PRECISION_FILES:
+            raise RouterLoadError(f"{d} is an ONNX export, which runs {', '.join(PRECISION_FILES)}; {precision} "
+                                  "runs on the trained (PyTorch) folder it was exported from")
         path = d / PRECISION_FILES[precision]
         if not path.is_file():
             flag = "" if precision == "fp32" else f" --{precision}"
@@ -367,8 +378,9 @@ def load_predictor(path: str | Path, device: str = "auto", pool: ModelPool | Non
     """An exported folder (``router.onnx``) -> OnnxPredictor; a trained folder -> TorchPredictor.
 
     ``precision`` picks the exported file (see :class:`OnnxPredictor`; ``int8=True`` is
-    ``precision="int8"``); a trained folder runs fp32, and asking it for int8 or fp16 is a
-    :class:`RouterLoadError` naming the export to run. ``max_length`` caps the prompt tokens kept
+    ``precision="int8"``); a trained folder runs fp32, fp16 or bf16 on ``device`` (see
+    :class:`TorchPredictor`), and asking it for int8 is a :class:`RouterLoadError` naming the export
+    to run. ``max_length`` caps the prompt tokens kept
     (head + tail); it never exceeds what the router was trained with.
     """
     d = Path(path)
@@ -378,11 +390,11 @@ def load_predictor(path: str | Path, device: str = "auto", pool: ModelPool | Non
     exported = (d / ONNX_FILE).is_file() or (wanted in PRECISION_FILES and (d / PRECISION_FILES[wanted]).is_file())
     if exported:
         pred = OnnxPredictor(d, device, pool, threads=threads, precision=wanted)
-    elif wanted in ("int8", "fp16") and (d / TORCH_FILE).is_file():
-        raise RouterLoadError(f"{d} is a trained router folder, which runs fp32; for {wanted}, export it with "
-                              f"`neural-router export --router {d} --output DIR --{wanted}` and use DIR")
+    elif wanted == "int8" and (d / TORCH_FILE).is_file():
+        raise RouterLoadError(f"{d} is a trained router folder, which runs fp32, fp16 or bf16; for int8, export "
+                              f"it with `neural-router export --router {d} --output DIR --int8` and use DIR")
     else:
-        pred = TorchPredictor.from_pretrained(d, device, pool)
+        pred = TorchPredictor.from_pretrained(d, device, pool, precision=wanted)
     if max_length is not None:
         if max_length < pred.rc.head_tokens + 8:
             raise ValueError(f"max_length {max_length} is too small (head_tokens is {pred.rc.head_tokens})")
