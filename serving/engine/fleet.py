@@ -174,8 +174,10 @@ class FleetWatcher:
         try:
             entry = await asyncio.to_thread(self.registry.current)
         except Exception as e:  # noqa: BLE001 - database down, network...: keep serving, say why
-            log.warning("fleet: cannot read the router registry: %s", _reason(e))
-            self._note("registry_error", last_error=f"cannot read the router registry: {_reason(e)}")
+            why = f"cannot read the router registry: {_reason(e)}"
+            if why != self._status.last_error:   # logged once per outage, not at every poll
+                log.warning("fleet: %s; router %s keeps serving", why, self.service.state.version)
+            self._note("registry_error", last_error=why)
             return
         seen = {"last_check": _now(), "registry_version": entry.version if entry else None,
                 "registry_entry": entry.id if entry else None}
