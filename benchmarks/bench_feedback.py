@@ -20,11 +20,11 @@ Methods:
 * ``static``: no updates (the initial router throughout);
 * ``naive``: greedy routing (propensity 1) and retraining on the logs without importance weights;
 * ``ips``: exploration (``--exploration``: epsilon-greedy or Thompson sampling, from
-  ``neural_router.exploration``) with logged propensities, and the update with clipped
+  ``neural_router.policy.exploration``) with logged propensities, and the update with clipped
   inverse-propensity weights, self-normalised as ``neural-router update`` does by default
   (``--raw-weights``: the raw clipped weights), which refits only the quality head on the frozen
-  trunk (``--head-refit K``, default 30 as in ``neural-router update``; ``off`` = fine-tune and keep
-  half of each update's change, ``--interpolate``, as every replay before the refit did);
+  trunk (``--head-refit K``, default as in ``neural-router update``; ``off`` = fine-tune and keep
+  half of each update's change, ``--interpolate``);
   With ``--exploration thompson --thompson-evidence K`` the Thompson draws of each model are as wide
   as the serving router's evidence for it says (``ExplorationConfig.thompson_evidence_half``);
 * ``ips_thompson`` (via ``--methods``): the same with Thompson sampling whatever ``--exploration``;
@@ -50,8 +50,9 @@ the cold-start prior, and the exploring methods boost it (``ExplorationConfig.bo
 only where the prior beats every other prediction (``--no-boost``: no boost branch; the new model
 gets traffic only from the exploration policy itself). The exploring methods' updates rewrite NAME's
 quality head as a mixture of the known models' heads fitted to its outcomes, with a prior at their
-average as strong as P outcomes (``--head-transfer P``, default 20 as in ``run_update``; 0 = off,
-which is how the replays run before it became the default reproduce).
+average as strong as P outcomes (``--head-transfer P``, default as in ``run_update``; 0 = off).
+The update options (``--clip``, ``--promote-on``, ``--head-refit``, ...) are ``neural-router update``'s,
+with its defaults (:class:`neural_router.training.config.UpdateConfig`).
 With ``--max-shift S`` the exploring methods' updates are scaled back toward the router they
 fine-tuned from until at most S of the logged traffic moves to another model (``run_update(max_shift=)``,
 a trust region on the policy; off by default).
@@ -60,8 +61,8 @@ predicted quality lowered by K standard errors of their router's evidence for it
 (``neural_router.policy.pessimistic_quality``; the round-0 row stays the initial router's own).
 Utility and AIQ are computed over the models each router can route to.
 The default sizes (150 initial prompts, 300 per round, 450 evaluation prompts) leave little to learn
-after round 1: the full-information router's mean utility gains under 0.01 after round 1 there (README).
-``--init 50 --per-round 100 --eval 1500`` (the "small-slice" replay in the README) starts from a
+after round 1 (benchmarks/FEEDBACK.md).
+``--init 50 --per-round 100 --eval 1500`` (the "small-slice" replay) starts from a
 weaker router, so learning goes on for all five rounds, and scores every router on 3.3x as many
 evaluation prompts.
 Writes ``bench_feedback.json`` and ``bench_feedback.png``.
@@ -441,8 +442,8 @@ def base_settings(args) -> UpdateConfig:
     """The update settings every method starts from: neural-router update's defaults with the
     replay's options (``--holdout``, ``--n-boot``, ``--log-val``, ``--raw-weights``, the update
     group) and its fixed preferences (``--cost-weight``)."""
-    return UpdateConfig(**given_options(args, UpdateConfig), holdout_fraction=args.holdout, n_boot=args.n_boot,
-                        log_val_fraction=args.log_val, normalize_weights=not args.raw_weights,
+    return UpdateConfig(**given_options(args, UpdateConfig, UPDATE_OPTIONS), holdout_fraction=args.holdout,
+                        n_boot=args.n_boot, log_val_fraction=args.log_val, normalize_weights=not args.raw_weights,
                         quality_weight=1.0, cost_weight=args.cost_weight, latency_weight=0.0)
 
 
