@@ -543,9 +543,24 @@ def _draw_single_models(ax: Any, single_points: Mapping[str, tuple[float, float]
     ax.scatter(cs, qs, marker="*", s=80, color="black", zorder=6, label="single models")
     hc, hq = convex_hull_nondecreasing(cs, qs)
     ax.plot(hc, hq, ":", color="black", lw=1, zorder=1, label="single models (hull)")
-    for label, c, q in pts:
-        ax.annotate(label.rsplit("/", 1)[-1], (c, q), textcoords="offset points", xytext=(4, -9), fontsize=7,
-                    color="0.25")
+    _label_points(ax, [(lab.rsplit("/", 1)[-1], c, q) for lab, c, q in pts], np.log10(cs), qs)
+
+
+def _label_points(ax: Any, pts: list[tuple[str, float, float]], x: FloatArray, y: FloatArray) -> None:
+    """Label each point beside it, on the first side (below-right, above-right, below-left,
+    above-left) whose spot no earlier label took, so that neighbouring points' labels do not overlap;
+    ``x``/``y`` are the points' plotted positions (log cost, quality) that nearness is judged in."""
+    span_x, span_y = max(float(np.ptp(x)), 1e-9), max(float(np.ptp(y)), 1e-9)
+    sides = [((4, -9), "left"), ((4, 4), "left"), ((-4, -9), "right"), ((-4, 4), "right")]
+    taken: list[tuple[float, float, int]] = []
+    for i in np.argsort(x):
+        near = {side for tx, ty, side in taken
+                if abs(tx - x[i]) / span_x < 0.12 and abs(ty - y[i]) / span_y < 0.05}
+        side = next((k for k in range(len(sides)) if k not in near), 0)
+        taken.append((float(x[i]), float(y[i]), side))
+        (dx, dy), ha = sides[side]
+        label, c, q = pts[i]
+        ax.annotate(label, (c, q), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7, color="0.25")
 
 
 def plot_cost_quality(curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
@@ -571,7 +586,7 @@ def plot_cost_quality(curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     if curves or single_points:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

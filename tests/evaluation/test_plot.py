@@ -24,7 +24,12 @@ def test_plot_draws_the_router_solid_baselines_dashed_and_single_models(tmp_path
     assert labels == ["router", "knn", "single models", "single models (hull)"]
     styles = {line.get_label(): (line.get_linestyle(), line.get_linewidth()) for line in ax.get_lines()}
     assert styles["router"][0] == "-" and styles["knn"][0] == "--" and styles["router"][1] > styles["knn"][1]
-    assert [t.get_text() for t in ax.texts] == ["big", "small"]   # org/ prefix dropped, unpriced left out
+    assert sorted(t.get_text() for t in ax.texts) == ["big", "small"]   # org/ prefix dropped, unpriced left out
+    # two models at nearly the same point: their labels go to different sides
+    ax = Figure().add_subplot(1, 1, 1)
+    M._draw_single_models(ax, {"a": (1e-3, 0.70), "b": (1.05e-3, 0.705), "far": (1e-1, 0.2)})
+    offsets = {t.get_text(): (tuple(t.xyann), t.get_horizontalalignment()) for t in ax.texts}
+    assert offsets["a"] != offsets["b"] and offsets["far"] == offsets["a"]
     path = M.plot_cost_quality({"router": (c, np.linspace(0.5, 0.9, 20))}, {"a": (1e-3, 0.7)}, tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
