@@ -199,6 +199,10 @@ class UpdateConfig(BaseModel):
         "calibrate the promotion check's reward model on the logs the update trained on: each model's "
         "predicted quality moves by its mean residual there, shrunk by K pseudo-requests (off = "
         "uncalibrated)"), json_schema_extra=_off(metavar="K"))
+    publish: bool = Field(default=False, description=(
+        "when the verdict is promote, record the new folder in the store's router registry, so that every "
+        "replica polling that store serves it (it is a PyTorch folder; to serve ONNX, export it and "
+        "record the export with `neural-router promote` instead)"))
     n_boot: int = Field(default=1000, ge=0, description="bootstrap replicates of the promotion check",
                         json_schema_extra={"cli": False})
     alpha: float = Field(default=0.05, gt=0, lt=1, description="CI level: 1 - alpha",

@@ -198,3 +198,20 @@ def test_run_update_refuses_bad_settings_before_any_work(tiny_trained_dir, tmp_p
     with pytest.raises(ValueError, match=message):
         run_update(tiny_trained_dir, tmp_path / "empty.db", tmp_path / "out", **kw)
     assert not (tmp_path / "out").exists()
+
+
+def test_publish_records_only_a_promoted_update_in_the_registry(chain, first, tmp_path):
+    """--publish: a promoted update becomes the registry's current router; a refused one does not."""
+    from neural_router.feedback.registry import RouterRegistry
+
+    refused = run_update(first[1], chain["url"], tmp_path / "a", min_improvement=1e9, n_boot=50, publish=True)
+    assert not refused["promote"]
+    with RouterRegistry.from_url(chain["url"]) as registry:
+        assert registry.current() is None
+    res = run_update(first[1], chain["url"], tmp_path / "b", min_improvement=-1e9, n_boot=50, publish=True)
+    assert res["promote"]
+    with RouterRegistry.from_url(chain["url"]) as registry:
+        entry = registry.current()
+    assert entry.version == res["version"] and entry.action == "promote"
+    assert Path(entry.folder) == Path(res["router_dir"]).resolve() and entry.promoted_by == "neural-router update"
+    assert entry.evidence["promotion"]["promote"] is True

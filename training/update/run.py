@@ -279,11 +279,23 @@ def run_update(router_dir: str | Path, feedback_url: str | Path | FeedbackStore,
                "update": update_info(uc, feedback_url, split, orig, steps, new_models, row_a, train.models,
                                      trust_region)}
     save_router_folder(out, model, tok, pool, metrics, {"promotion.json": promotion})
+    if uc.publish and promotion["promote"]:
+        register_promotion(out, feedback_url)
     log.info("update: new router %s in %s; promote=%s (%s)", version, out, promotion["promote"], promotion["reason"])
     return {"router_dir": str(out), "version": version, "parent_version": parent.model.config.version,
             "promote": promotion["promote"], "promotion": promotion, "n_logged": len(split.logs),
             **counts(split, orig), "new_models": new_models, "history": history, "trust_region": trust_region,
             "minutes": (time.time() - t0) / 60}
+
+
+def register_promotion(folder: Path, feedback_url: str | Path | FeedbackStore) -> None:
+    """Record a promoted ``folder`` in the router registry of the store the update read, with its
+    promotion.json as evidence (:func:`~neural_router.feedback.registry.promote_folder`)."""
+    from neural_router.feedback.registry import promote_folder
+
+    target = feedback_url.engine if isinstance(feedback_url, FeedbackStore) else feedback_url
+    entry = promote_folder(folder, target, "neural-router update")
+    log.info("update: registered router %s (%s) for every replica of the store", entry.version, folder)
 
 
 def counts(split: LoggedSplit, orig: OriginalData) -> dict[str, int]:
