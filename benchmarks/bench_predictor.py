@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 import numpy as np  # noqa: E402
-from neural_router.cli import positive_int  # noqa: E402
+from neural_router.cli_options import positive_int  # noqa: E402
 
 
 def make_router(out: Path, encoder_config=None) -> Path:

@@ -20,7 +20,7 @@ def test_pool_errors_name_the_model_the_field_and_the_value(tmp_path):
 
 
 def test_training_config_errors_list_every_bad_key(tmp_path):
-    from neural_router.training.train import load_train_config
+    from neural_router.training.config import load_train_config
 
     f = tmp_path / "train.yaml"
     f.write_text("epochs: -3\ndata:\n  val_fraction: 2\nbogus: 1\n")
