@@ -116,10 +116,22 @@ def environment() -> dict[str, Any]:
         env.update(onnxruntime=ort.__version__, ort_providers=ort.get_available_providers())
     except ImportError as e:
         env["onnxruntime"] = f"not importable: {e}"
-    import accelerate
-
-    env["accelerate"] = accelerate.__version__
+    env["packages"] = package_versions(("accelerate", "pyarrow", "datasets", "huggingface_hub", "fsspec", "pydantic",
+                                        "fastapi", "uvicorn", "sqlalchemy", "safetensors", "tokenizers"))
     return env
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """{module: its version, or why it does not import}: what the phases will find."""
+    import importlib
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = str(getattr(importlib.import_module(name), "__version__", "?"))
+        except Exception as e:  # noqa: BLE001 - any import failure is a finding
+            found[name] = f"not importable: {type(e).__name__}: {str(e)[:200]}"
+    return found
 
 
 def fp32_encoder(src: Path, dst: Path) -> dict[str, Any]:

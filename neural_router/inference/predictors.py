@@ -12,7 +12,7 @@ observed costs take precedence over the profile.
 Precision (which file of an exported folder runs): ``fp32`` ``router.onnx``, ``int8``
 ``router.int8.onnx``, ``fp16`` ``router.fp16.onnx``; ``auto`` is what the export recorded as the
 default for the device (see :func:`recorded_default`). A trained (PyTorch) folder runs fp32, fp16
-or ``bf16`` (``torch_runtime``: ``auto`` is fp16 on CUDA, fp32 on the CPU); int8 is an export's only.
+or ``bf16`` (``torch_runtime``; ``auto`` is fp32); int8 is an export's only.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ class TorchPredictor(_Base):
 
     ``device`` (``auto``/``cuda``/``cpu``) and ``precision`` (``auto``/``fp32``/``fp16``/``bf16``) as
     :mod:`neural_router.inference.torch_runtime` resolves them: ``cuda`` without CUDA is a
-    ``DeviceUnavailable`` error, ``auto`` precision is fp16 on CUDA and fp32 on the CPU; the encoder
+    ``DeviceUnavailable`` error, ``auto`` precision is fp32; the encoder
     runs SDPA attention in that precision, pooling and heads in fp32. ``provider`` is
     ``torch-cuda`` or ``torch-cpu``, ``precision`` the one in force."""
 

@@ -5,8 +5,10 @@ Device (:func:`resolve_device`): ``auto`` is CUDA when PyTorch sees a CUDA devic
 ``cuda`` where PyTorch sees none is :class:`DeviceUnavailable` (a ValueError saying what to do),
 never a silent fall-back; ``cpu`` is the CPU.
 
-Precision (:func:`resolve_precision`): ``fp32``, ``fp16`` or ``bf16``; ``auto`` is fp16 on CUDA
-and fp32 on the CPU (the CPU has no fast fp16 kernels). ``int8`` is an ONNX export's precision:
+Precision (:func:`resolve_precision`): ``fp32``, ``fp16`` or ``bf16``, chosen by the deployment;
+``auto`` is fp32 on either device, as the folder was trained: a lower precision becomes a default
+only once it is shown to decide like fp32 (``benchmarks/gpu_check.py`` measures that on a GPU, as
+``export --int8`` does for int8 on the CPU). ``int8`` is an ONNX export's precision:
 asking a trained folder for it is a ValueError naming the export. A low precision casts the
 encoder only (its weights and activations: half the memory, the GPU's tensor cores); the mean
 pooling and the heads run in fp32 on the encoder's output cast up (:func:`forward`), so that the
@@ -77,16 +79,15 @@ def resolve_device(device: str) -> str:
 
 def resolve_precision(precision: str, device: str) -> str:
     """``auto`` | ``fp32`` | ``fp16`` | ``bf16`` on the resolved ``device`` -> ``fp32``, ``fp16`` or
-    ``bf16`` (``auto``: fp16 on CUDA, fp32 on the CPU). ValueError for ``int8`` (an ONNX export's)
+    ``bf16`` (``auto``: fp32, see the module docstring; ``device`` is where it will run, so that
+    a measured default per device can be added here). ValueError for ``int8`` (an ONNX export's)
     or an unknown name."""
     if precision == "int8":
         raise ValueError("a trained (PyTorch) router runs fp32, fp16 or bf16; int8 is an ONNX export's "
                          "precision: run `neural-router export --int8` and serve the export")
     if precision not in TORCH_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(TORCH_PRECISIONS)}, not {precision!r}")
-    if precision == "auto":
-        return "fp16" if device == "cuda" else "fp32"
-    return precision
+    return "fp32" if precision == "auto" else precision
 
 
 def batch_size_for(device: str) -> int:

@@ -38,8 +38,9 @@ def test_cuda_without_cuda_is_a_clear_error(no_cuda):
         rt.resolve_device("gpu")
 
 
-def test_precision_auto_is_fp16_on_cuda_and_fp32_on_the_cpu():
-    assert rt.resolve_precision("auto", "cuda") == "fp16" and rt.resolve_precision("auto", "cpu") == "fp32"
+def test_precision_auto_is_fp32_until_a_lower_one_is_shown_to_decide_alike():
+    assert rt.resolve_precision("auto", "cuda") == "fp32" and rt.resolve_precision("auto", "cpu") == "fp32"
+    assert rt.resolve_precision("fp16", "cuda") == "fp16"
     assert rt.resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="int8 is an ONNX export's precision: run `neural-router export --int8`"):
         rt.resolve_precision("int8", "cpu")
