@@ -56,13 +56,13 @@ class Router:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "auto", int8: bool = False,
-                        pool: ModelPool | None = None) -> "Router":
+                        pool: ModelPool | None = None, precision: str = "auto") -> "Router":
         """Load a trained (PyTorch) or exported (ONNX) router folder; the arguments and errors are
         those of :func:`neural_router.inference.predictors.load_predictor`, imported here so that
         importing this module does not import torch."""
         from neural_router.inference.predictors import load_predictor
 
-        return cls(load_predictor(directory, device=device, pool=pool, int8=int8))
+        return cls(load_predictor(directory, device=device, pool=pool, int8=int8, precision=precision))
 
     @property
     def models(self) -> list[str]:

@@ -140,3 +140,12 @@ def test_eval_evaluates_the_file_predict_runs_and_names_other_precisions(tiny_ro
                                    "model_file": "router.int8.onnx"}
     alias = tmp_path / "alias"
     assert (alias / "eval_report.int8.json").is_file() and (alias / "cost_quality.int8.png").is_file()
+
+
+def test_router_facade_takes_the_precision(tiny_router_dir, tmp_path):
+    from neural_router import Router
+
+    int8_default = with_cpu_default(tiny_router_dir, tmp_path / "int8", "int8")
+    assert Router.from_pretrained(int8_default, device="cpu").predictor.model_file == "router.int8.onnx"
+    assert Router.from_pretrained(int8_default, device="cpu", precision="fp32").predictor.model_file == "router.onnx"
+    assert Router.from_pretrained(tiny_router_dir, device="cpu", int8=True).predictor.precision == "int8"
