@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -12,11 +13,13 @@ from neural_router.cli_options import add_model_options, given_options, positive
 
 
 def _add_prefs(p: argparse.ArgumentParser) -> None:
+    """Preference weights (defaults: :class:`~neural_router.policy.routing.Preferences`'s) and limits."""
+    from neural_router.policy.routing import Preferences
+
     g = p.add_argument_group("preferences and constraints")
-    g.add_argument("--quality-weight", type=float, default=1.0)
-    g.add_argument("--cost-weight", type=float, default=0.0,
-                   help="0.5 = give up 0.5 quality to go from the most expensive candidate to a free one")
-    g.add_argument("--latency-weight", type=float, default=0.0)
+    for f in dataclasses.fields(Preferences):
+        g.add_argument(f"--{f.name.replace('_', '-')}", type=float, default=f.default,
+                       help=f"(default %(default)s; weights are in units of quality{WEIGHT_HELP.get(f.name, '')})")
     g.add_argument("--min-quality", type=float)
     g.add_argument("--max-cost-usd", type=float)
     g.add_argument("--max-latency-ms", type=float)
@@ -26,11 +29,17 @@ def _add_prefs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image", action="store_true", help="the request carries an image")
 
 
+WEIGHT_HELP = {"cost_weight": ": 0.5 = give up 0.5 quality to go from the most expensive candidate to a free one"}
+
+
 def _add_precision(p: argparse.ArgumentParser, verb: str) -> None:
     """``--precision`` and its alias ``--int8``, for commands that load an exported router."""
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "fp16"],
+    from neural_router.inference.predictors import PRECISIONS
+
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help=f"which exported model to {verb}: auto = the export's default for the device (int8 on "
-                        "CPU only when the export showed it decides like fp32; fp16 on CUDA when exported)")
+                        "CPU only when the export showed it decides like fp32; fp16 on CUDA when exported); a trained "
+                        "(PyTorch) folder runs fp32, fp16 or bf16")
     p.add_argument("--int8", action="store_true", help="the same as --precision int8")
 
 
@@ -51,14 +60,9 @@ def port_number(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from neural_router.training.config import TRAIN_FLAGS, TrainConfig, add_update_arguments
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from neural_router.training.config import TRAIN_FLAGS, TrainConfig
 
-    ap = argparse.ArgumentParser(prog="neural-router", description=__doc__)
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="fine-tune a router on labeled data")
     p.add_argument("--data", action="append", required=True, help="file, folder or hub id (repeatable)")
     p.add_argument("--output", required=True)
     p.add_argument("--config", help="training YAML overriding the defaults (configs/train.yaml lists them)")
@@ -66,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p, TrainConfig, only=TRAIN_FLAGS)
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation written into the model card")
 
-    p = sub.add_parser("eval", help="evaluate a router and the baselines on the validation split")
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", required=True)
     p.add_argument("--data", action="append", help="default: the data the router was trained on")
     p.add_argument("--output", help="report folder (default: the router folder)")
@@ -75,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", action="append", default=[], help="STRONG,WEAK two-model check (repeatable)")
     _add_precision(p, "evaluate")
 
-    p = sub.add_parser("export", help="export a trained router to ONNX")
+
+def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--int8", action="store_true",
@@ -86,21 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-optimize", action="store_true",
                    help="write the plain traced graph, without ONNX Runtime's transformer fusions (contrib ops)")
 
-    p = sub.add_parser("predict", help="per-model predictions for a JSONL file of prompts")
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", required=True)
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     _add_precision(p, "run")
 
-    p = sub.add_parser("route", help="route one prompt and print the decision")
+
+def _route_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", required=True)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_prefs(p)
 
-    p = sub.add_parser("score", help="score logged responses with a scorer; optionally record them as feedback")
+
+def _score_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True,
                    help='JSONL lines {"prompt", "response", "reference"?, "request_id"?, "model"?, "latency_ms"?, "cost_usd"?}')
     p.add_argument("--scorer", required=True,
@@ -112,28 +121,60 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many responses the scorer could not score (default 10; "
                         "the scores before are kept)")
 
-    p = sub.add_parser("update", help="fine-tune a router from logged outcomes, with off-policy promotion check")
+
+def _update_options(p: argparse.ArgumentParser) -> None:
+    from neural_router.training.config import add_update_arguments
+
     add_update_arguments(p)
 
-    p = sub.add_parser("serve", help="run the router microservice")
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", required=True)
     p.add_argument("--host", help="default from the config: 127.0.0.1")
     p.add_argument("--port", type=port_number, help="default from the config: 8000")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="default from the config: auto")
+    p.add_argument("--device", choices=DEVICES, help="default from the config: auto")
     p.add_argument("--config", help="serving YAML (default: built-in settings, same as configs/serve.yaml)")
 
-    p = sub.add_parser("demo", help="train, evaluate, export and route sample prompts")
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", required=True)
     p.add_argument("--output", required=True)
 
-    p = sub.add_parser("promote", help="make a router folder the one every replica serves (router registry)")
+
+def _promote_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", required=True, help="router folder, at the path the replicas see it")
     p.add_argument("--store", required=True, help="the replicas' feedback store URL (feedback_url)")
     p.add_argument("--by", default=_user(), help="who promotes (default: the login name)")
 
-    p = sub.add_parser("rollback", help="make every replica serve the router before the current one again")
+
+def _rollback_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, help="the replicas' feedback store URL (feedback_url)")
     p.add_argument("--by", default=_user(), help="who rolls back (default: the login name)")
+
+
+DEVICES = ["auto", "cuda", "cpu"]
+SUBCOMMANDS = {   # name -> (help, options)
+    "train": ("fine-tune a router on labeled data", _train_options),
+    "eval": ("evaluate a router and the baselines on the validation split", _eval_options),
+    "export": ("export a trained router to ONNX", _export_options),
+    "predict": ("per-model predictions for a JSONL file of prompts", _predict_options),
+    "route": ("route one prompt and print the decision", _route_options),
+    "score": ("score logged responses with a scorer; optionally record them as feedback", _score_options),
+    "update": ("fine-tune a router from logged outcomes, with off-policy promotion check", _update_options),
+    "serve": ("run the router microservice", _serve_options),
+    "demo": ("train, evaluate, export and route sample prompts", _demo_options),
+    "promote": ("make a router folder the one every replica serves (router registry)", _promote_options),
+    "rollback": ("make every replica serve the router before the current one again", _rollback_options),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; building it imports no torch (the training options are pydantic only)."""
+    ap = argparse.ArgumentParser(prog="neural-router", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_options) in SUBCOMMANDS.items():
+        add_options(sub.add_parser(name, help=help_text))
     return ap
 
 
@@ -190,51 +231,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-def read_jsonl_records(path: str, required: str, nonempty: bool = False) -> list[tuple[int, dict]]:
-    """(line number, record) for each non-empty line of a JSONL file; each must be an object with a
-    string ``required`` (not blank with ``nonempty``). The whole file is checked before anything is
-    done with it, and every bad line is reported in one error (the first few named, the rest counted)."""
-    from neural_router.validation import Problems, json_lines
-
-    records, problems = [], Problems()
-    if Path(path).is_dir():
-        raise ValueError(f"input {path} is a folder; give a JSONL file (one JSON object per line)")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"input file {path} does not exist (expected JSONL: one JSON object per line)")
-    with open(path, encoding="utf-8") as f:
-        for n, rec, problem in json_lines(f):
-            if rec is not None and not isinstance(rec.get(required), str):
-                problem = f"expected an object with a string {required!r}"
-            elif rec is not None and nonempty and not rec[required].strip():
-                problem = f"{required!r} is empty"
-            if problem:
-                problems.add(f"line {n}: {problem}")
-            else:
-                records.append((n, rec))
-    if problems:
-        raise ValueError(f"{path}: {problems.count} bad line(s), nothing was processed:\n{problems.lines()}\n"
-                         f"Each line must be a JSON object such as {{\"id\": 1, \"{required}\": \"...\"}}")
-    return records
-
-
-def read_jsonl(path: str) -> tuple[list, list[str]]:
-    records = read_jsonl_records(path, "prompt", nonempty=True)
-    return [rec.get("id", n) for n, rec in records], [rec["prompt"] for _, rec in records]
-
-
 PREDICT_CHUNK = 2048  # prompts predicted and written at a time: a long file shows progress and keeps
                      # every finished chunk if the run is interrupted
-
-
-def open_output(path: str):
-    """Open an output file for writing, creating its folder (as ``predict`` and ``score`` both do); a
-    path that cannot be written (a folder, no permission) is a clear error, not a traceback."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "w", encoding="utf-8")
-    except OSError as e:
-        raise ValueError(f"--output {path}: cannot write it ({e.strerror}); give a file path in a "
-                         "writable folder") from None
 
 
 def cmd_predict(args) -> int:
@@ -242,7 +240,9 @@ def cmd_predict(args) -> int:
 
     from neural_router.inference.predictors import load_predictor
 
-    ids, prompts = read_jsonl(args.input)
+    from neural_router.jsonl import open_output, read_prompts
+
+    ids, prompts = read_prompts(args.input)
     pred = load_predictor(args.router, device=args.device,  # before the output is truncated
                           precision=chosen_precision(args))
     with open_output(args.output) as f, \
@@ -290,68 +290,53 @@ def cmd_route(args) -> int:
     return 0
 
 
-def cmd_score(args) -> int:
-    """Score each response and, as soon as it is scored, write it to ``--output`` and attach it to its
-    request in ``--feedback``. The input, the scorer, the output path and the store are all checked
-    before the first (possibly expensive) score, and a failure part way keeps every score before it."""
-    from contextlib import ExitStack
+def _scorer_spec(text: str):
+    """``--scorer``: a JSON object spec, or a type name / module:function as given."""
+    spec = text.strip()
+    if not spec.startswith("{"):
+        return spec
+    try:
+        return json.loads(spec)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--scorer {text!r} is not valid JSON ({e.msg}); give e.g. "
+                         "'{\"type\": \"numeric\"}', a type name such as numeric, or module:function") from None
 
-    from neural_router.feedback.store import FeedbackError, FeedbackStore
-    from neural_router.feedback.scoring import ScoringError, load_scorer
 
-    spec = args.scorer.strip()
-    if spec.startswith("{"):
-        try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--scorer {args.scorer!r} is not valid JSON ({e.msg}); give e.g. "
-                             "'{\"type\": \"numeric\"}', a type name such as numeric, or module:function") from None
-    scorer = load_scorer(spec)   # a JSON spec, a bare type name or module:function
-    records = read_jsonl_records(args.input, "response")
-    scored, recorded, unrecorded, failed = [], 0, 0, 0
-    with ExitStack() as stack:
-        store = stack.enter_context(FeedbackStore.from_url(args.feedback, must_exist=True)) if args.feedback else None
-        out = None
-        if args.output:
-            out = stack.enter_context(open_output(args.output))
-        for n, rec in records:
-            try:
-                rec["score"] = float(scorer.score(rec.get("prompt", ""), rec["response"], rec.get("reference")))
-            except ScoringError as e:
-                failed += 1
-                print(f"{args.input}: line {n}: not scored: {e}", file=sys.stderr)
-                if failed >= args.max_failures:
-                    break
-                continue
-            scored.append(rec)
-            if out is not None:
-                out.write(json.dumps(rec) + "\n")
-                out.flush()
-            if store is not None and rec.get("request_id"):
-                try:
-                    store.add_feedback(rec["request_id"], rec["score"], model=rec.get("model"),
-                                       latency_ms=rec.get("latency_ms"), cost_usd=rec.get("cost_usd"),
-                                       response=rec["response"])
-                    recorded += 1
-                except FeedbackError as e:
-                    unrecorded += 1
-                    print(f"{args.input}: line {n}: request {rec['request_id']}: not recorded: {e}", file=sys.stderr)
-    mean = sum(r["score"] for r in scored) / max(len(scored), 1)
-    print(f"scored {len(scored)} of {len(records)} responses (mean {mean:.3f})"
-          + (f", recorded {recorded} as feedback" if store is not None else ""))
-    if unrecorded:
-        print(f"neural-router score: error: {unrecorded} score(s) were not recorded as feedback (named above); "
+def _score_summary(run, args, with_store: bool) -> int:
+    """Print what a score run did; the exit code: 1 when a score was not made or not recorded."""
+    print(f"scored {len(run.scores)} of {run.total} responses (mean {run.mean:.3f})"
+          + (f", recorded {run.recorded} as feedback" if with_store else ""))
+    if run.unrecorded:
+        print(f"neural-router score: error: {run.unrecorded} score(s) were not recorded as feedback (named above); "
               "check their request_id against the store given with --feedback", file=sys.stderr)
-    if not failed:
-        return 1 if unrecorded else 0
-    stopped = failed >= args.max_failures and len(scored) + failed < len(records)
-    print(f"neural-router score: error: {failed} response(s) could not be scored"
+    if not run.failed:
+        return 1 if run.unrecorded else 0
+    print(f"neural-router score: error: {run.failed} response(s) could not be scored"
           + (f"; stopped after {args.max_failures} failures (--max-failures), "
-             f"{len(records) - len(scored) - failed} line(s) not tried" if stopped else "")
+             f"{run.untried} line(s) not tried" if run.stopped else "")
           + ". Every score above was kept" + (f" in {args.output}" if args.output else "")
-          + ("" if store is None or not recorded else " and the recorded ones in the feedback store")
+          + ("" if not with_store or not run.recorded else " and the recorded ones in the feedback store")
           + "; fix the scorer or those lines and score them again.", file=sys.stderr)
     return 1
+
+
+def cmd_score(args) -> int:
+    """Check the scorer, the input, the store and the output before the first (possibly expensive)
+    score; then score (:func:`~neural_router.feedback.score_file.score_records`)."""
+    from contextlib import ExitStack
+
+    from neural_router.feedback.score_file import score_records
+    from neural_router.feedback.scoring import load_scorer
+    from neural_router.feedback.store import FeedbackStore
+    from neural_router.jsonl import open_output, read_records
+
+    scorer = load_scorer(_scorer_spec(args.scorer))
+    records = read_records(args.input, "response")
+    with ExitStack() as stack:
+        store = stack.enter_context(FeedbackStore.from_url(args.feedback, must_exist=True)) if args.feedback else None
+        out = stack.enter_context(open_output(args.output)) if args.output else None
+        run = score_records(records, scorer, source=args.input, max_failures=args.max_failures, out=out, store=store)
+    return _score_summary(run, args, store is not None)
 
 
 def cmd_update(args) -> int:
