@@ -132,10 +132,11 @@ class ServeSettings(BaseSettings):
     inference_threads: int | None = Field(
         default=None, ge=1, le=256, description="ONNX Runtime intra-op threads; None = its default "
                                                 "(all cores). Fewer threads leave cores to the HTTP side.")
-    precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
+    precision: Literal["auto", "fp32", "int8", "fp16", "bf16"] = Field(
         default="auto", description="Which exported model to serve: auto = the export's default for the device "
                                     "(router.int8.onnx on CPU only when the export showed it decides like fp32, "
-                                    "router.fp16.onnx on CUDA when exported), else router.onnx.")
+                                    "router.fp16.onnx on CUDA when exported), else router.onnx. A trained "
+                                    "(PyTorch) folder serves fp32, fp16 or bf16.")
     int8: bool = Field(default=False, description="true = precision: int8 (the older spelling).")
 
     # dynamic batching
