@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import os
 import sys
@@ -34,6 +33,7 @@ from neural_router.policy.routing import NoEligibleModelError
 from neural_router.serving.api import admin, feedback, proxy, routes
 from neural_router.serving.api.guards import GuardMiddleware
 from neural_router.serving.api.prometheus import MetricsMiddleware
+from neural_router.serving.api.routes import SafeJSONResponse
 from neural_router.serving.api.schemas import validation_issues
 from neural_router.serving.config import ConfigError, ServeSettings, load_settings
 from neural_router.serving.engine.batching import BatcherClosedError, QueueFullError
@@ -46,13 +46,6 @@ from neural_router.serving.engine.service import RouterService, device_info, loa
 __all__ = ["create_app", "serve"]
 
 log = logging.getLogger("serving")
-
-
-class SafeJSONResponse(JSONResponse):
-    """JSON that survives any string a client sent us (lone surrogates are escaped, not encoded)."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 def otel_configured() -> bool:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from neural_router.inference.interface import Predictions
 from neural_router.policy.routing import Constraints, NoEligibleModelError, Preferences
@@ -46,13 +48,35 @@ router = APIRouter()  # needs the API key when one is configured
 health_router = APIRouter()  # /healthz and /readyz: always open (probes)
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON that survives any string a client sent us (lone surrogates are escaped, not encoded)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def model_response(model: BaseModel) -> Response:
+    """``model`` as the JSON body FastAPI would answer for it as the route's response_model, but
+    serialised by pydantic in one step: no second validation, no intermediate dict, no json.dumps
+    (the event loop's time per answer matters under load). A string pydantic cannot encode (a lone
+    surrogate) goes through :class:`SafeJSONResponse` instead. Non-finite floats are written as
+    null (pydantic's JSON)."""
+    try:
+        return Response(type(model).__pydantic_serializer__.to_json(model), media_type="application/json")
+    except PydanticSerializationError:
+        return SafeJSONResponse(model.model_dump(mode="json"))
+
+
 async def get_service(request: Request) -> RouterService:
     """The app's service (async: a sync dependency would cost a thread hop per request)."""
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def _prediction_map(row: Predictions) -> dict[str, ModelPrediction]:
-    return {m: ModelPrediction(**v) for m, v in row.as_dicts()[0].items()}
+def _prediction_map(row: Predictions) -> dict[str, Any]:
+    """``{model: {"quality", "cost_usd", "latency_ms"}}`` of a one-row prediction; the response
+    models validate it into :class:`ModelPrediction` (in pydantic's core: cheaper than building
+    each one here)."""
+    return row.as_dicts()[0]
 
 
 def _prepare(svc: RouterService, req: RouteRequest) -> PreparedPrompt:
@@ -162,7 +186,7 @@ async def get_feedback(request: Request) -> FeedbackLog:
 @router.post("/v1/route", response_model=RouteResponse, responses=ERROR_RESPONSES, tags=["routing"],
              summary="Choose a model for one request")
 async def route_one(body: RouteRequest, svc: RouterService = Depends(get_service),
-                    fb: FeedbackLog = Depends(get_feedback)) -> RouteResponse:
+                    fb: FeedbackLog = Depends(get_feedback)) -> Response:
     """Predict quality, cost and latency of every pool model and pick one under the preferences
     and constraints. Soft constraints nobody meets give the best compromise (``feasible: false``,
     ``violated`` and ``reason`` name them); if no model is eligible at all the answer is 422.
@@ -173,13 +197,13 @@ async def route_one(body: RouteRequest, svc: RouterService = Depends(get_service
     result = (await _route_many(svc, fb, [body]))[0]
     if isinstance(result, Exception):
         raise InputError(str(result)) from None  # 422
-    return result
+    return model_response(result)
 
 
 @router.post("/v1/route/batch", response_model=BatchRouteResponse, responses=BATCH_ERROR_RESPONSES,
              tags=["routing"], summary="Route several requests in one call")
 async def route_batch(body: BatchRouteRequest, svc: RouterService = Depends(get_service),
-                      fb: FeedbackLog = Depends(get_feedback)) -> BatchRouteResponse:
+                      fb: FeedbackLog = Depends(get_feedback)) -> Response:
     """Results follow the order of ``requests``; each item is routed, logged (and explored) like a
     ``/v1/route`` call. An item that cannot be routed (unknown model or preset, empty prompt after
     flattening ``messages``, no eligible model, ...) gets an error object ``{"index", "error":
@@ -191,24 +215,24 @@ async def route_batch(body: BatchRouteRequest, svc: RouterService = Depends(get_
     ``max_batch_requests``) fails the whole call with 422."""
     _check_count(svc, len(body.requests), "requests")  # before validating a huge list item by item
     results = await _route_many(svc, fb, [validate_item(r) for r in body.requests])
-    return BatchRouteResponse(results=[_item_error(svc, i, r) if isinstance(r, Exception) else r
-                                       for i, r in enumerate(results)])
+    return model_response(BatchRouteResponse(results=[_item_error(svc, i, r) if isinstance(r, Exception)
+                                                      else r for i, r in enumerate(results)]))
 
 
 @router.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES,
              tags=["routing"], summary="Raw per-model predictions")
-async def predict(body: PredictRequest, svc: RouterService = Depends(get_service)) -> PredictResponse:
+async def predict(body: PredictRequest, svc: RouterService = Depends(get_service)) -> Response:
     _check_count(svc, len(body.prompts), "prompts")
     prepared = [svc.prompt(p, has_image=body.has_image, has_audio=body.has_audio,
                            has_tools=body.has_tools, max_tokens=body.max_tokens, where=f"prompts[{i}]")
                 for i, p in enumerate(body.prompts)]
     state = svc.state
     rows = await svc.predict(prepared, state)
-    return PredictResponse(
+    return model_response(PredictResponse(
         router_version=state.version, models=list(state.models),
         predictions=[_prediction_map(r) for r in rows],
         input_tokens=[int(r.input_tokens[0]) for r in rows],
-        truncated=[bool(r.truncated[0]) if len(r.truncated) else False for r in rows])
+        truncated=[bool(r.truncated[0]) if len(r.truncated) else False for r in rows]))
 
 
 @router.get("/v1/models", response_model=ModelsResponse, responses={401: ERROR_RESPONSES[401]},

@@ -355,3 +355,21 @@ def test_failed_warm_up_keeps_the_service_up_but_not_ready() -> None:
         assert r.status_code == 503 and r.json() == {"ready": False, "detail": "warming up"}
         assert c.get("/healthz").status_code == 200
         assert c.post("/v1/route", json={"prompt": "still routes"}).status_code == 200
+
+
+def test_model_response_is_the_models_json_and_escapes_lone_surrogates() -> None:
+    import json
+
+    from neural_router.serving.api.routes import model_response
+    from neural_router.serving.api.schemas import RouteResponse
+
+    fields: dict[str, Any] = dict(
+        request_id="r1", model="m-é", predictions={"m-é": {"quality": 0.25, "cost_usd": 1e-05, "latency_ms": 3.5}},
+        fallbacks=[], reason="best", router_version="v1", truncated=False, feasible=True, violated=[],
+        propensity=1.0, exploration="greedy")
+    plain = RouteResponse(**fields)
+    r = model_response(plain)
+    assert r.media_type == "application/json" and json.loads(r.body) == plain.model_dump(mode="json")
+    odd = RouteResponse(**{**fields, "reason": "best \ud800"})  # pydantic cannot write it as UTF-8
+    r = model_response(odd)
+    assert r.body.isascii() and json.loads(r.body)["reason"] == "best \ud800"
