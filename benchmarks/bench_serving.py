@@ -7,12 +7,18 @@ a subprocess (`python -m neural_router serve`) on 127.0.0.1 with a free port, th
 (asyncio; each of C workers sends its next /v1/route request on its own keep-alive connection as soon
 as the previous answers; ``--client httpx`` uses httpx instead)
 runs for --duration-s seconds at each concurrency C. Reported per run: throughput, p50/p95/p99
-latency, mean batch size (from the service's /metrics), and error counts (429 separately). The raw
-throughput of the same predictor (in this process, no HTTP) at batch size 1 and --max-batch-size is
-measured in the same run. Client and server share the machine's cores: on a small machine the load
-generator's own CPU use lowers the service numbers, so each run also reports the CPU time per answered
-request of the service process (all its threads) and of the load generator, and how busy the cores
+latency, mean batch size and the share of the run the inference thread spent in batches (from the
+service's /metrics), and error counts (429 separately). The raw throughput of the same predictor (in
+this process, no HTTP) at batch size 1 and --max-batch-size is measured in the same run. Client and
+server share the machine's cores: on a small machine the load generator's own CPU use lowers the
+service numbers, so each run also reports the CPU time per answered request of the service process
+(all its threads, and its event-loop thread alone) and of the load generator, and how busy the cores
 were. Everything is bounded by --duration-s.
+
+The service/raw ratio (``ratio`` in the JSON) is measured in --ratio-rounds interleaved rounds at
+--ratio-concurrency: raw predictor at --max-batch-size, service, raw again, ..., each round's ratio
+being the service's throughput over the mean of the raw runs either side of it, so that a machine
+whose load changes during the run (other processes) moves both sides alike; the median is reported.
 """
 
 from __future__ import annotations
@@ -58,11 +64,13 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def batch_counters(base: str) -> tuple[float, float]:
+def batch_counters(base: str) -> tuple[float, float, float]:
+    """(prompts batched, batches, seconds spent in batches) so far, from the service's /metrics."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
+    names = ("router_batch_size_sum", "router_batch_size_count", "router_batch_duration_seconds_sum")
     vals = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-            if line.startswith(("router_batch_size_sum", "router_batch_size_count"))}
-    return vals.get("router_batch_size_sum", 0.0), vals.get("router_batch_size_count", 0.0)
+            if line.startswith(names)}
+    return tuple(vals.get(n, 0.0) for n in names)  # type: ignore[return-value]
 
 
 class Service:
@@ -206,13 +214,36 @@ async def closed_loop(base: str, concurrency: int, duration_s: float, client: st
             "exceptions": exceptions}
 
 
-def cpu_accounting(res: dict[str, Any], service_cpu_s: float, client_cpu_s: float) -> dict[str, Any]:
-    """CPU ms per answered request of the service and of the load generator, and the share of all
-    cores the two kept busy during the run."""
+def cpu_accounting(res: dict[str, Any], service_cpu_s: float, loop_cpu_s: float,
+                   client_cpu_s: float) -> dict[str, Any]:
+    """CPU ms per answered request of the service (all threads, and its event-loop thread alone)
+    and of the load generator, and the share of all cores the two kept busy during the run."""
     ok, cores = max(res["ok"], 1), os.cpu_count() or 1
     return {"service_cpu_ms_per_request": 1000 * service_cpu_s / ok,
+            "event_loop_cpu_ms_per_request": 1000 * loop_cpu_s / ok,
             "client_cpu_ms_per_request": 1000 * client_cpu_s / ok,
             "cores_busy": (service_cpu_s + client_cpu_s) / (res["seconds"] * cores) if res["seconds"] else None}
+
+
+def _cpu_s(server: psutil.Process) -> tuple[float, float]:
+    """CPU seconds of the whole service process and of its main (event-loop) thread."""
+    t = server.cpu_times()
+    main = next((th for th in server.threads() if th.id == server.pid), None)
+    return t.user + t.system, (main.user_time + main.system_time) if main else 0.0
+
+
+def measure_level(svc: Service, concurrency: int, duration_s: float, client: str) -> dict[str, Any]:
+    """One closed-loop run against ``svc`` with the service's batch and CPU figures for it."""
+    server = psutil.Process(svc.proc.pid)
+    s0, n0, b0 = batch_counters(svc.base)
+    (cpu0, loop0), own0 = _cpu_s(server), time.process_time()
+    res = asyncio.run(closed_loop(svc.base, concurrency, duration_s, client))
+    (cpu1, loop1), own1 = _cpu_s(server), time.process_time()
+    s1, n1, b1 = batch_counters(svc.base)
+    res["mean_batch_size"] = (s1 - s0) / (n1 - n0) if n1 > n0 else None
+    res["inference_busy"] = (b1 - b0) / res["seconds"] if res["seconds"] else None
+    res.update(cpu_accounting(res, cpu1 - cpu0, loop1 - loop0, own1 - own0))
+    return res
 
 
 def run_service(name: str, router: str, device: str, settings: dict[str, Any], levels: list[int],
@@ -221,44 +252,76 @@ def run_service(name: str, router: str, device: str, settings: dict[str, Any], l
     try:
         health = svc.wait_ready()
         runs = []
-        server = psutil.Process(svc.proc.pid)
         for c in levels:
-            s0, n0 = batch_counters(svc.base)
-            cpu0, own0 = server.cpu_times(), time.process_time()
-            res = asyncio.run(closed_loop(svc.base, c, duration_s, client))
-            cpu1, own1 = server.cpu_times(), time.process_time()
-            s1, n1 = batch_counters(svc.base)
-            res["mean_batch_size"] = (s1 - s0) / (n1 - n0) if n1 > n0 else None
-            res.update(cpu_accounting(res, (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), own1 - own0))
+            res = measure_level(svc, c, duration_s, client)
             runs.append(res)
             print(f"  [{name}] c={c:<4d} {res['throughput_rps']:8.1f} req/s  p50 {_ms(res['p50_ms'])}  "
                   f"p99 {_ms(res['p99_ms'])}  batch {_f(res['mean_batch_size'])}  errors {res['errors']}  "
-                  f"cpu/req: service {_f(res['service_cpu_ms_per_request'])} ms, "
+                  f"cpu/req: service {_f(res['service_cpu_ms_per_request'])} ms "
+                  f"(event loop {_f(res['event_loop_cpu_ms_per_request'])}), "
                   f"load generator {_f(res['client_cpu_ms_per_request'])} ms", flush=True)
         return {"name": name, "settings": settings, "health": health, "runs": runs}
     finally:
         svc.stop()
 
 
+def paired_ratio(router: str, device: str, settings: dict[str, Any], concurrency: int, rounds: int,
+                 duration_s: float, workdir: Path, client: str, threads: int | None) -> dict[str, Any]:
+    """Service throughput over raw predictor throughput (batch ``settings['max_batch_size']``),
+    interleaved: raw, service, raw, service, ..., raw; round i's ratio is service_i over the mean of
+    the raw runs before and after it. Returns the rounds and the medians."""
+    predictor = _load(router, device, threads)
+    bs = settings["max_batch_size"]
+    svc = Service(router, device, settings, workdir)
+    try:
+        svc.wait_ready()
+        asyncio.run(closed_loop(svc.base, concurrency, min(duration_s, 2.0), client))  # warm
+        raws, out = [_raw_rate(predictor, bs, duration_s / 2)], []
+        for _ in range(rounds):
+            res = measure_level(svc, concurrency, duration_s, client)
+            raws.append(_raw_rate(predictor, bs, duration_s / 2))
+            raw_rps = (raws[-2][0] + raws[-1][0]) / 2
+            out.append({**res, "raw_prompts_per_s": raw_rps, "ratio": res["throughput_rps"] / raw_rps,
+                        "raw_cpu_ms_per_prompt": (raws[-2][1] + raws[-1][1]) / 2})
+            print(f"  [ratio] c={concurrency} service {res['throughput_rps']:7.1f} req/s  raw {raw_rps:7.1f} "
+                  f"prompts/s  ratio {out[-1]['ratio']:.3f}  cpu/req: service "
+                  f"{res['service_cpu_ms_per_request']:.2f} ms, raw {out[-1]['raw_cpu_ms_per_prompt']:.2f} ms",
+                  flush=True)
+    finally:
+        svc.stop()
+    med = {k: float(np.median([r[k] for r in out])) for k in
+           ("ratio", "throughput_rps", "raw_prompts_per_s", "service_cpu_ms_per_request",
+            "event_loop_cpu_ms_per_request", "raw_cpu_ms_per_prompt", "inference_busy")}
+    return {"concurrency": concurrency, "raw_batch_size": bs, "settings": settings, "rounds": out,
+            "median": med}
+
+
+def _load(router: str, device: str, threads: int | None) -> Any:
+    from neural_router.serving.engine.service import load_router
+
+    return load_router(router, device, None, threads)
+
+
+def _raw_rate(predictor: Any, batch_size: int, duration_s: float) -> tuple[float, float]:
+    """(prompts/s, CPU ms per prompt) of predictor.predict() on batches of the bench's prompts."""
+    prompts = [PROMPTS[i % len(PROMPTS)] + f" #{i}" for i in range(batch_size)]
+    predictor.predict(prompts)  # warm-up
+    n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < duration_s:
+        predictor.predict(prompts)
+        n += batch_size
+    return n / (time.perf_counter() - t0), 1000 * (time.process_time() - cpu0) / n
+
+
 def raw_throughput(router: str, device: str, batch_sizes: list[int], duration_s: float,
                    threads: int | None) -> dict[str, Any]:
     """Prompts/s of predictor.predict() alone (tokenisation + ONNX), same prompts, in this process."""
-    from neural_router.serving.engine.service import load_router
-
-    predictor = load_router(router, device, None, threads)
+    predictor = _load(router, device, threads)
     out: dict[str, Any] = {"provider": str(predictor.provider), "by_batch_size": {}, "cpu_ms_per_prompt": {}}
     for bs in batch_sizes:
-        prompts = [PROMPTS[i % len(PROMPTS)] + f" #{i}" for i in range(bs)]
-        predictor.predict(prompts)  # warm-up
-        n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - t0 < duration_s:
-            predictor.predict(prompts)
-            n += bs
-        elapsed = time.perf_counter() - t0
-        out["by_batch_size"][str(bs)] = n / elapsed
-        out["cpu_ms_per_prompt"][str(bs)] = 1000 * (time.process_time() - cpu0) / n
-        print(f"  [raw onnx] batch {bs:<4d} {n / elapsed:8.1f} prompts/s  "
-              f"cpu {out['cpu_ms_per_prompt'][str(bs)]:.2f} ms/prompt", flush=True)
+        rate, cpu_ms = _raw_rate(predictor, bs, duration_s)
+        out["by_batch_size"][str(bs)], out["cpu_ms_per_prompt"][str(bs)] = rate, cpu_ms
+        print(f"  [raw onnx] batch {bs:<4d} {rate:8.1f} prompts/s  cpu {cpu_ms:.2f} ms/prompt", flush=True)
     return out
 
 
@@ -283,6 +346,11 @@ def print_table(result: dict[str, Any]) -> None:
                   f"{r['http_429']:>5} {r['errors']:>6}")
     raw = result["raw_onnx"]["by_batch_size"]
     print("\nraw predictor (no HTTP): " + ", ".join(f"batch {k}: {v:.1f} prompts/s" for k, v in raw.items()))
+    if "ratio" in result:
+        r = result["ratio"]
+        print(f"service/raw at concurrency {r['concurrency']} (median of {len(r['rounds'])} interleaved "
+              f"rounds): {r['median']['ratio']:.3f}  "
+              f"(rounds: {', '.join(format(x['ratio'], '.3f') for x in r['rounds'])})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator: raw keep-alive HTTP/1.1 on asyncio streams (light, the default) or "
                         "httpx (about 2 ms of CPU per request, taken from the service on a small machine)")
     p.add_argument("--skip-unbatched", action="store_true", help="only the batched configuration")
+    p.add_argument("--ratio-rounds", type=int, default=3,
+                   help="interleaved service/raw rounds for the service/raw ratio (0: not measured)")
+    p.add_argument("--ratio-concurrency", type=int, default=32, help="concurrency of the ratio rounds")
     a = p.parse_args(argv)
     levels = [int(x) for x in a.concurrency.split(",") if x.strip()]
     base: dict[str, Any] = {"max_wait_ms": a.max_wait_ms, "max_queue": a.max_queue, "request_timeout_s": 30,
@@ -311,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"router": a.router, "device": a.device, "duration_s": a.duration_s,
                               "client": a.client,
                               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                          "python": platform.python_version()},
+                                          "python": platform.python_version(),
+                                          "load_average_at_start": os.getloadavg()},
                               "services": []}
     with tempfile.TemporaryDirectory() as tmp:
         for name, settings in configs:
@@ -321,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     print("raw predictor throughput", flush=True)
     result["raw_onnx"] = raw_throughput(a.router, a.device, sorted({1, a.max_batch_size}),
                                         min(a.duration_s, 5.0), a.threads)
+    if a.ratio_rounds > 0:
+        print(f"service/raw ratio, {a.ratio_rounds} interleaved rounds", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            result["ratio"] = paired_ratio(a.router, a.device, configs[0][1], a.ratio_concurrency,
+                                           a.ratio_rounds, a.duration_s, Path(tmp), a.client, a.threads)
+    result["machine"]["load_average_at_end"] = os.getloadavg()  # others' load biases the figures
     print_table(result)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -194,7 +194,8 @@ def test_bench_serving_smoke(tiny_router_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serving.py"), "--router", str(tiny_router_dir),
                         "--out", str(out), "--concurrency", "1,4", "--duration-s", "0.5", "--skip-unbatched",
-                        "--device", "cpu", "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+                        "--device", "cpu", "--threads", "1", "--ratio-rounds", "2", "--ratio-concurrency", "4"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     result = json.loads(out.read_text())
     runs = result["services"][0]["runs"]
@@ -204,6 +205,10 @@ def test_bench_serving_smoke(tiny_router_dir: Path, tmp_path: Path) -> None:
                and 0 < r["cores_busy"] < 1.5 for r in runs)   # the CPU accounting of each run
     assert result["raw_onnx"]["cpu_ms_per_prompt"]["32"] > 0
     assert set(result["raw_onnx"]["by_batch_size"]) == {"1", "32"} and "req/s" in p.stdout
+    ratio = result["ratio"]   # service/raw, interleaved rounds
+    assert len(ratio["rounds"]) == 2 and all(r["ratio"] > 0 and r["errors"] == 0 for r in ratio["rounds"])
+    assert ratio["median"]["ratio"] == pytest.approx(sum(r["ratio"] for r in ratio["rounds"]) / 2)
+    assert 0 < ratio["median"]["event_loop_cpu_ms_per_request"] < ratio["median"]["service_cpu_ms_per_request"]
 
 
 def test_dockerfile_lints_clean() -> None:
