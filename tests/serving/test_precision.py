@@ -30,7 +30,7 @@ def test_precision_setting_and_its_int8_alias(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="int8: true means precision: int8; it contradicts precision: fp16"):
         load_settings(old, precision="fp16")
     with pytest.raises(ConfigError, match="precision"):
-        load_settings(precision="bf16")
+        load_settings(precision="fp8")
 
 
 def test_healthz_names_the_model_file_and_precision(tiny_router_dir, tmp_path):
