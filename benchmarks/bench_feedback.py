@@ -61,7 +61,7 @@ predicted quality lowered by K standard errors of their router's evidence for it
 (``neural_router.policy.pessimistic_quality``; the round-0 row stays the initial router's own).
 Utility and AIQ are computed over the models each router can route to.
 The default sizes (150 initial prompts, 300 per round, 450 evaluation prompts) leave little to learn
-after round 1 (benchmarks/FEEDBACK.md).
+after round 1 (docs/feedback-loop.md).
 ``--init 50 --per-round 100 --eval 1500`` (the "small-slice" replay) starts from a
 weaker router, so learning goes on for all five rounds, and scores every router on 3.3x as many
 evaluation prompts.

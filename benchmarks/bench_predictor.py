@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--no-unfused", action="store_true",
                     help="skip the rows of the plain graph (export --no-optimize) next to the fused one")
     ap.add_argument("--out", default="runs/bench_predictor.json",
-                    help="JSON results (the README's table: benchmarks/results/bench_predictor.json)")
+                    help="JSON results (the table in docs/results.md: benchmarks/results/bench_predictor.json)")
     args = ap.parse_args()
     if args.router and not (Path(args.router) / "router.onnx").is_file():
         raise SystemExit(f"--router {args.router}: no router.onnx there; give the folder `neural-router export` "

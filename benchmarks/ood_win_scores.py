@@ -1,6 +1,6 @@
 """Out of domain, which per-prompt score ranks a benchmark's prompts best for sending them to the
 strong model? Leave-one-benchmark-out as ``python -m training.lobo`` runs it (heads only, MiniLM's
-first four layers, 6 epochs: the README's four-layer column), scored by APGR with five scores:
+first four layers, 6 epochs: the four-layer column of docs/results.md), scored by APGR with five scores:
 the predicted difference q_strong - q_weak (what ``neural-router eval`` uses), its logit form, the
 weak model's predicted quality (negated), the strong model's, and the mean predicted quality over
 the benchmark's models (negated: a difficulty score).

@@ -191,7 +191,7 @@ class UpdateConfig(BaseModel):
         "refit only the quality head on the router's frozen trunk (weighted logistic regression, "
         "convex and deterministic, seconds on CPU) with a penalty K toward the current head; off = "
         "fine-tune the trunk and heads instead, which may pay once an update has a few hundred "
-        "outcomes (benchmarks/FEEDBACK.md)"), json_schema_extra=_off(metavar="K"))
+        "outcomes (docs/feedback-loop.md)"), json_schema_extra=_off(metavar="K"))
     log_val_fraction: float = Field(default=0.1, ge=0, lt=1, description=(
         "share of the (non-held-out) logged prompts kept, with their weights, for early stopping"),
         json_schema_extra={"metavar": "F"})

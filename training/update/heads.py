@@ -178,7 +178,7 @@ def fit_head_mixture(basis_logits: np.ndarray, y: np.ndarray, w: np.ndarray, pse
     the feature's weighted mean square over the cells), by Newton steps. With few cells the fit
     stays near the average model; as they accumulate it moves to the models the target behaves
     like. The prior is per coordinate, so the sum of the weights (how steep the target's logit is)
-    can move further from 1 than one coordinate alone (benchmarks/FEEDBACK.md compares a g-prior)."""
+    can move further from 1 than one coordinate alone (docs/feedback-loop.md compares a g-prior)."""
     n, k = basis_logits.shape
     x = np.concatenate([basis_logits, np.ones((n, 1))], axis=1).astype(np.float64)
     w = w.astype(np.float64)
