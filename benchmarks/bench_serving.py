@@ -7,8 +7,8 @@ a subprocess (`python -m neural_router serve`) on 127.0.0.1 with a free port, th
 (asyncio; each of C workers sends its next /v1/route request on its own keep-alive connection as soon
 as the previous answers; ``--client httpx`` uses httpx instead)
 runs for --duration-s seconds at each concurrency C. Reported per run: throughput, p50/p95/p99
-latency, mean batch size and the share of the run the inference thread spent in batches (from the
-service's /metrics), and error counts (429 separately). The raw throughput of the same predictor (in
+latency, mean batch size and the share of the run spent in batches (``inference_busy``: the
+batches' seconds over the run's, from the service's /metrics), and error counts (429 separately). The raw throughput of the same predictor (in
 this process, no HTTP) at batch size 1 and --max-batch-size is measured in the same run. Client and
 server share the machine's cores: on a small machine the load generator's own CPU use lowers the
 service numbers, so each run also reports the CPU time per answered request of the service process
@@ -74,18 +74,23 @@ def batch_counters(base: str) -> tuple[float, float, float]:
 
 
 class Service:
-    """`python -m neural_router serve` in a subprocess on loopback, with its own config file."""
+    """`python -m neural_router serve` in a subprocess on loopback, with its own config file; ``src``
+    runs the package found in that folder (``src/neural_router``, with ``serving``, ``training`` and
+    ``configs`` inside it, as installed) instead of this checkout's."""
 
-    def __init__(self, router: str, device: str, settings: dict[str, Any], workdir: Path) -> None:
+    def __init__(self, router: str, device: str, settings: dict[str, Any], workdir: Path,
+                 src: Path | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cfg = workdir / f"serve-{self.port}.yaml"
         cfg.write_text(yaml.safe_dump({"log_level": "warning", "access_log": False, **settings}))
         self.log = workdir / f"serve-{self.port}.log"
+        env = {**os.environ, "PYTHONPATH": str(src)} if src else None
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "neural_router", "serve", "--router", router, "--port", str(self.port),
-                 "--device", device, "--config", str(cfg)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+                 "--device", device, "--config", str(cfg)], cwd=src or REPO, env=env,
+                stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 120) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -266,34 +271,46 @@ def run_service(name: str, router: str, device: str, settings: dict[str, Any], l
 
 
 def paired_ratio(router: str, device: str, settings: dict[str, Any], concurrency: int, rounds: int,
-                 duration_s: float, workdir: Path, client: str, threads: int | None) -> dict[str, Any]:
+                 duration_s: float, workdir: Path, client: str, threads: int | None,
+                 baseline_src: Path | None = None) -> dict[str, Any]:
     """Service throughput over raw predictor throughput (batch ``settings['max_batch_size']``),
     interleaved: raw, service, raw, service, ..., raw; round i's ratio is service_i over the mean of
-    the raw runs before and after it. Returns the rounds and the medians."""
+    the raw runs before and after it. With ``baseline_src`` a second service runs that source tree
+    (see :class:`Service`) in the same rounds, the two taking turns to go first. Returns the rounds
+    and the medians (``baseline_*`` for the second service)."""
     predictor = _load(router, device, threads)
     bs = settings["max_batch_size"]
-    svc = Service(router, device, settings, workdir)
+    svcs = {"": Service(router, device, settings, workdir)}
+    if baseline_src is not None:
+        svcs["baseline_"] = Service(router, device, settings, workdir, baseline_src)
     try:
-        svc.wait_ready()
-        asyncio.run(closed_loop(svc.base, concurrency, min(duration_s, 2.0), client))  # warm
+        for svc in svcs.values():
+            svc.wait_ready()
+            asyncio.run(closed_loop(svc.base, concurrency, min(duration_s, 2.0), client))  # warm
         raws, out = [_raw_rate(predictor, bs, duration_s / 2)], []
-        for _ in range(rounds):
-            res = measure_level(svc, concurrency, duration_s, client)
+        for i in range(rounds):
+            runs = {k: measure_level(svcs[k], concurrency, duration_s, client)
+                    for k in (list(svcs) if i % 2 == 0 else list(svcs)[::-1])}
             raws.append(_raw_rate(predictor, bs, duration_s / 2))
-            raw_rps = (raws[-2][0] + raws[-1][0]) / 2
-            out.append({**res, "raw_prompts_per_s": raw_rps, "ratio": res["throughput_rps"] / raw_rps,
-                        "raw_cpu_ms_per_prompt": (raws[-2][1] + raws[-1][1]) / 2})
-            print(f"  [ratio] c={concurrency} service {res['throughput_rps']:7.1f} req/s  raw {raw_rps:7.1f} "
-                  f"prompts/s  ratio {out[-1]['ratio']:.3f}  cpu/req: service "
-                  f"{res['service_cpu_ms_per_request']:.2f} ms, raw {out[-1]['raw_cpu_ms_per_prompt']:.2f} ms",
-                  flush=True)
+            raw_rps, raw_cpu = (raws[-2][0] + raws[-1][0]) / 2, (raws[-2][1] + raws[-1][1]) / 2
+            row: dict[str, Any] = {"raw_prompts_per_s": raw_rps, "raw_cpu_ms_per_prompt": raw_cpu}
+            for k, res in runs.items():
+                row.update({f"{k}{name}": v for name, v in res.items()})
+                row[f"{k}ratio"] = res["throughput_rps"] / raw_rps
+                print(f"  [{k or 'service_'}ratio] c={concurrency} {res['throughput_rps']:7.1f} req/s  raw "
+                      f"{raw_rps:7.1f} prompts/s  ratio {row[f'{k}ratio']:.3f}  cpu/req: service "
+                      f"{res['service_cpu_ms_per_request']:.2f} ms (event loop "
+                      f"{res['event_loop_cpu_ms_per_request']:.2f}), raw {raw_cpu:.2f} ms", flush=True)
+            out.append(row)
     finally:
-        svc.stop()
-    med = {k: float(np.median([r[k] for r in out])) for k in
-           ("ratio", "throughput_rps", "raw_prompts_per_s", "service_cpu_ms_per_request",
-            "event_loop_cpu_ms_per_request", "raw_cpu_ms_per_prompt", "inference_busy")}
-    return {"concurrency": concurrency, "raw_batch_size": bs, "settings": settings, "rounds": out,
-            "median": med}
+        for svc in svcs.values():
+            svc.stop()
+    keys = [f"{k}{name}" for k in svcs for name in
+            ("ratio", "throughput_rps", "service_cpu_ms_per_request", "event_loop_cpu_ms_per_request",
+             "inference_busy")] + ["raw_prompts_per_s", "raw_cpu_ms_per_prompt"]
+    return {"concurrency": concurrency, "raw_batch_size": bs, "settings": settings,
+            "baseline_src": str(baseline_src) if baseline_src else None, "rounds": out,
+            "median": {k: float(np.median([r[k] for r in out])) for k in keys}}
 
 
 def _load(router: str, device: str, threads: int | None) -> Any:
@@ -348,9 +365,10 @@ def print_table(result: dict[str, Any]) -> None:
     print("\nraw predictor (no HTTP): " + ", ".join(f"batch {k}: {v:.1f} prompts/s" for k, v in raw.items()))
     if "ratio" in result:
         r = result["ratio"]
-        print(f"service/raw at concurrency {r['concurrency']} (median of {len(r['rounds'])} interleaved "
-              f"rounds): {r['median']['ratio']:.3f}  "
-              f"(rounds: {', '.join(format(x['ratio'], '.3f') for x in r['rounds'])})")
+        for k in ("", "baseline_") if r["baseline_src"] else ("",):
+            print(f"{k or 'service'}/raw at concurrency {r['concurrency']} (median of {len(r['rounds'])} "
+                  f"interleaved rounds): {r['median'][k + 'ratio']:.3f}  "
+                  f"(rounds: {', '.join(format(x[k + 'ratio'], '.3f') for x in r['rounds'])})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio-rounds", type=int, default=3,
                    help="interleaved service/raw rounds for the service/raw ratio (0: not measured)")
     p.add_argument("--ratio-concurrency", type=int, default=32, help="concurrency of the ratio rounds")
+    p.add_argument("--baseline-src", type=Path, default=None,
+                   help="a source tree laid out as installed (DIR/neural_router with serving, training and "
+                        "configs inside) whose service also runs in the ratio rounds, e.g. the code before "
+                        "a change (docs/results.md shows how to lay out a commit)")
     a = p.parse_args(argv)
     levels = [int(x) for x in a.concurrency.split(",") if x.strip()]
     base: dict[str, Any] = {"max_wait_ms": a.max_wait_ms, "max_queue": a.max_queue, "request_timeout_s": 30,
@@ -397,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"service/raw ratio, {a.ratio_rounds} interleaved rounds", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             result["ratio"] = paired_ratio(a.router, a.device, configs[0][1], a.ratio_concurrency,
-                                           a.ratio_rounds, a.duration_s, Path(tmp), a.client, a.threads)
+                                           a.ratio_rounds, a.duration_s, Path(tmp), a.client, a.threads,
+                                           a.baseline_src)
     result["machine"]["load_average_at_end"] = os.getloadavg()  # others' load biases the figures
     print_table(result)
     out = Path(a.out)
