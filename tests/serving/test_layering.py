@@ -68,8 +68,15 @@ def test_the_core_imports_neither_training_nor_serving() -> None:
         assert not bad, (str(path.relative_to(REPO)), bad)
 
 
-def test_neither_core_nor_serving_imports_the_cli() -> None:
-    roots = [REPO / "neural_router", REPO / "serving"]
+def test_training_and_serving_do_not_import_each_other() -> None:
+    for root, other in (("training", "neural_router.serving"), ("serving", "neural_router.training")):
+        for path in sorted((REPO / root).rglob("*.py")):
+            bad = [m for m in _all_imports(path) if m.startswith(other)]
+            assert not bad, (str(path.relative_to(REPO)), bad)
+
+
+def test_no_library_code_imports_the_cli() -> None:
+    roots = [REPO / "neural_router", REPO / "serving", REPO / "training"]
     allowed = {REPO / "neural_router" / "__main__.py"}
     for path in sorted(p for root in roots for p in root.rglob("*.py")):
         if path not in allowed:
