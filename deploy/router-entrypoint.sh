@@ -17,7 +17,7 @@ secrets_dir="${SECRETS_DIR:-/run/secrets}"
 read_secret() {
     file="$secrets_dir/$1"
     if [ ! -r "$file" ]; then
-        echo "router-entrypoint: secret file $file is missing or unreadable (see deploy/README.md, 'Secrets')" >&2
+        echo "router-entrypoint: secret file $file is missing or unreadable (create it as deploy/README.md, 'Docker Compose (one host)', shows)" >&2
         exit 64
     fi
     value="$(cat "$file")"
