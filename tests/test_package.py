@@ -66,3 +66,23 @@ def test_version_comes_from_the_distribution():
     import neural_router
 
     assert neural_router.__version__ == version("neural-router")
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml lists the packages by name (training/, serving/ and configs/ install under
+    neural_router): a new sub-package missing from that list would be left out of the wheel."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")   # Python >= 3.11
+
+    repo = Path(__file__).resolve().parents[1]
+    tool = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {name: repo / path for name, path in tool["package-dir"].items()}
+    dirs.setdefault("neural_router", repo / "neural_router")
+    found = set()
+    for name, root in dirs.items():
+        for init in root.rglob("__init__.py"):
+            rel = init.parent.relative_to(root).parts
+            found.add(".".join((name, *rel)))
+    assert found == set(tool["packages"]), (sorted(found - set(tool["packages"])),
+                                            sorted(set(tool["packages"]) - found))
