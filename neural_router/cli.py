@@ -129,10 +129,13 @@ def _update_options(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
+    from neural_router.serving.config import ServeSettings
+
+    default = {name: ServeSettings.model_fields[name].default for name in ("host", "port", "device")}
     p.add_argument("--router", required=True)
-    p.add_argument("--host", help="default from the config: 127.0.0.1")
-    p.add_argument("--port", type=port_number, help="default from the config: 8000")
-    p.add_argument("--device", choices=DEVICES, help="default from the config: auto")
+    p.add_argument("--host", help=f"default from the config: {default['host']}")
+    p.add_argument("--port", type=port_number, help=f"default from the config: {default['port']}")
+    p.add_argument("--device", choices=DEVICES, help=f"default from the config: {default['device']}")
     p.add_argument("--config", help="serving YAML (default: built-in settings, same as configs/serve.yaml)")
 
 
