@@ -211,9 +211,10 @@ def gather_data(feedback, parent: Loaded, pool: ModelPool, models: list[str], ne
     rows, requests = read_logs(feedback, pool, uc.router_version)
     split = split_logs(rows, models, pool, uc)
     orig = original_data(parent.dir, parent.metrics, models, pool, cfg, uc)
-    log.info("update: %d logged requests (%d for training, %d held out), %d original prompts, new models: %s",
-             len(split.logs), int(split.train.sum()), int(split.hold.sum()),
-             len(orig.train) if orig.train is not None else 0, new_models or "none")
+    log.info("update: %d logged requests (%d for training, %d for early stopping, %d held out for the "
+             "promotion check), %d original prompts, new models: %s", len(split.logs), int(split.train.sum()),
+             int(split.val.sum()), int(split.hold.sum()), len(orig.train) if orig.train is not None else 0,
+             new_models or "none")
     return requests, split, orig
 
 
