@@ -123,9 +123,13 @@ def _score_options(p: argparse.ArgumentParser) -> None:
 
 
 def _update_options(p: argparse.ArgumentParser) -> None:
-    from neural_router.training.config import add_update_arguments
+    """The router, the store and the output folder, then one option per UpdateConfig field."""
+    from neural_router.training.config import UpdateConfig
 
-    add_update_arguments(p)
+    p.add_argument("--router", required=True, help="current router folder (trained, not ONNX)")
+    p.add_argument("--feedback", required=True, help="feedback store: SQLAlchemy URL or SQLite path")
+    p.add_argument("--output", required=True, help="parent folder of the new versioned router folder")
+    add_model_options(p, UpdateConfig)
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -342,10 +346,17 @@ def cmd_score(args) -> int:
     return _score_summary(run, args, store is not None)
 
 
-def cmd_update(args) -> int:
-    from neural_router.training.update import run_from_args
+def update_from_args(args) -> dict:
+    """Run ``update`` with the options given (preferences given on the command line are fixed; none
+    given = each request's logged ones); its result."""
+    from neural_router.training.config import UpdateConfig
+    from neural_router.training.update import run_update
 
-    print(json.dumps(run_from_args(args), indent=2, default=str))
+    return run_update(args.router, args.feedback, args.output, UpdateConfig(**given_options(args, UpdateConfig)))
+
+
+def cmd_update(args) -> int:
+    print(json.dumps(update_from_args(args), indent=2, default=str))
     return 0
 
 

@@ -4,7 +4,7 @@
 ``neural-router train`` trains ``TrainConfig()``; a ``--config`` YAML overrides some of its fields and
 command-line flags override both. ``configs/train.yaml`` lists every field with its default (a test
 keeps the two equal). ``neural-router update``'s options are generated from :class:`UpdateConfig`
-(:mod:`neural_router.cli_options`). Pydantic only, no torch: the command line builds its parser from
+(``neural_router.cli_options``). Pydantic only, no torch: the command line builds its parser from
 these classes without loading the trainer.
 """
 
@@ -245,17 +245,6 @@ class UpdateConfig(BaseModel):
     def transfer_strength(self) -> float | None:
         """``head_transfer`` with 0 read as off (None)."""
         return self.head_transfer or None
-
-
-def add_update_arguments(parser) -> None:
-    """The options of ``neural-router update``: the router, the store and the output folder, then one
-    option per :class:`UpdateConfig` field."""
-    from neural_router.cli_options import add_model_options
-
-    parser.add_argument("--router", required=True, help="current router folder (trained, not ONNX)")
-    parser.add_argument("--feedback", required=True, help="feedback store: SQLAlchemy URL or SQLite path")
-    parser.add_argument("--output", required=True, help="parent folder of the new versioned router folder")
-    add_model_options(parser, UpdateConfig)
 
 
 TRAIN_FLAGS = ("epochs", "encoder", "seed", "soup", "freeze_layers", "encoder_layers")  # `neural-router train`'s

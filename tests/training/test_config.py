@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neural_router.cli import build_parser
+from neural_router.cli import build_parser, update_from_args
 from neural_router.configs import config_path
 from neural_router.training.config import TrainConfig, UpdateConfig, load_train_config
 
@@ -107,11 +107,11 @@ def test_a_bad_update_option_is_refused_naming_the_flag(flag, bad, expected, cap
 
 
 def test_update_command_runs_run_update_with_the_settings(monkeypatch):
-    import neural_router.training.update.run as upd
+    import neural_router.training.update as upd
 
     seen = {}
     monkeypatch.setattr(upd, "run_update", lambda *a, **kw: seen.update(args=a, kw=kw))
-    upd.run_from_args(build_parser().parse_args(UPDATE + ["--max-shift", "0.2", "--soup", "3"]))
+    update_from_args(build_parser().parse_args(UPDATE + ["--max-shift", "0.2", "--soup", "3"]))
     router, feedback, output, uc = seen["args"]
     assert (router, feedback, output) == ("r", "f.db", "o")
     assert uc == UpdateConfig(max_shift=0.2, soup=3)

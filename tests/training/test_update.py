@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
-from neural_router.cli import build_parser
+from neural_router.cli import build_parser, update_from_args
 from neural_router.feedback.store import FeedbackStore
 from neural_router.inference.predictors import RouterLoadError
 from neural_router.modeling.model import RouterModel
-from neural_router.training.update import run_from_args, run_update
+from neural_router.training.update import run_update
 
 from tests.training.helpers import log_traffic
 
@@ -51,7 +51,7 @@ def second(chain, first):
     """A default update (head refit) chained from the first, through the command line's options."""
     with FeedbackStore.from_url(chain["url"]) as store:
         log_traffic(store, first[1], 30, 0.5, seed=2)
-    res = run_from_args(build_parser().parse_args([
+    res = update_from_args(build_parser().parse_args([
         "update", "--router", str(first[1]), "--feedback", chain["url"], "--output", str(chain["root"] / "routers"),
         "--min-improvement", "1e9", "--epochs", "1", "--cost-weight", "0.3", "--head-transfer", "5",
         "--head-transfer-models", "newbie"]))

@@ -5,6 +5,6 @@ update's training), ``heads`` (what it does to the head rows), ``trust_region`` 
 (the off-policy check that decides whether the new router may serve).
 """
 
-from neural_router.training.update.run import run_from_args, run_update
+from neural_router.training.update.run import run_update
 
-__all__ = ["run_from_args", "run_update"]
+__all__ = ["run_update"]

@@ -303,11 +303,3 @@ def counts(split: LoggedSplit, orig: OriginalData) -> dict[str, int]:
     """How many logged requests went where, and how many original prompts were mixed in."""
     return {"n_logged_train": int(split.train.sum()), "n_logged_val": int(split.val.sum()),
             "n_holdout": int(split.hold.sum()), "n_original": len(orig.train) if orig.train is not None else 0}
-
-
-def run_from_args(args) -> dict[str, Any]:
-    """Run an update from the options of :func:`~neural_router.training.config.add_update_arguments`
-    (preferences given on the command line are fixed; none given = each request's logged ones)."""
-    from neural_router.cli_options import given_options
-
-    return run_update(args.router, args.feedback, args.output, UpdateConfig(**given_options(args, UpdateConfig)))
