@@ -14,7 +14,7 @@ trains the initial router, and traffic served in rounds (prompts the initial rou
 each round every method routes the round's prompts with its current router at the given cost weight,
 the simulation reveals the **true RouterBench score and cost of the served model only**, logs the
 decision and the outcome in a FeedbackStore (SQLite), and the method updates its router with
-``training.update.run_update`` (the real update path: held-out logs, safe-promotion estimates).
+``neural_router.training.update.run_update`` (the real update path: held-out logs, safe-promotion estimates).
 Methods:
 
 * ``static``: no updates (the initial router throughout);
