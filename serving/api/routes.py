@@ -21,12 +21,11 @@ from neural_router.serving.api.schemas import (BatchItemError, BatchItemErrorInf
                                                BatchRouteResponse, ErrorResponse, HealthResponse, ModelInfo,
                                                ModelPrediction, ModelsResponse, PredictRequest,
                                                PredictResponse, PresetInfo, ReadyResponse, RouteRequest,
-                                               RouteResponse, issues_text, validation_issues)
+                                               RouteResponse, FleetHealth, issues_text, validation_issues)
 from neural_router.serving.engine.decisions import FeedbackLog, decision_record
+from neural_router.serving.engine.fleet import FleetWatcher
 from neural_router.serving.engine.inputs import InputError, PreparedPrompt
 from neural_router.serving.engine.service import RouterService, RouterState, device_info
-from neural_router.serving.api.schemas import FleetHealth
-from neural_router.serving.engine.fleet import FleetWatcher
 
 _ERR = {"model": ErrorResponse}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -281,7 +281,7 @@ class HealthResponse(BaseModel):
         default=None, description="Model file loaded, e.g. router.onnx, router.fp16.onnx (CUDA), "
                                   "router.int8.onnx or model.safetensors (PyTorch).")
     precision: str | None = Field(
-        default=None, description="Precision of the model file: fp32, int8 or fp16 (None: the predictor "
+        default=None, description="Precision of the model file: fp32, int8, fp16 or bf16 (None: the predictor "
                                   "does not say).")
     previous_router_version: str | None = Field(
         default=None, description="The router /admin/rollback would restore.")
