@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from neural_router.cli_options import add_model_options, given_options, positive_int
+from neural_router.inference.interface import DEVICES
 
 
 def _add_prefs(p: argparse.ArgumentParser) -> None:
@@ -159,7 +160,6 @@ def _rollback_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", default=_user(), help="who rolls back (default: the login name)")
 
 
-DEVICES = ["auto", "cuda", "cpu"]
 SUBCOMMANDS = {   # name -> (help, options)
     "train": ("fine-tune a router on labeled data", _train_options),
     "eval": ("evaluate a router and the baselines on the validation split", _eval_options),

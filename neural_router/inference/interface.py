@@ -8,6 +8,10 @@ from typing import Protocol
 import numpy as np
 
 
+DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
+"""Where a router may be asked to run: ``auto`` = CUDA when available, else the CPU."""
+
+
 @dataclass(frozen=True)
 class RequestFeatures:
     """What a request carries beyond its text. Used as model inputs and as hard capability limits."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from neural_router.modeling.config import RouterConfig
 from neural_router.pool import ModelPool
-from neural_router.inference.interface import Predictions, RequestFeatures
+from neural_router.inference.interface import DEVICES, Predictions, RequestFeatures
 from neural_router.modeling.text import length_buckets, pad, request_features, tokenize
 
 log = logging.getLogger(__name__)
@@ -384,7 +384,7 @@ def load_predictor(path: str | Path, device: str = "auto", pool: ModelPool | Non
     (head + tail); it never exceeds what the router was trained with.
     """
     d = Path(path)
-    if device not in ("auto", "cuda", "cpu"):
+    if device not in DEVICES:
         raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
     wanted = requested_precision(precision, int8=int8)
     exported = (d / ONNX_FILE).is_file() or (wanted in PRECISION_FILES and (d / PRECISION_FILES[wanted]).is_file())

@@ -32,13 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from neural_router.inference.interface import Predictions
+from neural_router.inference.interface import DEVICES, Predictions
 
 log = logging.getLogger(__name__)
 
 TORCH_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DEVICES: tuple[str, ...] = ("auto", "cuda", "cpu")
 
 CPU_BATCH_SIZE = 64
 """Prompts per forward pass on the CPU (larger batches add padding, not speed, on a few cores)."""
